@@ -1,0 +1,88 @@
+"""How the command line reports errors: one line, a non-zero exit, no traceback.
+
+Hydra prints composition errors over several lines and job errors with a traceback.
+Unless the user asked for ``HYDRA_FULL_ERROR=1``, :func:`invoke` has Hydra re-raise
+instead, and reports the expected kinds of error as a single ``error: ...`` line.
+Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from omegaconf.errors import OmegaConfBaseException
+
+from experiments.errors import ConfigError, RunFailure
+
+EXPECTED = (ConfigError, RunFailure, HydraException, OmegaConfBaseException)
+
+
+class JobErrors:
+    """Errors of single-run jobs, handed from the job to :func:`invoke`.
+
+    In a single run, Hydra prints an extra line before re-raising a job's error; the job
+    stores its expected error here and returns instead, and :func:`invoke` reports it.
+    """
+
+    errors: list[BaseException] = []
+
+
+def invoke(hydra_main: Callable[[], object]) -> int:
+    """Call a ``@hydra.main`` function and turn expected errors into one line.
+
+    Returns:
+        The process exit status: 0, 1 for an error, 130 when interrupted.
+    """
+    JobErrors.errors.clear()
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        hydra_main()
+        if JobErrors.errors:
+            raise JobErrors.errors[0]
+        return 0
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        hydra_main()
+        if JobErrors.errors:
+            raise JobErrors.errors[0]
+    except EXPECTED as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        del os.environ["HYDRA_FULL_ERROR"]
+    return 0
+
+
+def one_line(error: BaseException) -> str:
+    """A single-line description of an expected error, keeping the key and value it names."""
+    if isinstance(error, MissingConfigException) and error.options:
+        head = _lines(error)[-1] if "Could not find" not in _lines(error)[0] else None
+        found = next((line for line in _lines(error) if "Could not find" in line), head)
+        group = _group_of(error)
+        return f"{found}; available options{group}: {', '.join(sorted(error.options))}"
+    text = _lines(error)
+    if isinstance(error, OverrideParseException) and len(text) > 1:
+        return (
+            f"{text[0]}: {text[1]} (values with parentheses, commas or quotes need quoting, "
+            "e.g. 'task.expr=\"sin(x) * y\"')"
+        )
+    first = next((line for line in text if not line.startswith("To append")), "")
+    cause = error.__cause__
+    if isinstance(error, HydraException) and isinstance(cause, OmegaConfBaseException):
+        detail = _lines(cause)[0] if _lines(cause) else ""
+        first = f"{first.rstrip('.')}: {detail}" if detail else first
+    return first or type(error).__name__
+
+
+def _lines(error: BaseException) -> list[str]:
+    return [line.strip() for line in str(error).splitlines() if line.strip()]
+
+
+def _group_of(error: MissingConfigException) -> str:
+    missing = error.missing_cfg_file or ""
+    return f" in '{missing.rsplit('/', 1)[0]}'" if "/" in missing else ""

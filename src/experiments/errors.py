@@ -1,0 +1,17 @@
+"""The one exception type the command line reports as a single line, without a traceback."""
+
+
+class ConfigError(ValueError):
+    """A bad value in the user's configuration or input.
+
+    The message names the offending key and quotes the bad value, e.g.
+    ``task.steps must be a positive integer, got 0``. The command line prints it as one
+    line and exits non-zero; the run, if one was started, ends FAILED with it as a tag.
+    """
+
+
+class RunFailure(RuntimeError):
+    """A run that started correctly but could not finish (divergence, out of memory, ...).
+
+    Reported like :class:`ConfigError`: one line, non-zero exit, run FAILED.
+    """

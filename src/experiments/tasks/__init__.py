@@ -1,0 +1,22 @@
+"""The tasks a run can execute, by the name used on the command line (``task=minimize``).
+
+A task module provides a schema dataclass (registered as ``<name>_schema``; its YAML in
+``conf/task/<name>.yaml`` extends it) and ``run(cfg, ctx) -> float | None``, which does the
+work, records through ``ctx.recorder`` and returns the objective a sweeper would optimise.
+Tasks never import MLflow.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from experiments.tasks import minimize
+
+TASKS: dict[str, ModuleType] = {
+    "minimize": minimize,
+}
+
+
+def schemas() -> dict[str, type]:
+    """Each task's schema dataclass, by task name."""
+    return {name: module.SCHEMA for name, module in TASKS.items()}

@@ -1,0 +1,81 @@
+"""Shared fixtures: a real SQLite MLflow store in tmp_path and Hydra composition."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from mlflow import MlflowClient
+from omegaconf import DictConfig
+
+import experiments
+from experiments import config
+from experiments.tasks import schemas
+
+CONF_DIR = str(Path(experiments.__file__).parent / "conf")
+config.register(schemas())
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh working directory, as a user's: MLflow's default store will be created here."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def store_uri(workdir: Path) -> str:
+    """The tracking URI of a SQLite store in the test's directory."""
+    return f"sqlite:///{workdir / 'mlflow.db'}"
+
+
+@pytest.fixture
+def client(store_uri: str) -> MlflowClient:
+    """A plain MLflow client on the test's store, to read results back independently."""
+    return MlflowClient(tracking_uri=store_uri)
+
+
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    """Compose ``conf/config.yaml`` with overrides, as the command line would."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return compose(config_name="config", overrides=overrides or [])
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def runs_of(client: MlflowClient, experiment: str) -> list:
+    """Every run of an experiment, oldest first."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def all_runs(client: MlflowClient) -> list:
+    """Every run in every experiment of the store."""
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(ids) if ids else []
+
+
+def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 300):
+    """Run ``python -m experiments ARGS`` in a subprocess, as the README shows it."""
+    full_env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI",)}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "experiments", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
