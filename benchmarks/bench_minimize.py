@@ -1,0 +1,97 @@
+"""Speed of the minimize pipeline against the hand-written baseline, side by side.
+
+Runs ``python -m experiments task.steps=N`` and ``benchmarks/baseline_minimize.py N``
+alternately, each in its own directory with its own ``mlflow.db`` (created by a warm-up
+run first, so neither pays for creating the store), and prints the median wall times and
+their ratio. Then measures logging throughput into the embedded SQLite store.
+
+Usage: python benchmarks/bench_minimize.py [--repeats 5] [--steps 20 1000] [--points 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BASELINE = Path(__file__).with_name("baseline_minimize.py")
+
+
+def wall(command: list[str], cwd: Path) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, cwd=cwd, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def compare(steps: int, repeats: int, root: Path) -> tuple[float, float]:
+    pipeline_dir, baseline_dir = root / f"pipeline-{steps}", root / f"baseline-{steps}"
+    pipeline_dir.mkdir()
+    baseline_dir.mkdir()
+    pipeline = [sys.executable, "-m", "experiments", f"task.steps={steps}"]
+    baseline = [sys.executable, str(BASELINE), str(steps)]
+    wall(pipeline, pipeline_dir)  # warm-up: creates the store and fills the OS cache
+    wall(baseline, baseline_dir)
+    ours, theirs = [], []
+    for _ in range(repeats):
+        ours.append(wall(pipeline, pipeline_dir))
+        theirs.append(wall(baseline, baseline_dir))
+    return statistics.median(ours), statistics.median(theirs)
+
+
+def throughput(points: int, root: Path) -> dict[str, float]:
+    """Metric points per second into a fresh embedded store, three ways."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from experiments.tracking import Tracker
+
+    uri = f"sqlite:///{root / 'throughput.db'}"
+    tracker = Tracker(uri)
+    experiment = tracker.experiment_id("throughput")
+    rates = {}
+    with tracker.start_run(experiment, "recorder", {}) as recorder:
+        started = time.perf_counter()
+        for step in range(points // 2):
+            recorder.log_metrics({"loss": 1.0 / (step + 1), "grad_norm": float(step)}, step=step)
+        recorder.flush()
+        rates["MlflowRecorder (this project)"] = points / (time.perf_counter() - started)
+    client = MlflowClient(uri)
+    run_id = client.create_run(experiment).info.run_id
+    started = time.perf_counter()
+    stamp = int(time.time() * 1000)
+    for start in range(0, points, 1000):
+        batch = [Metric("loss", float(i), stamp, i) for i in range(start, start + 1000)]
+        client.log_batch(run_id, metrics=batch, synchronous=True)
+    rates["MlflowClient.log_batch, 1,000 a call"] = points / (time.perf_counter() - started)
+    single = 300
+    started = time.perf_counter()
+    for i in range(single):
+        client.log_metric(run_id, "single", float(i), step=i)
+    rates["MlflowClient.log_metric, one a call"] = single / (time.perf_counter() - started)
+    client.set_terminated(run_id)
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, nargs="+", default=[20, 1000])
+    parser.add_argument("--points", type=int, default=20_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-minimize-") as tmp:
+        root = Path(tmp)
+        print(f"{'steps':>6} {'pipeline s':>11} {'baseline s':>11} {'ratio':>6}")
+        for steps in args.steps:
+            ours, theirs = compare(steps, args.repeats, root)
+            print(f"{steps:>6} {ours:>11.2f} {theirs:>11.2f} {ours / theirs:>6.2f}")
+        print(f"\nlogging throughput, {args.points:,} points into a fresh SQLite store:")
+        for name, rate in throughput(args.points, root).items():
+            print(f"  {name:<40} {rate:>9,.0f} points/s")
+
+
+if __name__ == "__main__":
+    main()
