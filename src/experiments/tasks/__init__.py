@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from experiments.tasks import minimize
+from experiments.tasks import matmul, minimize
 
 TASKS: dict[str, ModuleType] = {
+    "matmul": matmul,
     "minimize": minimize,
 }
 

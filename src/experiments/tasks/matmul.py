@@ -1,0 +1,155 @@
+"""Time a matrix product on one device (the tutorial's "PyTorch with GPU" section).
+
+Defaults reproduce the tutorial's ``torch.mm`` of a (512 x 1024) by a (1024 x 512) matrix,
+but measured properly (see :mod:`experiments.timing`): warm median and spread over adaptive
+repeats, the cold first call and the host-to-device copy apart, and a float64 check.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+from matplotlib.figure import Figure
+
+from experiments import devices
+from experiments.config import check_positive, check_positive_int
+from experiments.context import TaskContext
+from experiments.errors import ConfigError
+from experiments.timing import DTYPES, MatmulTiming, default_threads, measure_matmul
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MatmulConfig:
+    """Settings of ``task=matmul``; see ``conf/task/matmul.yaml``."""
+
+    name: str = "matmul"
+    size: Optional[int] = None
+    m: int = 512
+    k: int = 1024
+    n: int = 512
+    dtype: str = "float32"
+    threads: Optional[int] = None
+    warmup: int = 3
+    min_run_time_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.size is not None:
+            check_positive_int("task.size", self.size)
+        for key in ("m", "k", "n"):
+            check_positive_int(f"task.{key}", getattr(self, key))
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"task.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
+            raise ConfigError(
+                f"task.threads must be a positive integer or null (all cores), got {self.threads!r}"
+            )
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ConfigError(f"task.warmup must be a non-negative integer, got {self.warmup!r}")
+        check_positive("task.min_run_time_s", self.min_run_time_s)
+
+    def shape(self) -> tuple[int, int, int]:
+        """``(m, k, n)`` of the product: ``size`` thrice when it is set."""
+        if self.size is not None:
+            return self.size, self.size, self.size
+        return self.m, self.k, self.n
+
+
+SCHEMA = MatmulConfig
+
+
+def run(cfg: MatmulConfig, ctx: TaskContext) -> float:
+    """Measure the product and record it.
+
+    Args:
+        cfg: the validated ``task`` settings.
+        ctx: device, recorder and seed from the runner.
+
+    Returns:
+        The warm median time of one product in milliseconds (``time_ms``).
+
+    Raises:
+        ConfigError: the device cannot multiply in ``task.dtype``.
+        RunFailure: the size does not fit in memory, or the product is wrong.
+    """
+    m, k, n = cfg.shape()
+    threads = default_threads() if cfg.threads is None else cfg.threads
+    # Tagged before measuring, so a run that fails still says what it tried.
+    ctx.recorder.set_tags(
+        {
+            "device.name": devices.describe(ctx.device),
+            "dtype": cfg.dtype,
+            "threads": threads,
+            "shape": f"({m}x{k})@({k}x{n})",
+        }
+    )
+    timing = measure_matmul(
+        m,
+        k,
+        n,
+        dtype=cfg.dtype,
+        device=ctx.device,
+        threads=threads,
+        warmup=cfg.warmup,
+        min_run_time=cfg.min_run_time_s,
+        seed=ctx.seed,
+    )
+    ctx.recorder.log_metrics(metrics(timing))
+    ctx.recorder.log_figure(timing_figure(timing), "timing.png")
+    log.info(
+        "%s %s on %s: %.4g ms (IQR %.2g ms), %.1f GFLOP/s; cold %.4g ms",
+        timing.shape,
+        timing.dtype,
+        timing.device,
+        timing.median_ms,
+        timing.iqr_ms,
+        timing.gflops,
+        timing.cold_ms,
+    )
+    return timing.median_ms
+
+
+def metrics(timing: MatmulTiming) -> dict[str, float]:
+    """The run's metrics; ``h2d_ms`` and ``peak_mem_mb`` only where they were measured."""
+    values = {
+        "time_ms": timing.median_ms,
+        "time_iqr_ms": timing.iqr_ms,
+        "gflops": timing.gflops,
+        "cold_ms": timing.cold_ms,
+        "rel_error": timing.rel_error,
+        "repeats": timing.repeats,
+        "timing_s": timing.timing_s,
+    }
+    if timing.h2d_ms is not None:
+        values["h2d_ms"] = timing.h2d_ms
+    if timing.peak_mem_mb is not None:
+        values["peak_mem_mb"] = timing.peak_mem_mb
+    return values
+
+
+def timing_figure(timing: MatmulTiming) -> Figure:
+    """Bars of the cold call, the host-to-device copy and the warm median, on a log scale.
+
+    The log scale keeps a warm GPU product of microseconds visible next to a cold call that
+    includes library start-up: the gap is what the tutorial's one-shot timing mixes in.
+    """
+    bars = {"cold first call": (timing.cold_ms, "tab:red")}
+    if timing.h2d_ms is not None:
+        bars["host-to-device copy"] = (timing.h2d_ms, "tab:orange")
+    bars["warm median"] = (timing.median_ms, "tab:blue")
+    values = [value for value, _color in bars.values()]
+    figure = Figure(figsize=(5.5, 3.5), layout="constrained")
+    axes = figure.add_subplot()
+    drawn = axes.bar(list(bars), values, color=[color for _value, color in bars.values()])
+    axes.bar_label(drawn, labels=[f"{value:.3g} ms" for value in values])
+    axes.set_yscale("log")
+    # Bars start well below the shortest, with room above the tallest for its label.
+    axes.set_ylim(min(values) / 3, max(values) * 3)
+    axes.set_ylabel("milliseconds")
+    axes.set_title(f"{timing.shape} {timing.dtype} on {timing.device}", fontsize=10)
+    return figure
