@@ -130,11 +130,17 @@ def test_sweep_runs_every_job_and_exits_non_zero_when_one_fails(workdir) -> None
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "diverged" in errors[0]
+    assert "4 jobs: 3 finished, 1 failed" in result.stdout  # the summary table
     assert "Traceback" not in result.stderr
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = runs_of(client, "minimize")
+    (parent,) = [run for run in runs if run.data.tags.get("sweep") == "true"]
+    assert parent.info.status == "FAILED"
+    jobs = [run for run in runs if run is not parent]
+    assert {run.data.tags["mlflow.parentRunId"] for run in jobs} == {parent.info.run_id}
     statuses = sorted(
         (run.data.params["optim._target_"], run.data.params["optim.lr"], run.info.status)
-        for run in runs_of(client, "minimize")
+        for run in jobs
     )
     assert statuses == [
         ("torch.optim.Adam", "0.1", "FINISHED"),

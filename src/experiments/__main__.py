@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from experiments import cli, config, runner
+from experiments import cli, config, runner, sweep
 from experiments.errors import ConfigError, RunFailure
 from experiments.tasks import schemas
 
@@ -24,24 +24,37 @@ config.register(schemas())
 def hydra_main(cfg: DictConfig) -> float | None:
     """Run one job of a run or a sweep; return its objective for sweepers."""
     hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
+    output_dir = hydra_cfg.runtime.output_dir
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    job = hydra_cfg.job.num if in_sweep else 0  # Hydra numbers jobs only in a multirun
+    outcome = sweep.Outcome(job=job, overrides=overrides, status="FAILED")
     try:
-        return runner.run(
-            cfg,
-            overrides=list(hydra_cfg.overrides.task),
-            output_dir=hydra_cfg.runtime.output_dir,
-        )
+        result = runner.execute(cfg, overrides=overrides, output_dir=output_dir)
     except (ConfigError, RunFailure) as error:
-        if hydra_cfg.mode != RunMode.MULTIRUN:
+        outcome.reason = cli.one_line(error)
+        if not in_sweep:
             cli.JobErrors.errors.append(error)  # reported by cli.invoke, as one line
             return None
-        # Hydra re-raises only the sweep's first error: name every failed job here.
-        log.error("job %s failed: %s", hydra_cfg.job.num, cli.one_line(error))
+        log.error("job %s failed: %s", job, outcome.reason)
         raise
+    finally:
+        if in_sweep:
+            outcome.write(output_dir)
+    outcome.status = "SKIPPED" if result.skipped else "FINISHED"
+    outcome.run_id, outcome.objective = result.run_id, result.objective
+    if in_sweep:
+        outcome.write(output_dir)
+    return result.objective
 
 
 def main() -> None:
     """Console entry point."""
     status = cli.invoke(hydra_main)
+    if sweep.launched():
+        # Launchers may leave worker processes (joblib's pool) that only a normal exit
+        # stops; a sweep pays the interpreter's teardown once, which is small beside it.
+        sys.exit(status)
     # Every run is closed and every metric flushed by now (the recorder writes
     # synchronously). Tearing down torch's and MLflow's module graphs would add over a
     # second to each command for nothing, so leave without it once output is flushed.

@@ -15,7 +15,13 @@ from typing import Callable
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
+from experiments import sweep
 from experiments.errors import ConfigError, RunFailure
+
+
+class SweepFailed(RunFailure):
+    """Some jobs of a sweep failed; each was reported, and the summary names them."""
+
 
 EXPECTED = (ConfigError, RunFailure, HydraException, OmegaConfBaseException)
 
@@ -38,15 +44,11 @@ def invoke(hydra_main: Callable[[], object]) -> int:
     """
     JobErrors.errors.clear()
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
-        hydra_main()
-        if JobErrors.errors:
-            raise JobErrors.errors[0]
+        _call(hydra_main)
         return 0
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
-        hydra_main()
-        if JobErrors.errors:
-            raise JobErrors.errors[0]
+        _call(hydra_main)
     except EXPECTED as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 1
@@ -56,6 +58,23 @@ def invoke(hydra_main: Callable[[], object]) -> int:
     finally:
         del os.environ["HYDRA_FULL_ERROR"]
     return 0
+
+
+def _call(hydra_main: Callable[[], object]) -> None:
+    interrupted = False
+    try:
+        hydra_main()
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        # Hydra skips on_multirun_end when a job failed: close the sweep here too.
+        outcomes = sweep.finish(interrupted=interrupted)
+    failed = [outcome for outcome in outcomes if outcome.status == "FAILED"]
+    if failed:
+        raise SweepFailed(f"{len(failed)} of {len(outcomes)} jobs failed: {failed[0].reason}")
+    if JobErrors.errors:
+        raise JobErrors.errors[0]
 
 
 def one_line(error: BaseException) -> str:

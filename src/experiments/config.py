@@ -217,6 +217,7 @@ class Config:
     optim: Any = MISSING
     device: str = "auto"
     seed: int = 0
+    skip_existing: bool = False
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:

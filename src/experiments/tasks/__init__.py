@@ -1,8 +1,9 @@
 """The tasks a run can execute, by the name used on the command line (``task=minimize``).
 
 A task module provides a schema dataclass (registered as ``<name>_schema``; its YAML in
-``conf/task/<name>.yaml`` extends it) and ``run(cfg, ctx) -> float | None``, which does the
-work, records through ``ctx.recorder`` and returns the objective a sweeper would optimise.
+``conf/task/<name>.yaml`` extends it), ``run(cfg, ctx) -> float | None``, which does the
+work, records through ``ctx.recorder`` and returns the objective a sweeper would optimise,
+and ``OBJECTIVE``, the name of the metric holding that objective.
 Tasks never import MLflow.
 """
 
@@ -10,9 +11,10 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from experiments.tasks import matmul, minimize
+from experiments.tasks import derivative, matmul, minimize
 
 TASKS: dict[str, ModuleType] = {
+    "derivative": derivative,
     "matmul": matmul,
     "minimize": minimize,
 }

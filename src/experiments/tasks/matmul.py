@@ -61,6 +61,7 @@ class MatmulConfig:
 
 
 SCHEMA = MatmulConfig
+OBJECTIVE = "time_ms"  # the metric run() returns: what a sweeper minimises
 
 
 def run(cfg: MatmulConfig, ctx: TaskContext) -> float:

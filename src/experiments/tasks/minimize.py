@@ -61,6 +61,7 @@ class MinimizeConfig:
 
 
 SCHEMA = MinimizeConfig
+OBJECTIVE = "loss"  # the metric run() returns: what a sweeper minimises
 
 
 @dataclass

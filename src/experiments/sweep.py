@@ -1,0 +1,176 @@
+"""Sweeps: one MLflow parent run per multirun, a child run per job, and a summary table.
+
+Hydra calls :class:`SweepCallback` in the process that launches the jobs. It opens the
+parent run and hands its id to the jobs through the environment (launchers start their
+worker processes after it, so local, joblib and submitit jobs all inherit it). Each job
+writes its outcome (status, run id, objective, reason) into its own output directory, so
+the summary covers jobs that ran in other processes and jobs that never got as far as an
+MLflow run (a bad value in the sweep). Hydra does not call ``on_multirun_end`` when a job
+failed, so the command line also calls :func:`finish`, which is safe to call twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.experimental.callback import Callback
+from mlflow.entities import RunStatus
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+PARENT_ENV = "EXPERIMENTS_PARENT_RUN_ID"
+OUTCOME_FILE = "outcome.json"
+
+
+@dataclass
+class Outcome:
+    """What became of one job of a sweep."""
+
+    job: int
+    overrides: list[str]
+    status: str  # FINISHED, FAILED or SKIPPED
+    run_id: Optional[str] = None
+    objective: Optional[float] = None
+    reason: Optional[str] = None
+
+    def write(self, output_dir: str | Path) -> None:
+        """Save next to the job's other files, for the launching process to collect."""
+        Path(output_dir, OUTCOME_FILE).write_text(json.dumps(asdict(self)), encoding="utf-8")
+
+
+def read_outcomes(sweep_dir: str | Path) -> list[Outcome]:
+    """Every outcome written under a sweep directory, in job order."""
+    found = []
+    for path in Path(sweep_dir).glob(f"*/{OUTCOME_FILE}"):
+        try:
+            found.append(Outcome(**json.loads(path.read_text(encoding="utf-8"))))
+        except (OSError, ValueError, TypeError):
+            log.warning("unreadable job outcome %s", path)
+    return sorted(found, key=lambda outcome: outcome.job)
+
+
+def parent_run_id() -> str | None:
+    """The id of the sweep's parent run, when this process runs a job of a sweep."""
+    return os.environ.get(PARENT_ENV) or None
+
+
+@dataclass
+class _Sweep:
+    tracker: Any
+    run_id: str
+    directory: Path
+    name: str
+
+
+_active: list[_Sweep] = []
+_launched: list[str] = []  # parent run ids of the sweeps this process launched
+
+
+def launched() -> bool:
+    """Whether this process launched a sweep (and so may have started worker processes)."""
+    return bool(_launched)
+
+
+class SweepCallback(Callback):
+    """Opens the sweep's parent run before any job starts and closes it at the end."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        start(config)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        finish()
+
+
+def start(config: DictConfig) -> str:
+    """Open the parent run of the sweep ``config`` describes and export its id to jobs."""
+    from experiments import runner  # the runner imports torch; only a sweep needs it here
+
+    tracking = config.tracking
+    tracker = runner.tracker_for(tracking.uri, tracking.timeout_s)
+    experiment = tracker.experiment_id(tracking.experiment or config.task.name)
+    hydra_cfg = config.hydra  # HydraConfig is not set yet when a multirun starts
+    overrides = list(hydra_cfg.overrides.task)
+    name = sweep_name(hydra_cfg.runtime.choices.get("experiment"), overrides)
+    run = tracker.client.create_run(
+        experiment,
+        run_name=name,
+        tags={
+            "sweep": "true",
+            "sweep.dir": str(hydra_cfg.sweep.dir),
+            "overrides": " ".join(overrides),
+        },
+    )
+    _active.append(_Sweep(tracker, run.info.run_id, Path(hydra_cfg.sweep.dir), name))
+    _launched.append(run.info.run_id)
+    os.environ[PARENT_ENV] = run.info.run_id
+    return run.info.run_id
+
+
+def sweep_name(experiment: str | None, overrides: list[str]) -> str:
+    """The parent run's name: the named sweep, or the command line's overrides."""
+    if experiment:
+        return f"sweep {experiment}"
+    return " ".join(["sweep", *overrides])[:250]
+
+
+def finish(interrupted: bool = False) -> list[Outcome]:
+    """Close the active sweep's parent run, print and record the summary of its jobs.
+
+    The parent ends FINISHED when every job finished (or was skipped as already done),
+    FAILED when any failed or left no outcome, KILLED when the sweep was interrupted.
+    """
+    if not _active:
+        return []
+    sweep = _active.pop()
+    os.environ.pop(PARENT_ENV, None)
+    outcomes = read_outcomes(sweep.directory)
+    table = summary_table(outcomes)
+    print(f"\nSweep {sweep.name!r}: {counts_line(outcomes)}\n{table}", flush=True)
+    client = sweep.tracker.client
+    failed = any(outcome.status == "FAILED" for outcome in outcomes) or not outcomes
+    status = RunStatus.KILLED if interrupted else RunStatus.FAILED if failed else RunStatus.FINISHED
+    try:
+        client.log_text(sweep.run_id, table + "\n", "summary.txt")
+        client.set_tag(sweep.run_id, "jobs", counts_line(outcomes))
+    finally:
+        client.set_terminated(sweep.run_id, status=RunStatus.to_string(status))
+    return outcomes
+
+
+def counts_line(outcomes: list[Outcome]) -> str:
+    """E.g. ``20 jobs: 18 finished, 1 failed, 1 skipped``."""
+    parts = [f"{len(outcomes)} jobs"]
+    details = []
+    for status in ("FINISHED", "FAILED", "SKIPPED"):
+        count = sum(outcome.status == status for outcome in outcomes)
+        if count:
+            details.append(f"{count} {status.lower()}")
+    return parts[0] + (": " + ", ".join(details) if details else "")
+
+
+def summary_table(outcomes: list[Outcome]) -> str:
+    """An aligned text table: job, overrides, status, objective, and the reason of failures."""
+    rows = [("job", "overrides", "status", "objective", "reason / run")]
+    for outcome in outcomes:
+        objective = "" if outcome.objective is None else _number(outcome.objective)
+        note = outcome.reason or (outcome.run_id or "")
+        rows.append(
+            (str(outcome.job), " ".join(outcome.overrides), outcome.status, objective, note)
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4]
+        for row in rows
+    ]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _number(value: float) -> str:
+    return f"{value:.6g}" if math.isfinite(value) else str(value)
