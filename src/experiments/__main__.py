@@ -51,9 +51,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     """Console entry point."""
     status = cli.invoke(hydra_main)
-    if sweep.launched():
-        # Launchers may leave worker processes (joblib's pool) that only a normal exit
-        # stops; a sweep pays the interpreter's teardown once, which is small beside it.
+    if "joblib" in sys.modules:
+        # The joblib launcher's worker pool outlives the sweep; only a normal exit stops it.
         sys.exit(status)
     # Every run is closed and every metric flushed by now (the recorder writes
     # synchronously). Tearing down torch's and MLflow's module graphs would add over a

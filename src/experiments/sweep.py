@@ -70,12 +70,6 @@ class _Sweep:
 
 
 _active: list[_Sweep] = []
-_launched: list[str] = []  # parent run ids of the sweeps this process launched
-
-
-def launched() -> bool:
-    """Whether this process launched a sweep (and so may have started worker processes)."""
-    return bool(_launched)
 
 
 class SweepCallback(Callback):
@@ -108,7 +102,6 @@ def start(config: DictConfig) -> str:
         },
     )
     _active.append(_Sweep(tracker, run.info.run_id, Path(hydra_cfg.sweep.dir), name))
-    _launched.append(run.info.run_id)
     os.environ[PARENT_ENV] = run.info.run_id
     return run.info.run_id
 

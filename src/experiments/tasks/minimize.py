@@ -25,6 +25,7 @@ from experiments.config import (
 from experiments.context import TaskContext
 from experiments.errors import ConfigError, RunFailure
 from experiments.expressions import Expression, parse
+from experiments.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -137,18 +138,24 @@ def _optimise(
             first["grad_norm"] = _grad_norm(params)
         return loss
 
-    for step in range(cfg.steps):
-        first.clear()
-        snapshot = [float(p.detach()) for p in params.values()]
-        optimizer.step(closure)
-        point = trajectory.add(step, float(first["loss"]), float(first["grad_norm"]), snapshot)
-        _check_finite(point, step, snapshot, trajectory.names, ctx)
-        if step % ctx.log_every == 0:
-            ctx.recorder.log_metrics(point, step=step)
-        if cfg.tol is not None and point["grad_norm"] < cfg.tol:
-            # converged at the point this step started from; the step has moved on from
-            # it already, so the final point recorded is the one after this update
-            return _finish(trajectory, params, expression, step + 1, ctx), "tol"
+    progress = Progress(cfg.steps, "minimize")
+    try:
+        for step in range(cfg.steps):
+            first.clear()
+            snapshot = [float(p.detach()) for p in params.values()]
+            optimizer.step(closure)
+            loss, grad_norm = float(first["loss"]), float(first["grad_norm"])
+            point = trajectory.add(step, loss, grad_norm, snapshot)
+            _check_finite(point, step, snapshot, trajectory.names, ctx)
+            if step % ctx.log_every == 0:
+                ctx.recorder.log_metrics(point, step=step)
+            progress.update(step + 1, loss=loss)
+            if cfg.tol is not None and grad_norm < cfg.tol:
+                # converged at the point this step started from; the step has moved on from
+                # it already, so the final point recorded is the one after this update
+                return _finish(trajectory, params, expression, step + 1, ctx), "tol"
+    finally:
+        progress.close()
     return _finish(trajectory, params, expression, cfg.steps, ctx), "steps"
 
 
