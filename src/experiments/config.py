@@ -62,6 +62,32 @@ def check_number_mapping(key: str, values: dict[str, Any]) -> dict[str, float]:
     return checked
 
 
+def check_choice(key: str, value: str, choices: tuple[str, ...] | dict) -> None:
+    """Raise unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def check_expression(expr: str, values: dict[str, float], key: str) -> None:
+    """Parse ``task.expr`` and check that the mapping ``key`` gives each variable a value.
+
+    Args:
+        expr: the expression's text.
+        values: the variable -> number mapping (``task.init``, ``task.at``).
+        key: that mapping's config key, for the message.
+    """
+    from experiments.expressions import parse  # imports torch: only tasks need it
+
+    variables = parse(expr).variables
+    missing = [name for name in variables if name not in values]
+    if missing:
+        example = ", ".join(f"{name}: {values.get(name, 0.0)}" for name in variables)
+        raise ConfigError(
+            f"{key} has no value for {', '.join(missing)} used in task.expr {expr!r}; "
+            f"e.g. '{key}={{{example}}}'"
+        )
+
+
 # --- optimizers: one schema per shipped optimizer, with torch's own argument names ---
 
 

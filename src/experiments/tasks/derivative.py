@@ -23,7 +23,13 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from experiments import plots
-from experiments.config import check_number_mapping, check_positive_int, open_mapping
+from experiments.config import (
+    check_choice,
+    check_expression,
+    check_number_mapping,
+    check_positive_int,
+    open_mapping,
+)
 from experiments.context import TaskContext
 from experiments.errors import ConfigError, RunFailure
 from experiments.expressions import Expression, parse
@@ -56,17 +62,9 @@ class DerivativeConfig:
         check_positive_int("task.order", self.order)
         if self.order > MAX_ORDER:
             raise ConfigError(f"task.order must be at most {MAX_ORDER}, got {self.order}")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"task.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        check_choice("task.dtype", self.dtype, DTYPES)
         self.at = check_number_mapping("task.at", dict(self.at))
-        variables = parse(self.expr).variables
-        missing = [name for name in variables if name not in self.at]
-        if missing:
-            example = ", ".join(f"{n}: {self.at.get(n, 0.0)}" for n in variables)
-            raise ConfigError(
-                f"task.at has no value for {', '.join(missing)} used in task.expr {self.expr!r}; "
-                f"e.g. 'task.at={{{example}}}'"
-            )
+        check_expression(self.expr, self.at, "task.at")
 
 
 SCHEMA = DerivativeConfig

@@ -14,7 +14,7 @@ from typing import Optional
 from matplotlib.figure import Figure
 
 from experiments import devices
-from experiments.config import check_positive, check_positive_int
+from experiments.config import check_choice, check_positive, check_positive_int
 from experiments.context import TaskContext
 from experiments.errors import ConfigError
 from experiments.timing import DTYPES, MatmulTiming, default_threads, measure_matmul
@@ -41,8 +41,7 @@ class MatmulConfig:
             check_positive_int("task.size", self.size)
         for key in ("m", "k", "n"):
             check_positive_int(f"task.{key}", getattr(self, key))
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"task.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        check_choice("task.dtype", self.dtype, DTYPES)
         if self.threads is not None and (
             isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
         ):

@@ -17,6 +17,8 @@ import torch
 
 from experiments import optimizers, plots
 from experiments.config import (
+    check_choice,
+    check_expression,
     check_number_mapping,
     check_positive,
     check_positive_int,
@@ -50,15 +52,9 @@ class MinimizeConfig:
             raise ConfigError(f"task.steps must be at most {MAX_STEPS:,}, got {self.steps}")
         if self.tol is not None:
             check_positive("task.tol", self.tol)
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"task.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        check_choice("task.dtype", self.dtype, DTYPES)
         self.init = check_number_mapping("task.init", dict(self.init))
-        missing = [name for name in parse(self.expr).variables if name not in self.init]
-        if missing:
-            raise ConfigError(
-                f"task.init has no start value for {', '.join(missing)} used in task.expr "
-                f"{self.expr!r}; e.g. 'task.init={{{', '.join(f'{n}: 0.0' for n in missing)}}}'"
-            )
+        check_expression(self.expr, self.init, "task.init")
 
 
 SCHEMA = MinimizeConfig
