@@ -52,7 +52,6 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        patch.delenv("EXPERIMENTS_PARENT_RUN_ID", raising=False)
         uri = f"sqlite:///{root / 'mlflow.db'}"
         client = MlflowClient(tracking_uri=uri)
         client.search_experiments()  # creates the schema

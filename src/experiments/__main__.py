@@ -30,7 +30,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
     job = hydra_cfg.job.num if in_sweep else 0  # Hydra numbers jobs only in a multirun
     outcome = sweep.Outcome(job=job, overrides=overrides, status="FAILED")
     try:
-        result = runner.execute(cfg, overrides=overrides, output_dir=output_dir)
+        parent = sweep.parent_run_id(hydra_cfg.sweep.dir) if in_sweep else None
+        result = runner.execute(cfg, overrides, output_dir, parent_run_id=parent)
     except (ConfigError, RunFailure) as error:
         outcome.reason = cli.one_line(error)
         if not in_sweep:

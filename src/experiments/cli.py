@@ -67,6 +67,14 @@ def _call(hydra_main: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         interrupted = True
         raise
+    except EXPECTED:
+        raise
+    except Exception as error:
+        if not sweep.active():
+            raise  # a bug: keep its traceback
+        # A sweeper or launcher gave up (e.g. Optuna with no completed trial): the jobs
+        # reported their own errors, and the summary below says what ran.
+        raise SweepFailed(f"sweep stopped: {one_line(error)}") from error
     finally:
         # Hydra skips on_multirun_end when a job failed: close the sweep here too.
         outcomes = sweep.finish(interrupted=interrupted)
@@ -91,6 +99,8 @@ def one_line(error: BaseException) -> str:
             "e.g. 'task.expr=\"sin(x) * y\"')"
         )
     first = next((line for line in text if not line.startswith("To append")), "")
+    if first.endswith(":") and len(text) > 1:  # the reason is on the next line
+        first = f"{first} {text[text.index(first) + 1]}"
     cause = error.__cause__
     if isinstance(error, HydraException) and isinstance(cause, OmegaConfBaseException):
         detail = _lines(cause)[0] if _lines(cause) else ""

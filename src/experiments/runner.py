@@ -21,7 +21,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from omegaconf import DictConfig, OmegaConf
 
 import experiments
-from experiments import config, devices, sweep
+from experiments import config, devices
 from experiments.context import TaskContext
 from experiments.tasks import TASKS
 from experiments.tracking import Tracker, resolve_uri
@@ -61,7 +61,10 @@ def run(
 
 
 def execute(
-    cfg: DictConfig, overrides: Sequence[str] = (), output_dir: str | Path | None = None
+    cfg: DictConfig,
+    overrides: Sequence[str] = (),
+    output_dir: str | Path | None = None,
+    parent_run_id: str | None = None,
 ) -> Result:
     """Execute the task that ``cfg`` names and record it as one MLflow run.
 
@@ -70,6 +73,7 @@ def execute(
         overrides: the command-line overrides that produced it; they name the run.
         output_dir: the run's local directory (Hydra's output directory); ``outputs/adhoc``
             when None.
+        parent_run_id: the sweep's parent run, when this run is a job of a sweep.
 
     Returns:
         The objective and the run that recorded it.
@@ -95,9 +99,8 @@ def execute(
     out = Path(output_dir) if output_dir is not None else Path("outputs") / "adhoc"
     out.mkdir(parents=True, exist_ok=True)
     tags = {**base_tags(task_name, overrides), CONFIG_HASH_TAG: identity}
-    parent = sweep.parent_run_id()
-    if parent is not None:
-        tags[MLFLOW_PARENT_RUN_ID] = parent
+    if parent_run_id is not None:
+        tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
 
     with tracker.start_run(experiment_id, run_name, tags) as rec:
         rec.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))

@@ -1,8 +1,8 @@
 """Sweeps: one MLflow parent run per multirun, a child run per job, and a summary table.
 
 Hydra calls :class:`SweepCallback` in the process that launches the jobs. It opens the
-parent run and hands its id to the jobs through the environment (launchers start their
-worker processes after it, so local, joblib and submitit jobs all inherit it). Each job
+parent run and writes its id into the sweep directory, where every job finds it, in this
+process, in a joblib worker (which may outlive one sweep) or on another host. Each job
 writes its outcome (status, run id, objective, reason) into its own output directory, so
 the summary covers jobs that ran in other processes and jobs that never got as far as an
 MLflow run (a bad value in the sweep). Hydra does not call ``on_multirun_end`` when a job
@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -25,7 +24,7 @@ from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
-PARENT_ENV = "EXPERIMENTS_PARENT_RUN_ID"
+PARENT_FILE = "parent_run_id"
 OUTCOME_FILE = "outcome.json"
 
 
@@ -56,9 +55,17 @@ def read_outcomes(sweep_dir: str | Path) -> list[Outcome]:
     return sorted(found, key=lambda outcome: outcome.job)
 
 
-def parent_run_id() -> str | None:
-    """The id of the sweep's parent run, when this process runs a job of a sweep."""
-    return os.environ.get(PARENT_ENV) or None
+def parent_run_id(sweep_dir: str | Path) -> str | None:
+    """The id of the parent run of the sweep writing into ``sweep_dir``, if it has one."""
+    try:
+        return Path(sweep_dir, PARENT_FILE).read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+def active() -> bool:
+    """Whether this process has opened a sweep that is not finished yet."""
+    return bool(_active)
 
 
 @dataclass
@@ -101,8 +108,10 @@ def start(config: DictConfig) -> str:
             "overrides": " ".join(overrides),
         },
     )
-    _active.append(_Sweep(tracker, run.info.run_id, Path(hydra_cfg.sweep.dir), name))
-    os.environ[PARENT_ENV] = run.info.run_id
+    directory = Path(hydra_cfg.sweep.dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    Path(directory, PARENT_FILE).write_text(run.info.run_id, encoding="utf-8")
+    _active.append(_Sweep(tracker, run.info.run_id, directory, name))
     return run.info.run_id
 
 
@@ -122,7 +131,6 @@ def finish(interrupted: bool = False) -> list[Outcome]:
     if not _active:
         return []
     sweep = _active.pop()
-    os.environ.pop(PARENT_ENV, None)
     outcomes = read_outcomes(sweep.directory)
     table = summary_table(outcomes)
     print(f"\nSweep {sweep.name!r}: {counts_line(outcomes)}\n{table}", flush=True)
@@ -139,7 +147,7 @@ def finish(interrupted: bool = False) -> list[Outcome]:
 
 def counts_line(outcomes: list[Outcome]) -> str:
     """E.g. ``20 jobs: 18 finished, 1 failed, 1 skipped``."""
-    parts = [f"{len(outcomes)} jobs"]
+    parts = [f"{len(outcomes)} job" + ("" if len(outcomes) == 1 else "s")]
     details = []
     for status in ("FINISHED", "FAILED", "SKIPPED"):
         count = sum(outcome.status == status for outcome in outcomes)

@@ -1,0 +1,447 @@
+"""Sweeps end to end: parent and child runs, launchers, failures, resume, named sweeps, Optuna.
+
+Every sweep runs through the real entry point, in-process (``cli.invoke`` with ``sys.argv``,
+as ``python -m experiments -m ...`` would) or as a subprocess where the launcher starts
+other processes. Results are read back with a plain ``MlflowClient`` on the test's store.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from mlflow import MlflowClient
+
+from experiments import __main__ as entry
+from experiments import cli, config
+from tests.conftest import CONF_DIR, all_runs, compose_config, run_cli, runs_of
+
+PARENT_TAG = "mlflow.parentRunId"
+QUICK_MATMUL = ["task.min_run_time_s=0.05", "task.warmup=1"]
+
+
+def sweep(monkeypatch: pytest.MonkeyPatch, store_uri: str, args: list[str]) -> int:
+    """``python -m experiments -m ARGS`` in this process; returns the exit status.
+
+    The store comes from the environment, as a user's would, so that the overrides (and so
+    the run names and the summary's rows) are only ``args``.
+    """
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)
+    monkeypatch.setattr(sys, "argv", ["experiments", "-m", *args])
+    return cli.invoke(entry.hydra_main)
+
+
+def split(runs: list) -> tuple:
+    """The one parent run (tag sweep=true) and the other runs, its jobs."""
+    parents = [run for run in runs if run.data.tags.get("sweep") == "true"]
+    assert len(parents) == 1, [run.info.run_name for run in parents]
+    jobs = [run for run in runs if run.data.tags.get("sweep") != "true"]
+    return parents[0], jobs
+
+
+def summary_of(client: MlflowClient, parent, tmp_path: Path) -> str:
+    """The summary table logged to the parent run as ``summary.txt``."""
+    assert "summary.txt" in [item.path for item in client.list_artifacts(parent.info.run_id)]
+    local = client.download_artifacts(parent.info.run_id, "summary.txt", str(tmp_path))
+    return Path(local).read_text()
+
+
+def table_rows(text: str) -> dict[str, list[str]]:
+    """Rows of a printed summary table, keyed by the job's overrides."""
+    rows = {}
+    for line in text.splitlines():
+        found = re.match(r"^(\d+)\s+(.+?)\s+(FINISHED|FAILED|SKIPPED)\s+(.*)$", line)
+        if found:
+            rows[found.group(2)] = [found.group(3), found.group(4)]
+    return rows
+
+
+def assert_children_of(parent, jobs: list, status: str = "FINISHED") -> None:
+    assert jobs
+    assert {run.data.tags[PARENT_TAG] for run in jobs} == {parent.info.run_id}
+    assert {run.info.status for run in jobs} == {status}
+
+
+def hydra_node(overrides: list[str]):
+    """The ``hydra`` node Hydra would use: which sweeper, launcher and sweep parameters."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return compose("config", overrides=overrides, return_hydra_config=True).hydra
+    finally:
+        GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize(
+    ("preset", "task", "sweeper", "launcher", "swept"),
+    [
+        (
+            "matmul_scaling",
+            "matmul",
+            "BasicSweeper",
+            "BasicLauncher",
+            "device task.size task.dtype",
+        ),
+        ("lr_sweep", "minimize", "BasicSweeper", "BasicLauncher", "optim optim.lr"),
+        ("lr_search", "minimize", "OptunaSweeper", "BasicLauncher", "optim.lr"),
+        ("slurm", "minimize", "BasicSweeper", "SlurmLauncher", None),
+        (
+            "[matmul_scaling,slurm]",
+            "matmul",
+            "BasicSweeper",
+            "SlurmLauncher",
+            "device task.size task.dtype",
+        ),
+    ],
+)
+def test_named_sweeps_compose(preset, task, sweeper, launcher, swept) -> None:
+    settings = config.validate(compose_config([f"experiment={preset}"]))
+    assert settings.task.name == task
+    node = hydra_node([f"experiment={preset}"])
+    assert node.sweeper._target_.endswith(sweeper)
+    assert node.launcher._target_.endswith(launcher)
+    params = node.sweeper.params
+    assert (" ".join(params) if params else None) == swept
+
+
+def test_sweep_in_process_groups_jobs_under_a_finished_parent(
+    monkeypatch, capfd, store_uri, client, tmp_path
+) -> None:
+    status = sweep(monkeypatch, store_uri, ["task.steps=3,4,5"])
+    out = capfd.readouterr().out
+    assert status == 0
+    parent, jobs = split(runs_of(client, "minimize"))
+    assert parent.info.status == "FINISHED"
+    assert parent.info.run_name == "sweep task.steps=3,4,5"
+    assert_children_of(parent, jobs)
+    assert sorted(run.data.params["task.steps"] for run in jobs) == ["3", "4", "5"]
+    assert "Sweep 'sweep task.steps=3,4,5': 3 jobs: 3 finished" in out
+    printed = table_rows(out)
+    assert set(printed) == {"task.steps=3", "task.steps=4", "task.steps=5"}
+    assert table_rows(summary_of(client, parent, tmp_path)) == printed
+    for run in jobs:  # each row links the job to its run
+        assert run.info.run_id in printed[run.data.tags["overrides"]][1]
+
+
+@pytest.mark.slow
+def test_sweep_as_a_subprocess_groups_jobs_under_a_finished_parent(workdir, tmp_path) -> None:
+    result = run_cli(["-m", "task.steps=3,4"], cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "Sweep 'sweep task.steps=3,4': 2 jobs: 2 finished" in result.stdout
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    parent, jobs = split(runs_of(client, "minimize"))
+    assert parent.info.status == "FINISHED"
+    assert_children_of(parent, jobs)
+    assert len(jobs) == 2
+    assert set(table_rows(summary_of(client, parent, tmp_path))) == {
+        "task.steps=3",
+        "task.steps=4",
+    }
+
+
+@pytest.mark.slow
+def test_joblib_with_4_workers_on_a_fresh_store(workdir) -> None:
+    # tracking.experiment is swept too, so two workers at a time create the same experiment:
+    # the race that lands MLflow runs in "Default" when it is lost.
+    assert not (workdir / "mlflow.db").exists()
+    result = run_cli(
+        [
+            "-m",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=4",
+            "tracking.experiment=race_a,race_b",
+            "task.steps=5,6",
+        ],
+        cwd=workdir,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "4 jobs: 4 finished" in result.stdout
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    parent, jobs = split(all_runs(client))
+    assert parent.info.status == "FINISHED"
+    assert len(jobs) == 4
+    assert_children_of(parent, jobs)
+    names = {e.experiment_id: e.name for e in client.search_experiments()}
+    assert names[parent.info.experiment_id] == "minimize"
+    for run in jobs:
+        assert names[run.info.experiment_id] == run.data.params["tracking.experiment"]
+    assert sorted(
+        (run.data.params["tracking.experiment"], run.data.params["task.steps"]) for run in jobs
+    ) == [("race_a", "5"), ("race_a", "6"), ("race_b", "5"), ("race_b", "6")]
+    assert runs_of(client, "Default") == []
+
+
+@pytest.mark.slow
+def test_submitit_local_runs_jobs_as_separate_processes(workdir) -> None:
+    result = run_cli(
+        ["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", "task.steps=5,6"],
+        cwd=workdir,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "2 jobs: 2 finished" in result.stdout
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    parent, jobs = split(runs_of(client, "minimize"))
+    assert parent.info.status == "FINISHED"
+    assert len(jobs) == 2
+    assert_children_of(parent, jobs)
+    # submitit kept each job's own process log: two jobs, two processes
+    logs = list((workdir / "outputs" / "multirun").glob("*/*/.submitit/*/*_log.out"))
+    assert len(logs) == 2
+
+
+def test_a_failing_job_in_the_middle(monkeypatch, capfd, store_uri, client, tmp_path) -> None:
+    status = sweep(monkeypatch, store_uri, ["optim.lr=0.1,50,0.2", "task.steps=50"])
+    captured = capfd.readouterr()
+    assert status == 1
+    assert "3 jobs: 2 finished, 1 failed" in captured.out
+    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "diverged" in errors[0]
+    parent, jobs = split(runs_of(client, "minimize"))
+    assert parent.info.status == "FAILED"
+    assert {run.data.tags[PARENT_TAG] for run in jobs} == {parent.info.run_id}
+    by_lr = {run.data.params["optim.lr"]: run for run in jobs}
+    assert {lr: run.info.status for lr, run in by_lr.items()} == {
+        "0.1": "FINISHED",
+        "50.0": "FAILED",
+        "0.2": "FINISHED",  # ran after the failure
+    }
+    rows = table_rows(summary_of(client, parent, tmp_path))
+    failed_status, failed_note = rows["optim.lr=50 task.steps=50"]
+    assert failed_status == "FAILED"
+    assert failed_note.startswith("diverged: loss=inf")
+    assert failed_note == by_lr["50.0"].data.tags["error"]
+
+
+def test_a_job_with_an_invalid_config_is_listed_failed_without_a_run(
+    monkeypatch, capfd, store_uri, client, tmp_path
+) -> None:
+    status = sweep(monkeypatch, store_uri, ["task.steps=5,0"])
+    out = capfd.readouterr().out
+    assert status == 1
+    parent, jobs = split(runs_of(client, "minimize"))
+    assert parent.info.status == "FAILED"
+    assert [run.data.params["task.steps"] for run in jobs] == ["5"]  # no run for steps=0
+    for text in (out, summary_of(client, parent, tmp_path)):
+        assert table_rows(text)["task.steps=0"] == [
+            "FAILED",
+            "task.steps must be a positive integer, got 0",
+        ]
+
+
+def test_resume_skips_finished_configs_and_reruns_failed_and_missing_ones(
+    monkeypatch, capfd, store_uri, client, workdir
+) -> None:
+    first = sweep(monkeypatch, store_uri, ["optim.lr=0.1,50,0.2", "task.steps=50"])
+    assert first == 1
+    before = {run.data.tags["overrides"]: run for run in runs_of(client, "minimize")}
+    capfd.readouterr()
+    # The same sweep plus one new job, in another output directory: identity is the config.
+    second = sweep(
+        monkeypatch,
+        store_uri,
+        [
+            "optim.lr=0.1,50,0.2,0.3",
+            "task.steps=50",
+            "skip_existing=true",
+            f"hydra.sweep.dir={workdir / 'elsewhere'}",
+        ],
+    )
+    out = capfd.readouterr().out
+    assert second == 1  # lr=50 diverges again
+    assert "4 jobs: 1 finished, 1 failed, 2 skipped" in out
+    rows = table_rows(out)  # Hydra's sweeper hands on skip_existing as Python spells it: True
+    for lr in ("0.1", "0.2"):
+        status, note = rows[f"optim.lr={lr} task.steps=50 skip_existing=True"]
+        assert status == "SKIPPED"
+        assert before[f"optim.lr={lr} task.steps=50"].info.run_id in note  # the run it reused
+    assert rows["optim.lr=50 task.steps=50 skip_existing=True"][0] == "FAILED"
+    assert rows["optim.lr=0.3 task.steps=50 skip_existing=True"][0] == "FINISHED"
+    assert len(list((workdir / "elsewhere").glob("*/outcome.json"))) == 4
+    runs = runs_of(client, "minimize")
+    parents = [run for run in runs if run.data.tags.get("sweep") == "true"]
+    assert [run.info.status for run in parents] == ["FAILED", "FAILED"]
+    jobs = [run for run in runs if run.data.tags.get("sweep") != "true"]
+    runs_per_lr = {}
+    for run in jobs:
+        runs_per_lr.setdefault(run.data.params["optim.lr"], []).append(run.info.status)
+    assert runs_per_lr == {
+        "0.1": ["FINISHED"],  # skipped: not run again
+        "0.2": ["FINISHED"],
+        "50.0": ["FAILED", "FAILED"],  # failed: run again
+        "0.3": ["FINISHED"],  # missing: run
+    }
+    assert (
+        len({run.data.tags["config.hash"] for run in jobs if run.data.params["optim.lr"] == "50.0"})
+        == 1
+    )
+
+
+def test_lr_sweep_composes_the_grid_of_the_preset(monkeypatch, capfd, store_uri, client) -> None:
+    status = sweep(monkeypatch, store_uri, ["experiment=lr_sweep", "task.steps=20"])
+    out = capfd.readouterr().out
+    assert status == 1  # SGD diverges at the preset's three largest learning rates
+    assert "Sweep 'sweep lr_sweep': 20 jobs: 17 finished, 3 failed" in out
+    parent, jobs = split(runs_of(client, "minimize"))
+    assert parent.info.run_name == "sweep lr_sweep"
+    assert {run.data.tags[PARENT_TAG] for run in jobs} == {parent.info.run_id}
+    grid = {(run.data.params["optim._target_"], float(run.data.params["optim.lr"])) for run in jobs}
+    optimizers = ("SGD", "Adam", "RMSprop", "Adagrad")
+    lrs = (1e-4, 1e-3, 1e-2, 0.1, 1.0)
+    assert grid == {(f"torch.optim.{name}", lr) for name in optimizers for lr in lrs}
+    failed = {
+        (run.data.params["optim._target_"], float(run.data.params["optim.lr"]))
+        for run in jobs
+        if run.info.status == "FAILED"
+    }
+    assert failed == {("torch.optim.SGD", lr) for lr in (1e-2, 0.1, 1.0)}
+    for run in jobs:  # the preset's problem, with the command line's steps
+        assert run.data.params["task.expr"] == "(1 - x)**2 + 100*(y - x**2)**2"
+        assert run.data.params["task.dtype"] == "float64"
+        assert run.data.params["task.steps"] == "20"
+
+
+def test_matmul_scaling_command_line_replaces_the_presets_sweep_values(
+    monkeypatch, capfd, store_uri, client
+) -> None:
+    args = ["experiment=matmul_scaling", "device=cpu", "task.size=64,128", *QUICK_MATMUL]
+    status = sweep(monkeypatch, store_uri, args)
+    out = capfd.readouterr().out
+    assert status == 0
+    assert "4 jobs: 4 finished" in out
+    parent, jobs = split(runs_of(client, "matmul"))
+    assert parent.info.status == "FINISHED"
+    assert_children_of(parent, jobs)
+    # device and size come from the command line, dtype still from the preset
+    assert sorted(
+        (run.data.params["device"], run.data.params["task.size"], run.data.params["task.dtype"])
+        for run in jobs
+    ) == [
+        ("cpu", "128", "bfloat16"),
+        ("cpu", "128", "float32"),
+        ("cpu", "64", "bfloat16"),
+        ("cpu", "64", "float32"),
+    ]
+    assert all(run.data.metrics["gflops"] > 0 for run in jobs)
+
+
+def test_matmul_scaling_sweeps_both_devices_by_default(monkeypatch, capfd, store_uri) -> None:
+    args = ["experiment=matmul_scaling", "task.size=32", "task.dtype=float32", *QUICK_MATMUL]
+    status = sweep(monkeypatch, store_uri, args)
+    rows = table_rows(capfd.readouterr().out)
+    by_device = {key.split()[0]: row for key, row in rows.items()}
+    assert set(by_device) == {"device=cpu", "device=cuda"}
+    assert by_device["device=cpu"][0] == "FINISHED"
+    if not torch.cuda.is_available():  # documented: the cuda jobs fail, saying why
+        assert status == 1
+        assert by_device["device=cuda"][0] == "FAILED"
+        assert by_device["device=cuda"][1].startswith("device=cuda is not available")
+
+
+# optuna 2.10 imports its SQL storage models, written for SQLAlchemy 1.x, even when unused
+def test_optuna_search_gets_each_jobs_objective(
+    monkeypatch, capfd, store_uri, client, workdir
+) -> None:
+    args = ["experiment=lr_search", "hydra.sweeper.n_trials=4", "task.steps=10"]
+    status = sweep(monkeypatch, store_uri, args)
+    out = capfd.readouterr().out
+    assert status == 0, out
+    assert "Sweep 'sweep lr_search': 4 jobs: 4 finished" in out
+    parent, jobs = split(runs_of(client, "minimize"))
+    assert parent.info.status == "FINISHED"
+    assert len(jobs) == 4
+    assert_children_of(parent, jobs)
+    assert len({run.data.params["optim.lr"] for run in jobs}) == 4  # four sampled trials
+    assert all(1e-4 <= float(run.data.params["optim.lr"]) <= 1.0 for run in jobs)
+    (results,) = (workdir / "outputs" / "multirun").glob("*/*/optimization_results.yaml")
+    found = yaml.safe_load(results.read_text())
+    best = min(jobs, key=lambda run: run.data.metrics["loss"])
+    assert found["best_value"] == pytest.approx(best.data.metrics["loss"])
+    assert found["best_params"]["optim.lr"] == pytest.approx(float(best.data.params["optim.lr"]))
+
+
+def test_optuna_search_resumes_with_skip_existing(monkeypatch, capfd, store_uri, client) -> None:
+    # The preset seeds the sampler, so a rerun proposes the same learning rates; the skipped
+    # trials hand Optuna their recorded loss, and only the new trial runs.
+    args = ["experiment=lr_search", "task.steps=10"]
+    assert sweep(monkeypatch, store_uri, [*args, "hydra.sweeper.n_trials=3"]) == 0
+    capfd.readouterr()
+    assert (
+        sweep(monkeypatch, store_uri, [*args, "hydra.sweeper.n_trials=4", "skip_existing=true"])
+        == 0
+    )
+    assert "4 jobs: 1 finished, 3 skipped" in capfd.readouterr().out
+    runs = runs_of(client, "minimize")
+    jobs = [run for run in runs if run.data.tags.get("sweep") != "true"]
+    assert len(jobs) == 4 and len({run.data.params["optim.lr"] for run in jobs}) == 4
+
+
+def _fake_slurm(directory: Path) -> Path:
+    """``sbatch`` that keeps the script it was given and refuses it; ``srun`` to be found."""
+    directory.mkdir()
+    scripts = {
+        "sbatch": '#!/bin/sh\ncp "$1" "$SBATCH_SCRIPT_COPY"\necho "sbatch: error: no cluster" >&2\n'
+        "exit 1\n",
+        "srun": "#!/bin/sh\nexit 1\n",
+    }
+    for name, text in scripts.items():
+        path = directory / name
+        path.write_text(text)
+        path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return directory
+
+
+@pytest.mark.slow
+def test_slurm_preset_submits_what_it_documents(workdir) -> None:
+    # No cluster here: a stand-in sbatch records the job script submitit wrote, then refuses.
+    bin_dir = _fake_slurm(workdir / "fake-slurm")
+    script = workdir / "job.sh"
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SBATCH_SCRIPT_COPY": str(script)}
+    args = ["-m", "experiment=slurm", "task=matmul", "device=cuda", "task.size=1024,4096"]
+    result = run_cli(args, cwd=workdir, env=env)
+    assert result.returncode == 1
+    assert "sbatch: error: no cluster" in result.stderr
+    directives = set(re.findall(r"^#SBATCH (\S+)$", script.read_text(), flags=re.M))
+    assert {
+        "--array=0-1%2",  # both sizes, at most array_parallelism at once
+        "--gpus-per-node=1",
+        "--cpus-per-task=8",
+        "--mem=32GB",
+        "--time=30",
+        "--nodes=1",
+        "--ntasks-per-node=1",
+    } <= directives
+    assert not any(d.startswith("--partition") for d in directives)  # the cluster's default
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    parent, jobs = split(runs_of(client, "matmul"))
+    assert jobs == []
+    assert parent.info.status == "FAILED"  # never left RUNNING
+
+
+@pytest.mark.slow
+def test_two_joblib_sweeps_in_one_process_keep_their_own_parents(
+    monkeypatch, capfd, store_uri, client
+) -> None:
+    for steps in ("5,6", "7,8"):
+        args = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"task.steps={steps}"]
+        assert sweep(monkeypatch, store_uri, args) == 0
+    runs = runs_of(client, "minimize")
+    parents = {run.info.run_id: run.info.run_name for run in runs if run.data.tags.get("sweep")}
+    joined = {
+        run.data.params["task.steps"]: parents[run.data.tags[PARENT_TAG]]
+        for run in runs
+        if not run.data.tags.get("sweep")
+    }
+    assert joined == {
+        "5": "sweep task.steps=5,6",
+        "6": "sweep task.steps=5,6",
+        "7": "sweep task.steps=7,8",
+        "8": "sweep task.steps=7,8",
+    }
