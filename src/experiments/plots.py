@@ -37,7 +37,7 @@ def curve_with_path(
     figure = Figure(figsize=(9, 6), facecolor="azure")
     ax = figure.subplots()
     ax.plot(grid, f({name: grid}), label=f"f({name})")
-    ax.plot(path, values, "o-", ms=4, alpha=0.6, label="iterates")
+    ax.plot(path, values, _style(path), ms=4, alpha=0.6, label="iterates")
     ax.plot(
         path[-1], values[-1], marker="^", ms=16, ls="none", label=f"final {name}={path[-1]:.4f}"
     )
@@ -70,7 +70,7 @@ def contour_with_path(f: Function, names: Sequence[str], path: np.ndarray, title
     else:
         contours = ax.contour(xs, ys, zs, levels=30, cmap="viridis")
     figure.colorbar(contours, ax=ax, label="f")
-    ax.plot(path[:, 0], path[:, 1], "o-", color="tab:red", ms=3, lw=1, label="iterates")
+    ax.plot(path[:, 0], path[:, 1], _style(path), color="tab:red", ms=3, lw=1, label="iterates")
     ax.plot(*path[0], marker="s", color="black", ls="none", label="start")
     ax.plot(*path[-1], marker="^", ms=14, color="tab:red", ls="none", label="final")
     ax.set(xlabel=names[0], ylabel=names[1])
@@ -83,12 +83,12 @@ def loss_curve(steps: Sequence[int], loss: Sequence[float], grad_norm: Sequence[
     """Loss and gradient norm against the step."""
     figure = Figure(figsize=(10, 4))
     left, right = figure.subplots(1, 2)
-    left.plot(steps, loss, "o-", ms=3)
+    left.plot(steps, loss, _style(steps), ms=3)
     left.set(xlabel="step", ylabel="loss")
     _title(left, "loss")
     left.grid(True)
     norms = np.asarray(grad_norm, dtype=float)
-    right.plot(steps, np.where(norms > 0, norms, np.nan), "o-", ms=3, color="tab:orange")
+    right.plot(steps, np.where(norms > 0, norms, np.nan), _style(steps), ms=3, color="tab:orange")
     right.set(xlabel="step", ylabel="|grad|", yscale="log")
     # Plain "1e-06" labels: the default 10^x labels go through mathtext, slow to lay out.
     right.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=True))
@@ -97,6 +97,12 @@ def loss_curve(steps: Sequence[int], loss: Sequence[float], grad_norm: Sequence[
     right.grid(True)
     figure.subplots_adjust(wspace=0.3)  # a fixed layout: tight_layout costs a second render
     return figure
+
+
+def _style(points: Sequence) -> str:
+    # A marker per point shows the steps of a short run; on a long one it is a smear that
+    # costs more to draw than everything else.
+    return "o-" if len(points) <= 100 else "-"
 
 
 def _title(ax: Axes, text: str) -> None:
