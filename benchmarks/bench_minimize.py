@@ -1,9 +1,10 @@
 """Speed of the minimize pipeline against the hand-written baseline, side by side.
 
-Runs ``python -m experiments task.steps=N`` and ``benchmarks/baseline_minimize.py N``
-alternately, each in its own directory with its own ``mlflow.db`` (created by a warm-up
-run first, so neither pays for creating the store), and prints the median wall times and
-their ratio. Then measures logging throughput into the embedded SQLite store.
+Runs ``python -m experiments task.steps=N``, ``benchmarks/baseline_minimize.py N`` (the same
+per-step metrics, loss, gradient norm and x, logged by hand) and the same script with
+``--only-loss`` in turn, each in its own directory with its own ``mlflow.db`` (created by a
+warm-up run first, so none pays for creating the store), and prints the median wall times
+and the ratios. Then measures logging throughput into the embedded SQLite store.
 
 Usage: python benchmarks/bench_minimize.py [--repeats 5] [--steps 20 1000] [--points 20000]
 """
@@ -27,19 +28,22 @@ def wall(command: list[str], cwd: Path) -> float:
     return time.perf_counter() - started
 
 
-def compare(steps: int, repeats: int, root: Path) -> tuple[float, float]:
-    pipeline_dir, baseline_dir = root / f"pipeline-{steps}", root / f"baseline-{steps}"
-    pipeline_dir.mkdir()
-    baseline_dir.mkdir()
-    pipeline = [sys.executable, "-m", "experiments", f"task.steps={steps}"]
-    baseline = [sys.executable, str(BASELINE), str(steps)]
-    wall(pipeline, pipeline_dir)  # warm-up: creates the store and fills the OS cache
-    wall(baseline, baseline_dir)
-    ours, theirs = [], []
+def compare(steps: int, repeats: int, root: Path) -> tuple[float, float, float]:
+    """Median wall times: the pipeline, the same logging by hand, the loss alone by hand."""
+    commands = {
+        "pipeline": [sys.executable, "-m", "experiments", f"task.steps={steps}"],
+        "by-hand": [sys.executable, str(BASELINE), str(steps)],
+        "loss-only": [sys.executable, str(BASELINE), str(steps), "--only-loss"],
+    }
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    directories = {name: root / f"{name}-{steps}" for name in commands}
+    for name, command in commands.items():
+        directories[name].mkdir()
+        wall(command, directories[name])  # warm-up: creates the store, fills the OS cache
     for _ in range(repeats):
-        ours.append(wall(pipeline, pipeline_dir))
-        theirs.append(wall(baseline, baseline_dir))
-    return statistics.median(ours), statistics.median(theirs)
+        for name, command in commands.items():
+            times[name].append(wall(command, directories[name]))
+    return tuple(statistics.median(times[name]) for name in commands)  # type: ignore[return-value]
 
 
 def throughput(points: int, root: Path) -> dict[str, float]:
@@ -84,10 +88,16 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-minimize-") as tmp:
         root = Path(tmp)
-        print(f"{'steps':>6} {'pipeline s':>11} {'baseline s':>11} {'ratio':>6}")
+        print(
+            f"{'steps':>6} {'pipeline s':>11} {'by hand s':>10} {'ratio':>6}"
+            f" {'loss only s':>12} {'ratio':>6}"
+        )
         for steps in args.steps:
-            ours, theirs = compare(steps, args.repeats, root)
-            print(f"{steps:>6} {ours:>11.2f} {theirs:>11.2f} {ours / theirs:>6.2f}")
+            ours, same, loss_only = compare(steps, args.repeats, root)
+            print(
+                f"{steps:>6} {ours:>11.2f} {same:>10.2f} {ours / same:>6.2f}"
+                f" {loss_only:>12.2f} {ours / loss_only:>6.2f}"
+            )
         print(f"\nlogging throughput, {args.points:,} points into a fresh SQLite store:")
         for name, rate in throughput(args.points, root).items():
             print(f"  {name:<40} {rate:>9,.0f} points/s")
