@@ -51,6 +51,8 @@ BAD_INPUTS = [
     (["task.expr=\"'abc'\""], r"task\.expr: .*string"),
     (['task.expr="9**9**9**9"'], r"task\.expr: .*exponent"),
     (["task.expr=sin(x)"], r"Error parsing override .*need quoting"),
+    (["optim._target_=torch.optim.Adamax"], r"optim\.momentum is not an argument of"),
+    (["optim._target_=os.system"], r"optim\._target_=os\.system is not a torch\.optim"),
 ]
 
 

@@ -282,6 +282,16 @@ def test_resume_skips_finished_configs_and_reruns_failed_and_missing_ones(
         len({run.data.tags["config.hash"] for run in jobs if run.data.params["optim.lr"] == "50.0"})
         == 1
     )
+    resumed = parents[-1]
+    assert resumed.data.tags["error"].startswith("1 of 4 jobs failed: diverged")
+    reused = set(resumed.data.tags["sweep.reused_runs"].split(","))
+    assert reused == {before[f"optim.lr={lr} task.steps=50"].info.run_id for lr in ("0.1", "0.2")}
+    # a report of the resumed sweep covers its skipped jobs through the runs they reused
+    from experiments import report
+
+    selection = report.select(client, parent=resumed.info.run_id)
+    assert {run.info.run_id for run in selection.runs} >= reused
+    assert len(selection.runs) == 4
 
 
 def test_lr_sweep_composes_the_grid_of_the_preset(monkeypatch, capfd, store_uri, client) -> None:

@@ -61,23 +61,25 @@ def invoke(hydra_main: Callable[[], object]) -> int:
 
 
 def _call(hydra_main: Callable[[], object]) -> None:
-    interrupted = False
+    interrupted, stopped = False, None
     try:
         hydra_main()
     except KeyboardInterrupt:
         interrupted = True
         raise
-    except EXPECTED:
+    except EXPECTED as error:
+        stopped = one_line(error)
         raise
     except Exception as error:
         if not sweep.active():
             raise  # a bug: keep its traceback
         # A sweeper or launcher gave up (e.g. Optuna with no completed trial): the jobs
         # reported their own errors, and the summary below says what ran.
-        raise SweepFailed(f"sweep stopped: {one_line(error)}") from error
+        stopped = f"sweep stopped: {one_line(error)}"
+        raise SweepFailed(stopped) from error
     finally:
         # Hydra skips on_multirun_end when a job failed: close the sweep here too.
-        outcomes = sweep.finish(interrupted=interrupted)
+        outcomes = sweep.finish(interrupted=interrupted, error=stopped)
     failed = [outcome for outcome in outcomes if outcome.status == "FAILED"]
     if failed:
         raise SweepFailed(f"{len(failed)} of {len(outcomes)} jobs failed: {failed[0].reason}")
@@ -87,6 +89,11 @@ def _call(hydra_main: Callable[[], object]) -> None:
 
 def one_line(error: BaseException) -> str:
     """A single-line description of an expected error, keeping the key and value it names."""
+    if isinstance(error, MissingConfigException) and _is_plugin(error):
+        return (
+            f"{_lines(error)[0]}: the launchers and sweepers are an optional extra; "
+            "install them with: pip install 'experiments[sweeps]'"
+        )
     if isinstance(error, MissingConfigException) and error.options:
         head = _lines(error)[-1] if "Could not find" not in _lines(error)[0] else None
         found = next((line for line in _lines(error) if "Could not find" in line), head)
@@ -106,6 +113,13 @@ def one_line(error: BaseException) -> str:
         detail = _lines(cause)[0] if _lines(cause) else ""
         first = f"{first.rstrip('.')}: {detail}" if detail else first
     return first or type(error).__name__
+
+
+def _is_plugin(error: MissingConfigException) -> bool:
+    missing = error.missing_cfg_file or ""
+    return missing.startswith(("hydra/launcher/", "hydra/sweeper/")) and missing.rsplit("/", 1)[
+        -1
+    ] in ("joblib", "submitit_local", "submitit_slurm", "optuna")
 
 
 def _lines(error: BaseException) -> list[str]:

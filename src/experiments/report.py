@@ -81,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, text in report.tables.items():
         if name != "table.txt":
             print(f"{name}:\n{text}\n")
-    print(f"wrote {len(report.figures)} figures and {len(report.tables)} tables to {out}")
+    figures, tables = len(report.figures), len(report.tables)
+    print(f"wrote {_plural(figures, 'figure')} and {_plural(tables, 'table')} to {out}")
     return 0
 
 
@@ -131,6 +132,9 @@ def select(
     runs = _search(
         client, _experiment_ids(client), f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{_id(found)}'"
     )
+    # A resumed sweep's skipped jobs point to runs of an earlier sweep: report them too.
+    reused = found.data.tags.get("sweep.reused_runs", "")
+    runs += [client.get_run(run_id) for run_id in reused.split(",") if len(run_id) == 32]
     if not runs:
         raise ConfigError(f"no runs found under parent run {_id(found)} ({found.info.run_name})")
     name = found.info.run_name or _id(found)
@@ -340,7 +344,11 @@ def _derivative_order(name: str) -> tuple[int, str]:
 def _counts(runs: Sequence[Run]) -> str:
     statuses = [run.info.status for run in runs]
     parts = [f"{statuses.count(s)} {s.lower()}" for s in sorted(set(statuses))]
-    return f"{len(runs)} runs: {', '.join(parts)}"
+    return f"{_plural(len(runs), 'run')}: {', '.join(parts)}"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _task(run: Run) -> str:

@@ -21,7 +21,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from omegaconf import DictConfig, OmegaConf
 
 import experiments
-from experiments import config, devices
+from experiments import config, devices, optimizers
 from experiments.context import TaskContext
 from experiments.tasks import TASKS
 from experiments.tracking import Tracker, resolve_uri
@@ -85,6 +85,7 @@ def execute(
     """
     started = time.perf_counter()
     settings = config.validate(cfg)
+    optimizers.build(cfg.optim)  # a bad optimizer setting is refused before any run starts
     task_name = settings.task.name
     task = TASKS[task_name]
     tracker = tracker_for(settings.tracking.uri, settings.tracking.timeout_s)

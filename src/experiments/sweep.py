@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 PARENT_FILE = "parent_run_id"
 OUTCOME_FILE = "outcome.json"
+MAX_TAG_LENGTH = 8000  # MLflow's limit on a tag's value
 
 
 @dataclass
@@ -122,24 +123,39 @@ def sweep_name(experiment: str | None, overrides: list[str]) -> str:
     return " ".join(["sweep", *overrides])[:250]
 
 
-def finish(interrupted: bool = False) -> list[Outcome]:
+def finish(interrupted: bool = False, error: str | None = None) -> list[Outcome]:
     """Close the active sweep's parent run, print and record the summary of its jobs.
 
     The parent ends FINISHED when every job finished (or was skipped as already done),
-    FAILED when any failed or left no outcome, KILLED when the sweep was interrupted.
+    FAILED when any failed, left no outcome, or the sweep stopped with ``error``, and
+    KILLED when the sweep was interrupted. The runs that skipped jobs point to are listed
+    in the parent's ``sweep.reused_runs`` tag, so a report of the sweep covers them too.
     """
     if not _active:
         return []
     sweep = _active.pop()
     outcomes = read_outcomes(sweep.directory)
-    table = summary_table(outcomes)
-    print(f"\nSweep {sweep.name!r}: {counts_line(outcomes)}\n{table}", flush=True)
+    failed = [outcome for outcome in outcomes if outcome.status == "FAILED"]
+    reason = (
+        f"{len(failed)} of {len(outcomes)} jobs failed: {failed[0].reason}" if failed else error
+    )
+    if not outcomes:
+        reason = reason or "no job ran"
+    summary = f"Sweep {sweep.name!r}: {counts_line(outcomes)}\n{summary_table(outcomes)}"
+    if outcomes:
+        print(f"\n{summary}", flush=True)
+    reused = [o.run_id for o in outcomes if o.status == "SKIPPED" and o.run_id is not None]
+    tags = {"jobs": counts_line(outcomes)}
+    if reused:
+        tags["sweep.reused_runs"] = ",".join(reused)[:MAX_TAG_LENGTH]
+    if reason is not None and not interrupted:
+        tags["error"] = reason[:MAX_TAG_LENGTH]
+    status = RunStatus.KILLED if interrupted else RunStatus.FAILED if reason else RunStatus.FINISHED
     client = sweep.tracker.client
-    failed = any(outcome.status == "FAILED" for outcome in outcomes) or not outcomes
-    status = RunStatus.KILLED if interrupted else RunStatus.FAILED if failed else RunStatus.FINISHED
     try:
-        client.log_text(sweep.run_id, table + "\n", "summary.txt")
-        client.set_tag(sweep.run_id, "jobs", counts_line(outcomes))
+        client.log_text(sweep.run_id, summary + "\n", "summary.txt")
+        for key, value in tags.items():
+            client.set_tag(sweep.run_id, key, value)
     finally:
         client.set_terminated(sweep.run_id, status=RunStatus.to_string(status))
     return outcomes
