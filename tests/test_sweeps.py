@@ -455,3 +455,19 @@ def test_two_joblib_sweeps_in_one_process_keep_their_own_parents(
         "7": "sweep task.steps=7,8",
         "8": "sweep task.steps=7,8",
     }
+
+
+def test_parallel_workers_get_their_share_of_the_cores(monkeypatch) -> None:
+    from omegaconf import OmegaConf
+
+    from experiments import sweep as sweeps
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    sweeps._share_cores(OmegaConf.create({"n_jobs": 2}))
+    assert os.environ["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
+    os.environ.pop(sweeps._set_by_us.pop())
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")  # the user's choice wins
+    sweeps._share_cores(OmegaConf.create({"n_jobs": 2}))
+    assert os.environ["OMP_NUM_THREADS"] == "7" and sweeps._set_by_us == []
+    sweeps._share_cores(OmegaConf.create({"timeout_min": 5}))  # not a worker pool: untouched
+    assert os.environ["OMP_NUM_THREADS"] == "7"

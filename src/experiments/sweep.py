@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -78,6 +79,7 @@ class _Sweep:
 
 
 _active: list[_Sweep] = []
+_set_by_us: list[str] = []  # environment variables a sweep set, cleared when it finishes
 
 
 class SweepCallback(Callback):
@@ -109,11 +111,28 @@ def start(config: DictConfig) -> str:
             "overrides": " ".join(overrides),
         },
     )
+    _share_cores(hydra_cfg.launcher)
     directory = Path(hydra_cfg.sweep.dir)
     directory.mkdir(parents=True, exist_ok=True)
     Path(directory, PARENT_FILE).write_text(run.info.run_id, encoding="utf-8")
     _active.append(_Sweep(tracker, run.info.run_id, directory, name))
     return run.info.run_id
+
+
+def _share_cores(launcher: DictConfig) -> None:
+    """Give each parallel worker its share of the cores, unless the user chose already.
+
+    Every torch process otherwise starts one thread per core: n workers on n cores then
+    fight over them, and OpenMP's spinning threads make the sweep slower than running its
+    jobs one after another. Workers start after this, so they inherit the setting.
+    """
+    workers = launcher.get("n_jobs") if "n_jobs" in launcher else None
+    if workers is None or "OMP_NUM_THREADS" in os.environ:
+        return
+    cores = os.cpu_count() or 1
+    workers = cores if workers < 1 else workers  # joblib's -1: one worker per core
+    os.environ["OMP_NUM_THREADS"] = str(max(1, cores // workers))
+    _set_by_us.append("OMP_NUM_THREADS")
 
 
 def sweep_name(experiment: str | None, overrides: list[str]) -> str:
@@ -134,6 +153,8 @@ def finish(interrupted: bool = False, error: str | None = None) -> list[Outcome]
     if not _active:
         return []
     sweep = _active.pop()
+    while _set_by_us:
+        os.environ.pop(_set_by_us.pop(), None)
     outcomes = read_outcomes(sweep.directory)
     failed = [outcome for outcome in outcomes if outcome.status == "FAILED"]
     reason = (
