@@ -60,6 +60,7 @@ class Tracker:
             _check_server(self.uri, self.source, timeout_s)
         # The first client to open a fresh SQLite store creates its tables; two processes
         # doing that at once leave it half-migrated and unusable. Serialise the opening.
+        self._experiments: dict[str, str] = {}
         with self._store_lock():
             self.client = MlflowClient(tracking_uri=self.uri)
             try:
@@ -75,7 +76,13 @@ class Tracker:
 
         Two processes creating the same experiment at once make one fail; on a SQLite
         store the lock serialises them, elsewhere the loser reads the winner's experiment.
+        The id is remembered, so the jobs of a sweep look it up once.
         """
+        if name not in self._experiments:
+            self._experiments[name] = self._find_or_create(name)
+        return self._experiments[name]
+
+    def _find_or_create(self, name: str) -> str:
         with self._store_lock():
             try:
                 experiment = self.client.get_experiment_by_name(name)
