@@ -3,7 +3,8 @@
 Measures, each in its own directory and MLflow store (warmed up first):
 
 1. ``python -m experiments -m optim.lr=...`` with 20 learning rates (the basic launcher:
-   one process) against a shell loop running ``benchmarks/baseline_minimize.py`` 20 times;
+   one process; median of 3 sweeps) against a shell loop running
+   ``benchmarks/baseline_minimize.py`` 20 times;
 2. the per-job overhead inside that sweep, read back from MLflow: the time from one job's
    start to the next's, less the task's own work (``time/task_s``: optimising and plotting);
 3. the joblib launcher with 2 workers against the basic launcher, on jobs long enough
@@ -39,7 +40,10 @@ def sweep_command(jobs: int, *extra: str) -> list[str]:
 
 
 def per_job_overhead(directory: Path) -> float:
-    """Median of (next job's start - this job's start - this job's task time), in seconds."""
+    """Median of (next job's start - this job's start - this job's task time), in seconds.
+
+    Read from the newest sweep in ``directory``.
+    """
     client = MlflowClient(f"sqlite:///{directory / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("minimize")
     parent = client.search_runs(
@@ -68,7 +72,8 @@ def main() -> None:
             directory.mkdir()
         timed([sys.executable, "-m", "experiments", "task.steps=2"], ours_dir)  # warm-up
         timed([sys.executable, str(BASELINE), "2"], theirs_dir)
-        ours = timed(sweep_command(args.jobs), ours_dir)
+        # the sweep is short next to the loop, so one noisy moment weighs more: take the median
+        ours = statistics.median(timed(sweep_command(args.jobs), ours_dir) for _ in range(3))
         loop = f"for i in $(seq {args.jobs}); do {sys.executable} {BASELINE} 20 || exit 1; done"
         theirs = timed(["bash", "-c", loop], theirs_dir)
         print(f"{args.jobs}-job sweep:        {ours:7.1f} s")
