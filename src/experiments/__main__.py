@@ -32,19 +32,21 @@ def hydra_main(cfg: DictConfig) -> float | None:
     try:
         parent = sweep.parent_run_id(hydra_cfg.sweep.dir) if in_sweep else None
         result = runner.execute(cfg, overrides, output_dir, parent_run_id=parent)
-    except (ConfigError, RunFailure) as error:
-        outcome.reason = cli.one_line(error)
+    except Exception as error:
+        expected = isinstance(error, (ConfigError, RunFailure))
         if not in_sweep:
+            if not expected:
+                raise
             cli.JobErrors.errors.append(error)  # reported by cli.invoke, as one line
             return None
+        outcome.reason = cli.one_line(error)
+        outcome.write(output_dir)
+        # Hydra re-raises only the sweep's first error: name every failed job here.
         log.error("job %s failed: %s", job, outcome.reason)
         raise
-    finally:
-        if in_sweep:
-            outcome.write(output_dir)
-    outcome.status = "SKIPPED" if result.skipped else "FINISHED"
-    outcome.run_id, outcome.objective = result.run_id, result.objective
     if in_sweep:
+        outcome.status = "SKIPPED" if result.skipped else "FINISHED"
+        outcome.run_id, outcome.objective = result.run_id, result.objective
         outcome.write(output_dir)
     return result.objective
 

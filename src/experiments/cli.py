@@ -95,10 +95,9 @@ def one_line(error: BaseException) -> str:
             "install them with: pip install 'experiments[sweeps]'"
         )
     if isinstance(error, MissingConfigException) and error.options:
-        head = _lines(error)[-1] if "Could not find" not in _lines(error)[0] else None
-        found = next((line for line in _lines(error) if "Could not find" in line), head)
-        group = _group_of(error)
-        return f"{found}; available options{group}: {', '.join(sorted(error.options))}"
+        lines = _lines(error)
+        found = next((line for line in lines if "Could not find" in line), lines[0])
+        return f"{found}; available options{_group_of(error)}: {', '.join(sorted(error.options))}"
     text = _lines(error)
     if isinstance(error, OverrideParseException) and len(text) > 1:
         return (
@@ -115,11 +114,12 @@ def one_line(error: BaseException) -> str:
     return first or type(error).__name__
 
 
+PLUGINS = ("joblib", "submitit_local", "submitit_slurm", "optuna")
+
+
 def _is_plugin(error: MissingConfigException) -> bool:
-    missing = error.missing_cfg_file or ""
-    return missing.startswith(("hydra/launcher/", "hydra/sweeper/")) and missing.rsplit("/", 1)[
-        -1
-    ] in ("joblib", "submitit_local", "submitit_slurm", "optuna")
+    group, _, name = (error.missing_cfg_file or "").rpartition("/")
+    return group in ("hydra/launcher", "hydra/sweeper") and name in PLUGINS
 
 
 def _lines(error: BaseException) -> list[str]:
