@@ -4,14 +4,19 @@ Runs ``python -m experiments task.steps=N``, ``benchmarks/baseline_minimize.py N
 per-step metrics, loss, gradient norm and x, logged by hand) and the same script with
 ``--only-loss`` in turn, each in its own directory with its own ``mlflow.db`` (created by a
 warm-up run first, so none pays for creating the store), and prints the median wall times
-and the ratios. Then measures logging throughput into the embedded SQLite store.
+and the ratios. ``--against SRC`` adds the pipeline of another checkout (its ``src``
+directory, e.g. a worktree of an earlier commit) to the same alternation, which measures
+what a change costs. Then measures logging throughput into the embedded SQLite store, end
+to end: through the run's journal and its uploader, as a run records.
 
 Usage: python benchmarks/bench_minimize.py [--repeats 5] [--steps 20 1000] [--points 20000]
+                                           [--against ../old/src]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -22,28 +27,33 @@ from pathlib import Path
 BASELINE = Path(__file__).with_name("baseline_minimize.py")
 
 
-def wall(command: list[str], cwd: Path) -> float:
+def wall(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
     started = time.perf_counter()
-    subprocess.run(command, cwd=cwd, check=True, capture_output=True)
+    subprocess.run(command, cwd=cwd, check=True, capture_output=True, env=env)
     return time.perf_counter() - started
 
 
-def compare(steps: int, repeats: int, root: Path) -> tuple[float, float, float]:
-    """Median wall times: the pipeline, the same logging by hand, the loss alone by hand."""
+def compare(steps: int, repeats: int, root: Path, against: Path | None = None) -> dict[str, float]:
+    """Median wall times: the pipeline, the same logging by hand, the loss alone by hand,
+    and the pipeline of another checkout when ``against`` names its ``src``."""
     commands = {
         "pipeline": [sys.executable, "-m", "experiments", f"task.steps={steps}"],
         "by-hand": [sys.executable, str(BASELINE), str(steps)],
         "loss-only": [sys.executable, str(BASELINE), str(steps), "--only-loss"],
     }
+    envs: dict[str, dict[str, str] | None] = dict.fromkeys(commands)
+    if against is not None:
+        commands["against"] = commands["pipeline"]
+        envs["against"] = {**os.environ, "PYTHONPATH": str(against.resolve())}
     times: dict[str, list[float]] = {name: [] for name in commands}
     directories = {name: root / f"{name}-{steps}" for name in commands}
     for name, command in commands.items():
         directories[name].mkdir()
-        wall(command, directories[name])  # warm-up: creates the store, fills the OS cache
+        wall(command, directories[name], envs[name])  # warm-up: creates the store, fills caches
     for _ in range(repeats):
         for name, command in commands.items():
-            times[name].append(wall(command, directories[name]))
-    return tuple(statistics.median(times[name]) for name in commands)  # type: ignore[return-value]
+            times[name].append(wall(command, directories[name], envs[name]))
+    return {name: statistics.median(times[name]) for name in commands}
 
 
 def throughput(points: int, root: Path) -> dict[str, float]:
@@ -51,18 +61,24 @@ def throughput(points: int, root: Path) -> dict[str, float]:
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
+    from experiments import live
+    from experiments.journal import Header
     from experiments.tracking import Tracker
 
     uri = f"sqlite:///{root / 'throughput.db'}"
     tracker = Tracker(uri)
     experiment = tracker.experiment_id("throughput")
     rates = {}
-    with tracker.start_run(experiment, "recorder", {}) as recorder:
-        started = time.perf_counter()
-        for step in range(points // 2):
-            recorder.log_metrics({"loss": 1.0 / (step + 1), "grad_norm": float(step)}, step=step)
-        recorder.flush()
-        rates["MlflowRecorder (this project)"] = points / (time.perf_counter() - started)
+    header = Header(tracking_uri=tracker.key, experiment="throughput", run_name="recorder")
+    (root / "run").mkdir()
+    started = time.perf_counter()
+    recording = live.start(root / "run", header, {}, tracker, experiment, live.Settings())
+    for step in range(points // 2):
+        recording.recorder.log_metrics(
+            {"loss": 1.0 / (step + 1), "grad_norm": float(step)}, step=step
+        )
+    assert recording.close("FINISHED").recorded
+    rates["journal + uploader (this project)"] = points / (time.perf_counter() - started)
     client = MlflowClient(uri)
     run_id = client.create_run(experiment).info.run_id
     started = time.perf_counter()
@@ -85,19 +101,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, nargs="+", default=[20, 1000])
     parser.add_argument("--points", type=int, default=20_000)
+    parser.add_argument("--against", type=Path, help="another checkout's src/ to compare with")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-minimize-") as tmp:
         root = Path(tmp)
-        print(
+        header = (
             f"{'steps':>6} {'pipeline s':>11} {'by hand s':>10} {'ratio':>6}"
             f" {'loss only s':>12} {'ratio':>6}"
         )
+        print(header + (f" {'against s':>10} {'ratio':>6}" if args.against else ""))
         for steps in args.steps:
-            ours, same, loss_only = compare(steps, args.repeats, root)
-            print(
+            times = compare(steps, args.repeats, root, args.against)
+            ours, same, loss_only = times["pipeline"], times["by-hand"], times["loss-only"]
+            line = (
                 f"{steps:>6} {ours:>11.2f} {same:>10.2f} {ours / same:>6.2f}"
                 f" {loss_only:>12.2f} {ours / loss_only:>6.2f}"
             )
+            if args.against:
+                line += f" {times['against']:>10.2f} {ours / times['against']:>6.2f}"
+            print(line)
         print(f"\nlogging throughput, {args.points:,} points into a fresh SQLite store:")
         for name, rate in throughput(args.points, root).items():
             print(f"  {name:<40} {rate:>9,.0f} points/s")

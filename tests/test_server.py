@@ -1,7 +1,13 @@
-"""Against a real `mlflow server` process: parallel jobs and experiment creation over HTTP."""
+"""Against a real `mlflow server` process: parallel jobs over HTTP, and the server going away.
+
+One server serves the module (each test records into its own experiment); the tests that
+stop it start it again on the same store and port.
+"""
 
 from __future__ import annotations
 
+import json
+import re
 import socket
 import subprocess
 import sys
@@ -12,7 +18,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, runs_of
+from tests.test_faults import start_cli, sync, wait_for_points
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -23,48 +30,76 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path: Path):
-    """A tracking server on a fresh SQLite store, stopped after the test."""
-    port = free_port()
-    store = tmp_path / "server"
-    store.mkdir()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{store / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(store / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        cwd=store,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=1) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        process.kill()
+class Server:
+    """A real ``mlflow server`` on a SQLite store, that a test can stop and start again."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+        root.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{self.root / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(self.root / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            cwd=self.root,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
         pytest.fail("mlflow server did not start within 90 s")
-    yield uri
-    process.terminate()
-    process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+            self.process = None
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory):
+    running = Server(tmp_path_factory.mktemp("server"))
+    running.start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def stoppable(shared_server: Server) -> Server:
+    """The module's server, running; the test may stop and start it."""
+    if shared_server.process is None:
+        shared_server.start()
+    return shared_server
+
+
+@pytest.fixture
+def server(stoppable: Server) -> str:
+    """The URI of the module's tracking server."""
+    return stoppable.uri
 
 
 def test_parallel_sweep_over_http_lands_every_run_in_its_experiment(server, workdir) -> None:
@@ -75,13 +110,14 @@ def test_parallel_sweep_over_http_lands_every_run_in_its_experiment(server, work
             "hydra.launcher.n_jobs=4",
             "optim.lr=0.01,0.02,0.03,0.04",
             "task.steps=5",
+            "tracking.experiment=parallel",
         ],
         cwd=workdir,
         env={"MLFLOW_TRACKING_URI": server},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     client = MlflowClient(server)
-    experiment = client.get_experiment_by_name("minimize")
+    experiment = client.get_experiment_by_name("parallel")
     runs = client.search_runs([experiment.experiment_id])
     (parent,) = [run for run in runs if run.data.tags.get("sweep") == "true"]
     jobs = [run for run in runs if run is not parent]
@@ -93,3 +129,93 @@ def test_parallel_sweep_over_http_lands_every_run_in_its_experiment(server, work
     artifacts = {a.path for a in client.list_artifacts(jobs[0].info.run_id)}
     assert {"config.yaml", "function.png", "loss.png"} <= artifacts
     assert not (workdir / "mlflow.db").exists()  # the server's store was used, not a local one
+
+
+LONG = ["task.steps=10000", "optim.lr=1e-7"]
+
+
+def test_a_server_restarted_mid_run_loses_nothing(stoppable, workdir) -> None:
+    args = [*LONG, "tracking.experiment=restarted"]
+    process = start_cli(args, workdir, {"MLFLOW_TRACKING_URI": stoppable.uri})
+    wait_for_points(workdir / "outputs", 3000)
+    stoppable.stop()
+    time.sleep(3)  # the task goes on; the store is gone for a few seconds
+    stoppable.start()
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    assert "does not answer" in out and "answers again" in out
+    assert "Traceback" not in out + err
+    client = MlflowClient(stoppable.uri)
+    (run,) = runs_of(client, "restarted")
+    assert run.info.status == "FINISHED"
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 10001  # every step
+    assert run.data.params["task.steps"] == "10000"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "function.png", "loss.png", "overrides.yaml"} <= artifacts
+
+
+def test_a_server_gone_past_the_retry_window_keeps_the_run_for_sync(stoppable, workdir) -> None:
+    args = [*LONG, "tracking.retry_s=2", "tracking.log_every=2", "tracking.experiment=gone"]
+    process = start_cli(args, workdir, {"MLFLOW_TRACKING_URI": stoppable.uri})
+    (path,) = wait_for_points(workdir / "outputs", 2000)
+    stoppable.stop()
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 75, err  # finished, not recorded
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: the tracking store"), err
+    assert f"python -m experiments.sync {path.parent}" in lines[0]
+    assert "Traceback" not in out + err
+
+    stoppable.start()
+    client = MlflowClient(stoppable.uri)
+    (run,) = runs_of(client, "gone")
+    assert run.info.status == "RUNNING"  # created before the loss; closed by sync below
+    synced = sync(workdir, str(path.parent))
+    assert synced.returncode == 0, synced.stderr
+    assert "uploaded: " in synced.stdout and "FINISHED" in synced.stdout
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "FINISHED"
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 5001
+    assert {"function.png", "loss.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+    again = sync(workdir, str(path.parent))
+    assert again.returncode == 0 and "1 already synced" in again.stdout
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 5001
+
+
+def test_a_sweep_goes_on_when_the_server_goes_and_sync_completes_it(stoppable, workdir) -> None:
+    args = ["-m", "task.steps=10000,10001,10002", "tracking.log_every=10"]
+    args += ["tracking.retry_s=2", "tracking.experiment=swept"]
+    process = start_cli(args, workdir, {"MLFLOW_TRACKING_URI": stoppable.uri})
+    deadline = time.monotonic() + 120
+    first = None
+    while first is None and time.monotonic() < deadline:
+        found = list((workdir / "outputs").glob("multirun/*/*/0/outcome.json"))
+        if found and json.loads(found[0].read_text())["status"] == "FINISHED":
+            first = found[0]
+        time.sleep(0.1)
+    assert first is not None, "job 0 did not finish"
+    stoppable.stop()  # jobs 1 and 2 start without a store
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 75, err
+    assert re.search(r"3 jobs: (1 finished, 2 unsynced|2 finished, 1 unsynced)", out), out
+    sweep_dir = first.parent.parent
+    shown = sweep_dir.relative_to(workdir)  # as Hydra names it, from where the user stands
+    assert err.strip().splitlines()[-1].endswith(f"python -m experiments.sync {shown}")
+    assert "Traceback" not in out + err
+
+    stoppable.start()
+    synced = sync(workdir, str(sweep_dir))
+    assert synced.returncode == 0, synced.stderr
+    client = MlflowClient(stoppable.uri)
+    runs = runs_of(client, "swept")
+    (parent,) = [run for run in runs if run.data.tags.get("sweep") == "true"]
+    jobs = [run for run in runs if run is not parent]
+    assert parent.info.status == "FINISHED"
+    assert sorted(run.data.params["task.steps"] for run in jobs) == ["10000", "10001", "10002"]
+    assert {run.data.tags["mlflow.parentRunId"] for run in jobs} == {parent.info.run_id}
+    assert {run.info.status for run in jobs} == {"FINISHED"}
+    assert [len(client.get_metric_history(run.info.run_id, "loss")) for run in jobs] == [
+        len(range(0, int(run.data.params["task.steps"]), 10)) + 1
+        for run in jobs  # and the end
+    ]

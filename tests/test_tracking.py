@@ -1,94 +1,201 @@
-"""The MLflow side: batching, run statuses, and the store shared by concurrent processes."""
+"""The record path against a real SQLite store: journal -> uploader -> MLflow.
+
+Runs are opened with ``live.start`` exactly as the runner does, and read back with a plain
+``MlflowClient``.
+"""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
+import os
 import time
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from experiments.errors import RunFailure
-from experiments.tracking import Tracker
+from experiments import journal, live, upload
+from experiments.journal import Header
+from experiments.tracking import Tracker, redact
 from tests.conftest import runs_of
+
+SETTINGS = live.Settings(retry_s=2.0, heartbeat_s=30.0)
 
 
 class CountingClient(MlflowClient):
-    """A real MLflow client that counts its log_batch calls."""
+    """A real MLflow client that counts its log_batch calls and their sizes."""
 
-    calls = 0
+    calls: list[int] = []
 
-    def log_batch(self, *args, **kwargs):
-        CountingClient.calls += 1
-        return super().log_batch(*args, **kwargs)
+    def log_batch(self, run_id, metrics=(), params=(), tags=(), **kwargs):
+        CountingClient.calls.append(len(metrics) + len(params) + len(tags))
+        return super().log_batch(run_id, metrics=metrics, params=params, tags=tags, **kwargs)
 
 
-def test_metric_points_are_sent_in_batches(store_uri) -> None:
+def open_run(
+    tracker: Tracker | None, directory: Path, experiment: str, name: str = "run", **header
+) -> live.LiveRun:
+    directory.mkdir(parents=True, exist_ok=True)
+    uri = tracker.key if tracker is not None else "sqlite:////nowhere/mlflow.db"
+    head = Header(tracking_uri=uri, experiment=experiment, run_name=name, **header)
+    experiment_id = tracker.experiment_id(experiment) if tracker is not None else None
+    return live.start(directory, head, {"task": "test"}, tracker, experiment_id, SETTINGS)
+
+
+def test_metric_points_are_sent_in_batches(store_uri, tmp_path) -> None:
     tracker = Tracker(store_uri)
     tracker.client = CountingClient(tracking_uri=store_uri)
-    experiment = tracker.experiment_id("batching")
-    CountingClient.calls = 0
-    with tracker.start_run(experiment, "batched", {}) as recorder:
-        for step in range(2500):
-            recorder.log_metrics({"loss": 1.0 / (step + 1), "x": float(step)}, step=step)
-        run_id = recorder.run_id
-    assert CountingClient.calls == 5  # 5,000 points, 1,000 per call
-    loss = tracker.client.get_metric_history(run_id, "loss")
+    recording = open_run(tracker, tmp_path / "run", "batching")
+    CountingClient.calls = []
+    for step in range(2500):
+        recording.recorder.log_metrics({"loss": 1.0 / (step + 1), "x": float(step)}, step=step)
+    delivery = recording.close("FINISHED")
+    assert delivery.recorded
+    assert sum(CountingClient.calls) == 5000
+    assert max(CountingClient.calls) <= 1000
+    assert len(CountingClient.calls) <= 6  # 5,000 points in about 1,000 a call
+    loss = tracker.client.get_metric_history(recording.run_id, "loss")
     assert [m.step for m in loss] == list(range(2500))
     assert loss[-1].value == pytest.approx(1 / 2500)
 
 
-def test_statuses_finished_failed_killed(store_uri) -> None:
+def test_statuses_and_reasons_reach_the_store(store_uri, tmp_path) -> None:
     tracker = Tracker(store_uri)
-    experiment = tracker.experiment_id("statuses")
-    with tracker.start_run(experiment, "ok", {}):
-        pass
-    with pytest.raises(RunFailure), tracker.start_run(experiment, "bad", {}):
-        raise RunFailure("diverged at step 3\nsecond line")
-    with pytest.raises(KeyboardInterrupt), tracker.start_run(experiment, "stopped", {}):
-        raise KeyboardInterrupt
+    for name, status, error in [
+        ("ok", "FINISHED", None),
+        ("bad", "FAILED", "diverged at step 3"),
+        ("stopped", "KILLED", "terminated (SIGTERM)"),
+    ]:
+        recording = open_run(tracker, tmp_path / name, "statuses", name)
+        assert recording.close(status, error).recorded
     runs = {run.info.run_name: run for run in runs_of(MlflowClient(store_uri), "statuses")}
-    assert runs["ok"].info.status == "FINISHED"
-    assert runs["bad"].info.status == "FAILED"
+    assert {name: run.info.status for name, run in runs.items()} == {
+        "ok": "FINISHED",
+        "bad": "FAILED",
+        "stopped": "KILLED",
+    }
     assert runs["bad"].data.tags["error"] == "diverged at step 3"
-    assert runs["stopped"].info.status == "KILLED"
+    assert runs["stopped"].data.tags["error"] == "terminated (SIGTERM)"
+    assert "error" not in runs["ok"].data.tags
     assert all(run.info.end_time for run in runs.values())
+    tags = runs["ok"].data.tags
+    assert tags["host"] and tags["pid"] == str(os.getpid()) and tags["heartbeat"]
+    assert tags["journal.id"] == journal.read_header(tmp_path / "ok" / journal.NAME).journal_id
 
 
-def test_long_params_are_truncated_not_refused(store_uri) -> None:
+def test_long_values_are_cut_not_refused_and_files_become_artifacts(store_uri, tmp_path) -> None:
     tracker = Tracker(store_uri)
-    experiment = tracker.experiment_id("params")
-    with tracker.start_run(experiment, "long", {}) as recorder:
-        recorder.log_params({"long": "x" * 10_000, "none": None})
-        run_id = recorder.run_id
-    params = MlflowClient(store_uri).get_run(run_id).data.params
-    assert len(params["long"]) <= 6000 and params["long"].endswith("(truncated)")
-    assert params["none"] == "null"
+    recording = open_run(tracker, tmp_path / "run", "params")
+    recording.recorder.log_params({"long": "x" * 10_000, "none": None})
+    recording.recorder.set_tags({"note": "y" * 10_000})
+    recording.recorder.log_text("hello\n", "notes/hello.txt")
+    (tmp_path / "elsewhere.txt").write_text("outside the run directory")
+    recording.recorder.log_artifact(tmp_path / "elsewhere.txt")
+    assert recording.close("FINISHED").recorded
+    client = MlflowClient(store_uri)
+    run = client.get_run(recording.run_id)
+    assert len(run.data.params["long"]) <= 6000 and run.data.params["long"].endswith("(truncated)")
+    assert run.data.params["none"] == "null"
+    assert len(run.data.tags["note"]) <= 8000
+    assert {a.path for a in client.list_artifacts(recording.run_id)} == {"notes", "elsewhere.txt"}
+    assert [a.path for a in client.list_artifacts(recording.run_id, "notes")] == ["notes/hello.txt"]
 
 
-@pytest.mark.slow
-def test_ctrl_c_ends_the_run_killed(workdir) -> None:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "experiments", "task.steps=5000000", "tracking.log_every=1000"],
-        cwd=workdir,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+def test_uploading_a_journal_again_duplicates_nothing(store_uri, tmp_path) -> None:
+    tracker = Tracker(store_uri)
+    recording = open_run(tracker, tmp_path / "run", "replay")
+    recording.recorder.log_params({"a": 1})
+    for step in range(1500):
+        recording.recorder.log_metrics({"loss": float(step)}, step=step)
+    recording.recorder.log_text("x", "x.txt")
+    assert recording.close("FINISHED").recorded
+    path = recording.journal
+    upload.state_path(path).unlink()  # as if the upload had been cut before its mark was saved
+    again = upload.deliver(tracker.client, path, tracker.key)
+    assert again.run_id == recording.run_id
+    assert again.counts.points == 1500  # everything was sent again...
+    client = MlflowClient(store_uri)
+    history = client.get_metric_history(recording.run_id, "loss")
+    assert len(history) == 1500  # ...and the store kept each point once
+    assert client.get_run(recording.run_id).data.params == {"a": "1"}
+    assert [a.path for a in client.list_artifacts(recording.run_id)] == ["x.txt"]
+    assert len(runs_of(client, "replay")) == 1
+
+
+def test_a_run_kept_offline_is_created_by_its_upload_under_its_parent(store_uri, tmp_path) -> None:
+    parent = open_run(None, tmp_path / "sweep", "offline", "sweep a,b")
+    parent_id = journal.read_header(parent.journal).journal_id
+    child = open_run(None, tmp_path / "sweep" / "0", "offline", "a", parent_journal=parent_id)
+    child.recorder.log_metrics({"loss": 1.0}, step=0)
+    assert child.close("FINISHED") == live.Delivery(child.journal, recorded=False, offline=True)
+    parent.close("FINISHED")
+    client = MlflowClient(store_uri)
+    assert client.get_experiment_by_name("offline") is None  # nothing reached the store
+
+    tracker = Tracker(store_uri)
+    upload.deliver(tracker.client, parent.journal, tracker.key)
+    upload.state_path(child.journal).write_text("{}")  # a mark for no store: start over
+    first = upload.deliver(tracker.client, child.journal, tracker.key)
+    upload.state_path(child.journal).unlink()  # cut short before its mark was saved
+    second = upload.deliver(tracker.client, child.journal, tracker.key)
+    assert first.run_id == second.run_id  # found again by its journal id, not created twice
+    runs = {run.info.run_name: run for run in runs_of(client, "offline")}
+    assert set(runs) == {"sweep a,b", "a"}
+    assert runs["a"].data.tags["mlflow.parentRunId"] == runs["sweep a,b"].info.run_id
+    assert runs["a"].data.tags["task"] == "test"
+    assert runs["a"].info.status == "FINISHED"
+    assert [m.value for m in client.get_metric_history(first.run_id, "loss")] == [1.0]
+
+
+def test_a_record_the_store_refuses_keeps_the_run_going_and_says_so(store_uri, tmp_path) -> None:
+    tracker = Tracker(store_uri)
+    recording = open_run(tracker, tmp_path / "run", "refused")
+    recording.recorder.log_params({"lr": "0.1"})
+    recording.recorder.log_params({"lr": "0.2"})  # MLflow refuses to change a param
+    recording.recorder.log_metrics({"loss": 1.0}, step=0)  # the task goes on
+    delivery = recording.close("FINISHED")
+    assert not delivery.recorded
+    assert "refused a record" in delivery.reason and "lr" in delivery.reason
+    assert journal.ended(recording.journal)  # everything is still in the journal
+
+
+def test_passwords_stay_out_of_journals() -> None:
+    assert redact("http://alice:s3cret@host:5000/x") == "http://alice@host:5000/x"
+    assert redact("https://host") == "https://host"
+
+
+def test_a_running_run_beats_while_the_task_is_silent(store_uri, tmp_path) -> None:
+    tracker = Tracker(store_uri)
+    experiment = tracker.experiment_id("beats")
+    head = Header(tracking_uri=tracker.key, experiment="beats", run_name="quiet")
+    settings = live.Settings(retry_s=2.0, heartbeat_s=0.3)
+    recording = live.start(tmp_path, head, {}, tracker, experiment, settings)
+    time.sleep(1.6)  # the task records nothing meanwhile
+    beats = [
+        r["tags"]["heartbeat"]
+        for r in journal.records(recording.journal)
+        if r["type"] == "tags" and "heartbeat" in r["tags"]
+    ]
+    assert len(beats) >= 4  # the first, with the run's creation, and one every 0.3 s
+    stored = MlflowClient(store_uri).get_run(recording.run_id).data.tags["heartbeat"]
+    assert stored == beats[-1]  # sent by the heartbeat thread, not only at the end
+    recording.close("FINISHED")
+
+
+def test_the_same_config_run_again_in_its_directory_links_to_the_first(store_uri, tmp_path):
+    from experiments import runner
+    from tests.conftest import compose_config
+
+    cfg = compose_config(["task.steps=2", f"tracking.uri={store_uri}"])
+    first = runner.execute(cfg, output_dir=tmp_path / "job")
+    second = runner.execute(cfg, output_dir=tmp_path / "job")  # e.g. a requeued Slurm job
+    other = runner.execute(
+        compose_config(["task.steps=3", f"tracking.uri={store_uri}"]), output_dir=tmp_path / "job"
     )
-    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # wait until the run is under way
-        if (workdir / "mlflow.db").exists():
-            runs = runs_of(client, "minimize")
-            if runs and runs[0].info.status == "RUNNING":
-                break
-        time.sleep(0.5)
-    time.sleep(1.0)
-    process.send_signal(signal.SIGINT)
-    output, _ = process.communicate(timeout=60)
-    assert process.returncode == 130, output
-    assert "Traceback" not in output
-    (run,) = runs_of(client, "minimize")
-    assert run.info.status == "KILLED"
+    client = MlflowClient(store_uri)
+    assert client.get_run(second.run_id).data.tags["retry_of"] == first.run_id
+    assert "retry_of" not in client.get_run(other.run_id).data.tags
+    assert [p.name for p in journal.find([tmp_path / "job"])] == [
+        "journal-2.jsonl",
+        "journal-3.jsonl",
+        "journal.jsonl",
+    ]

@@ -11,8 +11,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from experiments import cli, config, runner, sweep
-from experiments.errors import ConfigError, RunFailure
+from experiments import cli, config, runner, signals, sweep
+from experiments.errors import ConfigError, NotRecorded, RunFailure
 from experiments.tasks import schemas
 
 log = logging.getLogger("experiments")
@@ -28,24 +28,49 @@ def hydra_main(cfg: DictConfig) -> float | None:
     output_dir = hydra_cfg.runtime.output_dir
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     job = hydra_cfg.job.num if in_sweep else 0  # Hydra numbers jobs only in a multirun
-    outcome = sweep.Outcome(job=job, overrides=overrides, status="FAILED")
+    if in_sweep:
+        outcome = sweep.started(job, overrides, output_dir)
+    else:
+        outcome = sweep.Outcome(job=job, overrides=overrides, status="FAILED")
     try:
-        parent = sweep.parent_run_id(hydra_cfg.sweep.dir) if in_sweep else None
-        result = runner.execute(cfg, overrides, output_dir, parent_run_id=parent)
-    except Exception as error:
+        parent = sweep.parent_of(hydra_cfg.sweep.dir) if in_sweep else sweep.Parent()
+        result = runner.execute(
+            cfg,
+            overrides,
+            output_dir,
+            parent_run_id=parent.run_id,
+            parent_journal=parent.journal_id,
+        )
+    except BaseException as error:
         expected = isinstance(error, (ConfigError, RunFailure))
         if not in_sweep:
             if not expected:
                 raise
             cli.JobErrors.errors.append(error)  # reported by cli.invoke, as one line
             return None
-        outcome.reason = cli.one_line(error)
+        stopped = signals.stop_reason(error) if not isinstance(error, Exception) else None
+        outcome.status = "KILLED" if stopped is not None else "FAILED"
+        outcome.reason = stopped or cli.one_line(error)
         outcome.write(output_dir)
-        # Hydra re-raises only the sweep's first error: name every failed job here.
-        log.error("job %s failed: %s", job, outcome.reason)
+        if stopped is None:
+            # Hydra re-raises only the sweep's first error: name every failed job here.
+            log.error("job %s failed: %s", job, outcome.reason)
         raise
+    delivery = result.delivery
+    if delivery is not None and delivery.offline:
+        log.info(
+            "recorded offline in %s; upload with: python -m experiments.sync %s",
+            delivery.journal.parent,
+            delivery.journal.parent,
+        )
+    elif delivery is not None and not delivery.recorded:
+        if not in_sweep:
+            cli.JobErrors.errors.append(NotRecorded(runner.not_recorded_line(delivery)))
+            return result.objective
+        outcome.reason = runner.not_recorded_line(delivery)
+        log.warning("job %s: %s", job, outcome.reason)
     if in_sweep:
-        outcome.status = "SKIPPED" if result.skipped else "FINISHED"
+        outcome.status = sweep.status_of(result)
         outcome.run_id, outcome.objective = result.run_id, result.objective
         outcome.write(output_dir)
     return result.objective
@@ -57,8 +82,8 @@ def main() -> None:
     if "joblib" in sys.modules:
         # The joblib launcher's worker pool outlives the sweep; only a normal exit stops it.
         sys.exit(status)
-    # Every run is closed and every metric flushed by now (the recorder writes
-    # synchronously). Tearing down torch's and MLflow's module graphs would add over a
+    # Every run is closed and its records are in the store (or kept in its journal, and
+    # the user was told) by now. Tearing down torch's and MLflow's module graphs would add over a
     # second to each command for nothing, so leave without it once output is flushed.
     logging.shutdown()
     sys.stdout.flush()

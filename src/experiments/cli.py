@@ -15,8 +15,10 @@ from typing import Callable
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
-from experiments import sweep
-from experiments.errors import ConfigError, RunFailure
+from experiments import signals, sweep
+from experiments.errors import ConfigError, NotRecorded, RunFailure
+
+NOT_RECORDED_STATUS = 75  # sysexits' EX_TEMPFAIL: finished, not recorded; sync and retry
 
 
 class SweepFailed(RunFailure):
@@ -40,32 +42,39 @@ def invoke(hydra_main: Callable[[], object]) -> int:
     """Call a ``@hydra.main`` function and turn expected errors into one line.
 
     Returns:
-        The process exit status: 0, 1 for an error, 130 when interrupted.
+        The process exit status: 0; 1 for an error; 75 when the task finished but its
+        records did not all reach the store (they are kept in its journal); 128 + the
+        signal's number when a signal stopped it (130 SIGINT, 143 SIGTERM, 129 SIGHUP).
     """
     JobErrors.errors.clear()
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
-        _call(hydra_main)
-        return 0
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    try:
-        _call(hydra_main)
-    except EXPECTED as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        del os.environ["HYDRA_FULL_ERROR"]
+    with signals.handling():
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            _call(hydra_main)
+            return 0
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        try:
+            _call(hydra_main)
+        except NotRecorded as error:
+            print(f"error: {error}", file=sys.stderr)
+            return NOT_RECORDED_STATUS
+        except EXPECTED as error:
+            print(f"error: {one_line(error)}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt as error:
+            print(f"error: {signals.stop_reason(error)}", file=sys.stderr)
+            return getattr(error, "exit_status", 130)
+        finally:
+            del os.environ["HYDRA_FULL_ERROR"]
     return 0
 
 
 def _call(hydra_main: Callable[[], object]) -> None:
     interrupted, stopped = False, None
+    before = len(sweep.finished())
     try:
         hydra_main()
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as error:
+        interrupted, stopped = True, signals.stop_reason(error)
         raise
     except EXPECTED as error:
         stopped = one_line(error)
@@ -79,12 +88,28 @@ def _call(hydra_main: Callable[[], object]) -> None:
         raise SweepFailed(stopped) from error
     finally:
         # Hydra skips on_multirun_end when a job failed: close the sweep here too.
-        outcomes = sweep.finish(interrupted=interrupted, error=stopped)
+        with signals.deferred():
+            sweep.finish(interrupted=interrupted, error=stopped)
+    # The sweep was closed here, or by Hydra's callback when every job returned.
+    for closed in sweep.finished()[before:]:
+        _check_outcomes(closed)
+    if JobErrors.errors:
+        raise JobErrors.errors[0]
+
+
+def _check_outcomes(closed: sweep.Finished) -> None:
+    """Raise the error that sums up a finished sweep's failed or unrecorded jobs."""
+    outcomes, directory = closed.outcomes, closed.directory
     failed = [outcome for outcome in outcomes if outcome.status == "FAILED"]
     if failed:
         raise SweepFailed(f"{len(failed)} of {len(outcomes)} jobs failed: {failed[0].reason}")
-    if JobErrors.errors:
-        raise JobErrors.errors[0]
+    unsynced = [outcome for outcome in outcomes if outcome.status == "UNSYNCED"]
+    if unsynced or not closed.parent_recorded:
+        what = f"{len(unsynced)} of {len(outcomes)} jobs" if unsynced else "the sweep's parent"
+        raise NotRecorded(
+            f"{what} finished but not all in the tracking store; the records are kept in "
+            f"{directory}; upload them with: python -m experiments.sync {directory}"
+        )
 
 
 def one_line(error: BaseException) -> str:

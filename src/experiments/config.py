@@ -227,10 +227,22 @@ class TrackingConfig:
     run_name: Optional[str] = None  # None: built from the task and the overrides
     log_every: int = 1
     timeout_s: float = 10.0  # bounded wait for a remote tracking server
+    offline: bool = False  # record into the run's journal only; upload later with sync
+    retry_s: float = 60.0  # how long a failing store is retried mid-run
+    heartbeat_s: float = 30.0  # how often a running run says it is alive
+    lost_after_s: float = 300.0  # a run silent this long (seen from another host) is lost
 
     def __post_init__(self) -> None:
         check_positive_int("tracking.log_every", self.log_every)
         check_positive("tracking.timeout_s", self.timeout_s)
+        check_non_negative("tracking.retry_s", self.retry_s)
+        check_positive("tracking.heartbeat_s", self.heartbeat_s)
+        check_positive("tracking.lost_after_s", self.lost_after_s)
+        if self.lost_after_s < 2 * self.heartbeat_s:
+            raise ConfigError(
+                "tracking.lost_after_s must be at least twice tracking.heartbeat_s "
+                f"({2 * self.heartbeat_s:g}), got {self.lost_after_s:g}"
+            )
         if self.experiment is not None and not self.experiment.strip():
             raise ConfigError("tracking.experiment must not be empty, got ''")
 
@@ -252,6 +264,11 @@ class Config:
         check_spec(self.device)
         if self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed}")
+        if self.skip_existing and self.tracking.offline:
+            raise ConfigError(
+                "skip_existing=true looks up finished runs in the tracking store, which "
+                "tracking.offline=true does not reach; use one or the other"
+            )
 
 
 def register(task_schemas: dict[str, type]) -> None:

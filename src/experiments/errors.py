@@ -15,3 +15,11 @@ class RunFailure(RuntimeError):
 
     Reported like :class:`ConfigError`: one line, non-zero exit, run FAILED.
     """
+
+
+class NotRecorded(RunFailure):
+    """The task finished, but its records did not all reach the tracking store.
+
+    They are kept in the run's journal; the message says where, and how to upload them
+    (``python -m experiments.sync DIR``). The command exits with status 75.
+    """

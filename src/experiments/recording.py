@@ -1,15 +1,21 @@
 """What a task may record, independent of any tracking backend.
 
 Tasks never import MLflow: they receive a :class:`Recorder` and call these methods. The
-runner supplies an MLflow-backed one (``tracking.MlflowRecorder``); tests may use
+runner supplies a :class:`JournalRecorder`, which appends every record to the run's
+journal (``experiments.journal``), from where it is uploaded; tests may use
 :class:`MemoryRecorder`, which keeps everything in plain Python containers.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
+
+# MLflow refuses longer values; a value that long is cut, and says so.
+MAX_PARAM_LENGTH = 6000
+MAX_TAG_LENGTH = 8000
 
 
 class Recorder(Protocol):
@@ -67,3 +73,69 @@ class MemoryRecorder:
     def last(self, key: str) -> float:
         """The last recorded value of metric ``key``."""
         return self.metrics[key][-1][1]
+
+
+class JournalRecorder:
+    """Appends what a task records to the run's journal; cheap enough for a task's loop.
+
+    Files (figures, texts) are written into the run's directory and journaled by name.
+
+    Args:
+        append: writes one record to the run's journal (``journal.Writer.append``, or the
+            live run's, which also uploads now and then).
+        directory: the run's output directory.
+    """
+
+    def __init__(self, append: Callable[[Mapping[str, Any]], None], directory: Path) -> None:
+        self._append = append
+        self.directory = Path(directory)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        values = {str(key): _cut(value, MAX_PARAM_LENGTH) for key, value in params.items()}
+        self._append({"type": "params", "params": values})
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self._append(
+            {
+                "type": "metrics",
+                "time": int(time.time() * 1000),
+                "step": 0 if step is None else int(step),
+                "values": {key: float(value) for key, value in metrics.items()},
+            }
+        )
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        values = {str(key): _cut(value, MAX_TAG_LENGTH) for key, value in tags.items()}
+        self._append({"type": "tags", "tags": values})
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        path = self._file(name)
+        figure.savefig(path, dpi=90)
+        self.log_artifact(path, Path(name).parent)
+
+    def log_text(self, text: str, name: str) -> None:
+        path = self._file(name)
+        path.write_text(text, encoding="utf-8")
+        self.log_artifact(path, Path(name).parent)
+
+    def log_artifact(self, path: str | Path, artifact_dir: str | Path | None = None) -> None:
+        """Record a file; ``artifact_dir`` is its directory among the run's artifacts."""
+        path = Path(path)
+        try:
+            file = str(path.resolve().relative_to(self.directory.resolve()))
+        except ValueError:
+            file = str(path.resolve())
+        folder = str(artifact_dir) if artifact_dir not in (None, "", Path(".")) else None
+        self._append({"type": "artifact", "file": file, "dir": folder})
+
+    def _file(self, name: str) -> Path:
+        path = self.directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def _cut(value: Any, limit: int) -> str:
+    text = "null" if value is None else str(value)
+    if len(text) > limit:
+        return text[: limit - 15] + "...(truncated)"
+    return text

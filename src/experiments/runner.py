@@ -9,22 +9,30 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from types import ModuleType
+from typing import Any, Optional, Sequence
 
 import torch
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 import experiments
-from experiments import config, devices, optimizers
+from experiments import config, devices, live, liveness, optimizers, signals
 from experiments.context import TaskContext
+from experiments.journal import Header
+from experiments.recording import Recorder
 from experiments.tasks import TASKS
-from experiments.tracking import Tracker, resolve_uri
+from experiments.tracking import StoreUnreachable, Tracker, absolute, redact, resolve_uri
+from experiments.upload import is_transient
+
+MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +51,18 @@ class Result:
         run_id: the MLflow run that recorded it.
         skipped: True when ``skip_existing`` found this config already FINISHED, in the run
             ``run_id``, and nothing was run again.
+        delivery: how the run's records fared on their way to the store (None if skipped).
     """
 
     objective: float | None
-    run_id: str
+    run_id: Optional[str]
     skipped: bool = False
+    delivery: Optional[live.Delivery] = None
+
+    @property
+    def recorded(self) -> bool:
+        """Whether the store holds the whole run (a skipped run was recorded before)."""
+        return self.delivery is None or self.delivery.recorded
 
 
 def run(
@@ -65,67 +80,159 @@ def execute(
     overrides: Sequence[str] = (),
     output_dir: str | Path | None = None,
     parent_run_id: str | None = None,
+    parent_journal: str | None = None,
 ) -> Result:
     """Execute the task that ``cfg`` names and record it as one MLflow run.
+
+    Everything the run records goes to its journal in ``output_dir`` first, and from there
+    to the store (see ``experiments.live``); a signal ends the run KILLED.
 
     Args:
         cfg: a composed config (the root of ``conf/config.yaml``), without the hydra node.
         overrides: the command-line overrides that produced it; they name the run.
-        output_dir: the run's local directory (Hydra's output directory); ``outputs/adhoc``
-            when None.
+        output_dir: the run's local directory (Hydra's output directory); a new directory
+            under ``outputs/adhoc`` when None.
         parent_run_id: the sweep's parent run, when this run is a job of a sweep.
+        parent_journal: the journal id of the sweep's parent run (how a sweep kept offline
+            finds its parent when uploaded).
 
     Returns:
-        The objective and the run that recorded it.
+        The objective, the run that recorded it, and how its records fared.
 
     Raises:
         ConfigError: a bad setting; raised before any run is started when the config itself
             is bad, inside the run (which ends FAILED) when this machine cannot honour it.
         RunFailure: the task could not finish (divergence, out of memory); the run is FAILED.
+        signals.Interrupted: a signal stopped the run; it ended KILLED.
     """
     started = time.perf_counter()
     settings = config.validate(cfg)
     optimizers.build(cfg.optim)  # a bad optimizer setting is refused before any run starts
     task_name = settings.task.name
     task = TASKS[task_name]
-    tracker = tracker_for(settings.tracking.uri, settings.tracking.timeout_s)
-    experiment_id = tracker.experiment_id(settings.tracking.experiment or task_name)
+    tracking = settings.tracking
+    experiment = tracking.experiment or task_name
     identity = config_hash(cfg)
-    if settings.skip_existing:
-        done = finished_run(tracker, experiment_id, identity, getattr(task, "OBJECTIVE", None))
-        if done is not None:
-            log.info("skipped: this config already FINISHED as run %s", done.run_id)
-            return done
-    run_name = settings.tracking.run_name or run_name_for(task_name, overrides)
-    out = Path(output_dir) if output_dir is not None else Path("outputs") / "adhoc"
-    out.mkdir(parents=True, exist_ok=True)
+    in_sweep = parent_run_id is not None or parent_journal is not None
+    run_name = tracking.run_name or run_name_for(task_name, overrides)
+    out = Path(output_dir) if output_dir is not None else adhoc_directory()
     tags = {**base_tags(task_name, overrides), CONFIG_HASH_TAG: identity}
     if parent_run_id is not None:
         tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    header = journal_header(tracking, experiment, run_name, out)
+    header.config_hash, header.parent_run_id = identity, parent_run_id
+    header.parent_journal = parent_journal
+    settings_live = live.Settings(retry_s=tracking.retry_s, heartbeat_s=tracking.heartbeat_s)
+    objective_key = getattr(task, "OBJECTIVE", None)
+    try:
+        tracker, experiment_id = None, None
+        if not tracking.offline:
+            tracker = tracker_for(tracking.uri, tracking.timeout_s)
+            experiment_id = tracker.experiment_id(experiment)
+            tracker.close_lost_runs(experiment_id, tracking.lost_after_s)
+            if settings.skip_existing:
+                done = finished_run(tracker, experiment_id, identity, objective_key)
+                if done is not None:
+                    log.info("skipped: this config already FINISHED as run %s", done.run_id)
+                    return done
+        out.mkdir(parents=True, exist_ok=True)
+        recording = live.start(out, header, tags, tracker, experiment_id, settings_live)
+    except StoreUnreachable as error:
+        if not in_sweep:
+            raise
+        # One job of a sweep: keep it in its journal and let the sweep go on.
+        log.warning("%s; this job is kept offline in %s", error, out)
+        out.mkdir(parents=True, exist_ok=True)
+        recording = live.start(out, header, tags, None, None, settings_live, unrecorded=str(error))
 
-    with tracker.start_run(experiment_id, run_name, tags) as rec:
-        rec.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
-        rec.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-        rec.log_text(OmegaConf.to_yaml(list(overrides)), "overrides.yaml")
-        device = devices.resolve(settings.device)
-        rec.set_tags({"device": str(device), "device.name": devices.describe(device)})
-        torch.manual_seed(settings.seed)
-        ctx = TaskContext(
-            device=device,
-            recorder=rec,
-            optim=cfg.optim,
-            seed=settings.seed,
-            output_dir=out,
-            log_every=settings.tracking.log_every,
-        )
-        setup_s = time.perf_counter() - started
-        objective = task.run(settings.task, ctx)
-        task_s = time.perf_counter() - started - setup_s
-        # total: until the results are handed over; the run's end sends them in one call
-        total_s = time.perf_counter() - started
-        rec.log_metrics({"time/setup_s": setup_s, "time/task_s": task_s, "time/total_s": total_s})
-    log.info("run %r FINISHED in experiment %s (%s)", run_name, experiment_id, tracker.uri)
-    return Result(objective, rec.run_id)
+    with signals.handling():
+        status, error, hurry = "FAILED", None, False
+        try:
+            objective = _run_task(task, settings, cfg, overrides, recording.recorder, out, started)
+            status = "FINISHED"
+        except BaseException as failure:
+            stop = signals.stop_reason(failure)
+            if stop is not None:
+                status, error, hurry = "KILLED", stop, True
+            else:
+                error = _first_line(failure)
+            raise
+        finally:
+            with signals.deferred():
+                delivery = recording.close(status, error, hurry=hurry)
+            if not delivery.recorded and status != "FINISHED" and not delivery.offline:
+                log.warning("%s", not_recorded_line(delivery))
+        signals.raise_deferred()
+    if delivery.recorded:
+        log.info("run %r FINISHED in experiment %s (%s)", run_name, experiment, header.tracking_uri)
+    return Result(objective, recording.run_id, delivery=delivery)
+
+
+def _run_task(
+    task: ModuleType,
+    settings: config.Config,
+    cfg: DictConfig,
+    overrides: Sequence[str],
+    rec: Recorder,
+    out: Path,
+    started: float,
+) -> float | None:
+    rec.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+    rec.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+    rec.log_text(OmegaConf.to_yaml(list(overrides)), "overrides.yaml")
+    device = devices.resolve(settings.device)
+    rec.set_tags({"device": str(device), "device.name": devices.describe(device)})
+    torch.manual_seed(settings.seed)
+    ctx = TaskContext(
+        device=device,
+        recorder=rec,
+        optim=cfg.optim,
+        seed=settings.seed,
+        output_dir=out,
+        log_every=settings.tracking.log_every,
+    )
+    setup_s = time.perf_counter() - started
+    objective = task.run(settings.task, ctx)
+    task_s = time.perf_counter() - started - setup_s
+    # total: until the results are handed over; the run's end sends what is left
+    total_s = time.perf_counter() - started
+    rec.log_metrics({"time/setup_s": setup_s, "time/task_s": task_s, "time/total_s": total_s})
+    return objective
+
+
+def journal_header(tracking: Any, experiment: str, run_name: str, out: Path) -> Header:
+    """The journal header of a run recorded with ``tracking`` settings into ``out``."""
+    uri = absolute(resolve_uri(tracking.uri)[0])
+    return Header(
+        tracking_uri=redact(uri),
+        experiment=experiment,
+        run_name=run_name,
+        output_dir=str(out.resolve()),
+        host=liveness.host(),
+        pid=os.getpid(),
+        pid_started=liveness.process_started(os.getpid()),
+        offline=bool(tracking.offline),
+    )
+
+
+def not_recorded_line(delivery: live.Delivery) -> str:
+    """What to tell the user about a run whose records did not all reach the store."""
+    directory = delivery.journal.parent
+    return (
+        f"{delivery.reason}; the run's records are kept in {directory}; upload them with: "
+        f"python -m experiments.sync {directory}"
+    )
+
+
+def adhoc_directory() -> Path:
+    """A fresh directory for a run started without one (``outputs/adhoc/<time>-<id>``)."""
+    stamp = time.strftime("%Y-%m-%d/%H-%M-%S")
+    return Path("outputs") / "adhoc" / f"{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -145,12 +252,19 @@ def finished_run(
     tracker: Tracker, experiment_id: str, identity: str, objective_key: str | None
 ) -> Result | None:
     """The newest FINISHED run of this config in the experiment, if there is one."""
-    found = tracker.client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{CONFIG_HASH_TAG}` = '{identity}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
+    try:
+        found = tracker.client.search_runs(
+            [experiment_id],
+            filter_string=(
+                f"tags.`{CONFIG_HASH_TAG}` = '{identity}' and attributes.status = 'FINISHED'"
+            ),
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+    except MlflowException as error:
+        if not is_transient(error):
+            raise
+        raise tracker.unreachable(error) from error
     if not found:
         return None
     metrics = found[0].data.metrics
@@ -219,5 +333,5 @@ def tracker_for(uri: str | None, timeout_s: float) -> Tracker:
     """The process's tracker for a store: one client per store, shared by a sweep's jobs."""
     key = (resolve_uri(uri)[0], timeout_s)
     if key not in _trackers:
-        _trackers[key] = Tracker(key[0], timeout_s)
+        _trackers[key] = Tracker(uri, timeout_s)  # as given: errors name where it came from
     return _trackers[key]

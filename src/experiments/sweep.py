@@ -15,19 +15,26 @@ import json
 import logging
 import math
 import os
+import signal
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from hydra.experimental.callback import Callback
-from mlflow.entities import RunStatus
 from omegaconf import DictConfig
+
+from experiments import journal, liveness, signals
 
 log = logging.getLogger(__name__)
 
 PARENT_FILE = "parent_run_id"
 OUTCOME_FILE = "outcome.json"
+STOPPED_FILE = "stopped"  # written when a signal stops the sweep: jobs not started stay so
+LOST_JOB = "lost: the job's process ended without reporting (killed, or out of memory?)"
+STOP_WAIT_S = 10.0  # how long an interrupted sweep waits for its running jobs to close
 MAX_TAG_LENGTH = 8000  # MLflow's limit on a tag's value
+STATUSES = ("FINISHED", "FAILED", "KILLED", "UNSYNCED", "SKIPPED", "RUNNING")
 
 
 @dataclass
@@ -36,14 +43,35 @@ class Outcome:
 
     job: int
     overrides: list[str]
-    status: str  # FINISHED, FAILED or SKIPPED
+    status: str  # RUNNING, then FINISHED, FAILED, KILLED, UNSYNCED or SKIPPED
     run_id: Optional[str] = None
     objective: Optional[float] = None
     reason: Optional[str] = None
+    host: Optional[str] = None  # where the job's process runs, and its pid
+    pid: Optional[int] = None
+    directory: Optional[str] = None  # the job's output directory (set when read back)
 
     def write(self, output_dir: str | Path) -> None:
         """Save next to the job's other files, for the launching process to collect."""
-        Path(output_dir, OUTCOME_FILE).write_text(json.dumps(asdict(self)), encoding="utf-8")
+        target = Path(output_dir, OUTCOME_FILE)
+        fields = {k: v for k, v in asdict(self).items() if k != "directory"}
+        temporary = target.with_name(f".{OUTCOME_FILE}.{os.getpid()}")
+        temporary.write_text(json.dumps(fields), encoding="utf-8")
+        os.replace(temporary, target)
+
+    def gone(self) -> bool:
+        """Whether this RUNNING job's process has ended (as far as this host can tell)."""
+        if self.host != liveness.host() or self.pid is None:
+            return False
+        return self.pid != os.getpid() and not liveness.process_alive(self.pid)
+
+
+def started(job: int, overrides: list[str], output_dir: str | Path) -> Outcome:
+    """Mark a job RUNNING in its directory (with its process), and return its outcome."""
+    outcome = Outcome(job, overrides, "RUNNING", host=liveness.host(), pid=os.getpid())
+    outcome.write(output_dir)
+    outcome.status = "FAILED"  # until the job says otherwise
+    return outcome
 
 
 def read_outcomes(sweep_dir: str | Path) -> list[Outcome]:
@@ -51,10 +79,21 @@ def read_outcomes(sweep_dir: str | Path) -> list[Outcome]:
     found = []
     for path in Path(sweep_dir).glob(f"*/{OUTCOME_FILE}"):
         try:
-            found.append(Outcome(**json.loads(path.read_text(encoding="utf-8"))))
+            outcome = Outcome(**json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError, TypeError):
             log.warning("unreadable job outcome %s", path)
+            continue
+        outcome.directory = str(path.parent)
+        found.append(outcome)
     return sorted(found, key=lambda outcome: outcome.job)
+
+
+@dataclass
+class Parent:
+    """The sweep's parent run, as a job finds it in the sweep directory."""
+
+    run_id: Optional[str] = None  # None when the sweep is kept offline
+    journal_id: Optional[str] = None
 
 
 def parent_run_id(sweep_dir: str | Path) -> str | None:
@@ -65,20 +104,52 @@ def parent_run_id(sweep_dir: str | Path) -> str | None:
         return None
 
 
+def parent_of(sweep_dir: str | Path) -> Parent:
+    """The parent of a job of the sweep in ``sweep_dir``.
+
+    Raises:
+        signals.Interrupted: the sweep was stopped by a signal before this job started.
+    """
+    stopped = Path(sweep_dir, STOPPED_FILE)
+    if stopped.exists():
+        reason = stopped.read_text(encoding="utf-8").strip() or "the sweep was stopped"
+        raise signals.Interrupted(signal.SIGTERM, f"not started: {reason}")
+    try:
+        journal_id = journal.read_header(Path(sweep_dir, journal.NAME)).journal_id
+    except journal.JournalError:
+        journal_id = None
+    return Parent(parent_run_id(sweep_dir), journal_id)
+
+
 def active() -> bool:
     """Whether this process has opened a sweep that is not finished yet."""
     return bool(_active)
 
 
 @dataclass
+class Finished:
+    """A sweep this process closed: where, its jobs, and whether its parent is all recorded."""
+
+    directory: Path
+    outcomes: list[Outcome]
+    parent_recorded: bool
+
+
+def finished() -> list[Finished]:
+    """Every sweep this process finished, in order."""
+    return list(_finished)
+
+
+@dataclass
 class _Sweep:
-    tracker: Any
-    run_id: str
+    recording: Any  # live.LiveRun of the parent run
+    tracker: Any  # tracking.Tracker, None when offline
     directory: Path
     name: str
 
 
 _active: list[_Sweep] = []
+_finished: list[Finished] = []
 _set_by_us: list[str] = []  # environment variables a sweep set, cleared when it finishes
 
 
@@ -92,31 +163,42 @@ class SweepCallback(Callback):
         finish()
 
 
-def start(config: DictConfig) -> str:
-    """Open the parent run of the sweep ``config`` describes and export its id to jobs."""
-    from experiments import runner  # the runner imports torch; only a sweep needs it here
+def start(config: DictConfig) -> str | None:
+    """Open the parent run of the sweep ``config`` describes and export its id to jobs.
+
+    The parent is recorded like any run: a journal in the sweep directory, uploaded while
+    the sweep goes on, with its own heartbeat.
+
+    Returns:
+        The parent run's id (None when the sweep is kept offline).
+    """
+    from experiments import live, runner  # the runner imports torch; only a sweep needs it
 
     tracking = config.tracking
-    tracker = runner.tracker_for(tracking.uri, tracking.timeout_s)
-    experiment = tracker.experiment_id(tracking.experiment or config.task.name)
     hydra_cfg = config.hydra  # HydraConfig is not set yet when a multirun starts
     overrides = list(hydra_cfg.overrides.task)
     name = sweep_name(hydra_cfg.runtime.choices.get("experiment"), overrides)
-    run = tracker.client.create_run(
-        experiment,
-        run_name=name,
-        tags={
-            "sweep": "true",
-            "sweep.dir": str(hydra_cfg.sweep.dir),
-            "overrides": " ".join(overrides),
-        },
-    )
-    _share_cores(hydra_cfg.launcher)
+    experiment = tracking.experiment or config.task.name
     directory = Path(hydra_cfg.sweep.dir)
     directory.mkdir(parents=True, exist_ok=True)
-    Path(directory, PARENT_FILE).write_text(run.info.run_id, encoding="utf-8")
-    _active.append(_Sweep(tracker, run.info.run_id, directory, name))
-    return run.info.run_id
+    tracker, experiment_id = None, None
+    if not tracking.offline:
+        tracker = runner.tracker_for(tracking.uri, tracking.timeout_s)
+        experiment_id = tracker.experiment_id(experiment)
+        tracker.close_lost_runs(experiment_id, tracking.lost_after_s)
+    header = runner.journal_header(tracking, experiment, name, directory)
+    tags = {
+        "sweep": "true",
+        "sweep.dir": str(hydra_cfg.sweep.dir),
+        "overrides": " ".join(overrides),
+    }
+    settings = live.Settings(retry_s=tracking.retry_s, heartbeat_s=tracking.heartbeat_s)
+    recording = live.start(directory, header, tags, tracker, experiment_id, settings)
+    _share_cores(hydra_cfg.launcher)
+    if recording.run_id is not None:
+        Path(directory, PARENT_FILE).write_text(recording.run_id, encoding="utf-8")
+    _active.append(_Sweep(recording, tracker, directory, name))
+    return recording.run_id
 
 
 def _share_cores(launcher: DictConfig) -> None:
@@ -147,14 +229,21 @@ def finish(interrupted: bool = False, error: str | None = None) -> list[Outcome]
 
     The parent ends FINISHED when every job finished (or was skipped as already done),
     FAILED when any failed, left no outcome, or the sweep stopped with ``error``, and
-    KILLED when the sweep was interrupted. The runs that skipped jobs point to are listed
-    in the parent's ``sweep.reused_runs`` tag, so a report of the sweep covers them too.
+    KILLED when the sweep was interrupted: then the jobs still running in other processes
+    of this host are sent SIGTERM, jobs not started yet will not start, and the runs of
+    jobs whose process is gone are closed KILLED too, with what their journals hold. The
+    runs that skipped jobs point to are listed in the parent's ``sweep.reused_runs`` tag,
+    so a report of the sweep covers them too.
     """
     if not _active:
         return []
     sweep = _active.pop()
     while _set_by_us:
         os.environ.pop(_set_by_us.pop(), None)
+    if interrupted:
+        _stop_jobs(sweep, error or "the sweep was interrupted")
+    else:
+        _close_abandoned(sweep, "FAILED", LOST_JOB)
     outcomes = read_outcomes(sweep.directory)
     failed = [outcome for outcome in outcomes if outcome.status == "FAILED"]
     reason = (
@@ -169,24 +258,101 @@ def finish(interrupted: bool = False, error: str | None = None) -> list[Outcome]
     tags = {"jobs": counts_line(outcomes)}
     if reused:
         tags["sweep.reused_runs"] = ",".join(reused)[:MAX_TAG_LENGTH]
-    if reason is not None and not interrupted:
-        tags["error"] = reason[:MAX_TAG_LENGTH]
-    status = RunStatus.KILLED if interrupted else RunStatus.FAILED if reason else RunStatus.FINISHED
-    client = sweep.tracker.client
-    try:
-        client.log_text(sweep.run_id, summary + "\n", "summary.txt")
-        for key, value in tags.items():
-            client.set_tag(sweep.run_id, key, value)
-    finally:
-        client.set_terminated(sweep.run_id, status=RunStatus.to_string(status))
+    status = "KILLED" if interrupted else "FAILED" if reason else "FINISHED"
+    recorder = sweep.recording.recorder
+    recorder.log_text(summary + "\n", "summary.txt")
+    recorder.set_tags(tags)
+    delivery = sweep.recording.close(
+        status, reason[:MAX_TAG_LENGTH] if reason else None, hurry=interrupted
+    )
+    if not delivery.recorded and not delivery.offline:
+        from experiments.runner import not_recorded_line
+
+        log.warning("the sweep's parent run: %s", not_recorded_line(delivery))
+    _finished.append(Finished(sweep.directory, outcomes, delivery.recorded or delivery.offline))
     return outcomes
+
+
+def status_of(result: Any) -> str:
+    """A job's status in the summary, from the runner's ``Result``."""
+    if result.skipped:
+        return "SKIPPED"
+    if not result.recorded and not result.delivery.offline:
+        return "UNSYNCED"
+    return "FINISHED"
+
+
+def _stop_jobs(sweep: _Sweep, reason: str) -> None:
+    """Stop the running jobs of an interrupted sweep that run on this host; close the rest.
+
+    Jobs still starting see the ``stopped`` file and do not start. Running jobs in other
+    processes of this host (joblib workers, submitit_local jobs) get SIGTERM and end their
+    runs KILLED themselves; the runs of jobs whose process is gone are closed here.
+    """
+    Path(sweep.directory, STOPPED_FILE).write_text(reason, encoding="utf-8")
+    for outcome in read_outcomes(sweep.directory):
+        if outcome.status == "RUNNING" and outcome.host == liveness.host():
+            if outcome.pid not in (None, os.getpid()) and not outcome.gone():
+                try:
+                    os.kill(outcome.pid, signal.SIGTERM)
+                except OSError:
+                    pass
+    deadline = time.monotonic() + STOP_WAIT_S
+    while time.monotonic() < deadline and any(
+        o.status == "RUNNING" and o.host == liveness.host() and not o.gone()
+        for o in read_outcomes(sweep.directory)
+    ):
+        time.sleep(0.1)
+    _close_abandoned(sweep, "KILLED", reason, this_host_only=True)
+
+
+def _close_abandoned(sweep: _Sweep, status: str, reason: str, this_host_only: bool = False) -> None:
+    """Close what jobs whose process is gone left open: their runs and their outcomes.
+
+    Args:
+        this_host_only: leave the journals of other hosts alone (after an interruption,
+            jobs on a cluster go on without the launching process).
+    """
+    parent_journal = sweep.recording.journal
+    for path in journal.find([sweep.directory]):
+        if path == parent_journal or journal.ended(path) or journal.held(path) is not False:
+            continue
+        if this_host_only and journal.read_header(path).host != liveness.host():
+            continue
+        _close_run(sweep, path, status, reason)
+    for outcome in read_outcomes(sweep.directory):
+        if outcome.status == "RUNNING" and outcome.gone():
+            outcome.status, outcome.reason = status, reason
+            assert outcome.directory is not None
+            outcome.write(outcome.directory)
+
+
+def _close_run(sweep: _Sweep, path: Path, status: str, reason: str) -> None:
+    """A job's process is gone without closing its run: upload what it recorded, end it."""
+    from experiments import upload
+
+    if sweep.tracker is None:
+        return  # kept offline: sync closes it later
+    try:
+        uploader = upload.deliver(
+            sweep.tracker.client, path, sweep.tracker.key, close=(status, reason)
+        )
+    except Exception as failure:  # the store is gone too: sync will do it later
+        log.warning("could not close the run of %s: %s", path, upload.describe(failure))
+        return
+    outcome_file = Path(path.parent, OUTCOME_FILE)
+    if outcome_file.exists():
+        outcome = Outcome(**json.loads(outcome_file.read_text(encoding="utf-8")))
+        if outcome.status == "RUNNING":
+            outcome.run_id = uploader.run_id
+            outcome.write(path.parent)
 
 
 def counts_line(outcomes: list[Outcome]) -> str:
     """E.g. ``20 jobs: 18 finished, 1 failed, 1 skipped``."""
     parts = [f"{len(outcomes)} job" + ("" if len(outcomes) == 1 else "s")]
     details = []
-    for status in ("FINISHED", "FAILED", "SKIPPED"):
+    for status in STATUSES:
         count = sum(outcome.status == status for outcome in outcomes)
         if count:
             details.append(f"{count} {status.lower()}")

@@ -1,34 +1,46 @@
-"""The MLflow side of a run: the store, the experiment, and a batching recorder.
+"""The tracking store: opening it, its experiments, creating runs, closing lost ones.
 
-Only this module and the runner talk to MLflow. Tasks see the :class:`MlflowRecorder`
-through the backend-free ``Recorder`` protocol.
+Runs are created here; everything they record afterwards goes through their journal and
+the uploader (``experiments.live``, ``experiments.upload``). Tasks never see MLflow.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import tempfile
-import time
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
+from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 from filelock import FileLock
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
 
-from experiments.errors import ConfigError
+from experiments import liveness
+from experiments.errors import ConfigError, RunFailure
+from experiments.upload import describe, is_transient
+
+log = logging.getLogger(__name__)
+
 
 ERROR_TAG = "error"
-# MLflow refuses longer values; a parameter that long is cut, and says so.
-MAX_PARAM_LENGTH = 6000
+
+
+class TrackingError(RunFailure):
+    """The tracking store refused to start a run (reported as one line, exit status 1)."""
+
+
+class StoreUnreachable(ConfigError):
+    """The tracking store did not answer: a server down, a network blip, a busy database.
+
+    A run refuses to start on it (one line); a job of a sweep runs offline instead.
+    """
 
 
 def resolve_uri(uri: str | None) -> tuple[str, str]:
@@ -54,6 +66,7 @@ class Tracker:
 
     def __init__(self, uri: str | None = None, timeout_s: float = 10.0) -> None:
         self.uri, self.source = resolve_uri(uri)
+        self.key = redact(absolute(self.uri))  # how journals and upload marks name it
         self.timeout_s = timeout_s
         if self.uri.startswith(("http://", "https://")):
             _bound_http_waits(timeout_s)
@@ -61,14 +74,15 @@ class Tracker:
         # The first client to open a fresh SQLite store creates its tables; two processes
         # doing that at once leave it half-migrated and unusable. Serialise the opening.
         self._experiments: dict[str, str] = {}
+        self._checked: set[str] = set()  # experiments whose lost runs were looked for
         with self._store_lock():
             self.client = MlflowClient(tracking_uri=self.uri)
             try:
                 self.client.search_experiments(max_results=1)
             except MlflowException as error:
-                raise ConfigError(
-                    f"{self.source}={self.uri}: cannot open the tracking store: "
-                    f"{_first_line(error.message)}"
+                kind = StoreUnreachable if is_transient(error) else ConfigError
+                raise kind(
+                    f"{self.source}={self.uri}: cannot open the tracking store: {describe(error)}"
                 ) from error
 
     def experiment_id(self, name: str) -> str:
@@ -79,8 +93,19 @@ class Tracker:
         The id is remembered, so the jobs of a sweep look it up once.
         """
         if name not in self._experiments:
-            self._experiments[name] = self._find_or_create(name)
+            try:
+                self._experiments[name] = self._find_or_create(name)
+            except MlflowException as error:
+                if not is_transient(error):
+                    raise
+                raise self.unreachable(error) from error
         return self._experiments[name]
+
+    def unreachable(self, error: Exception) -> StoreUnreachable:
+        """The one-line error for a store that failed to answer."""
+        return StoreUnreachable(
+            f"{self.source}={self.uri}: the tracking store does not answer: {describe(error)}"
+        )
 
     def _find_or_create(self, name: str) -> str:
         with self._store_lock():
@@ -94,35 +119,36 @@ class Tracker:
                     raise
                 return self.client.get_experiment_by_name(name).experiment_id
 
-    @contextmanager
-    def start_run(
-        self, experiment_id: str, run_name: str, tags: Mapping[str, Any]
-    ) -> Iterator[MlflowRecorder]:
-        """Open a run and always close it: FINISHED, FAILED (reason tagged) or KILLED.
+    def create_run(self, experiment_id: str, run_name: str, tags: Mapping[str, Any]) -> str:
+        """Create a RUNNING run and return its id; a store that refuses is one line.
 
-        Yields:
-            A recorder writing into the new run; its buffer is flushed before the run ends.
+        Raises:
+            TrackingError: the store could not create the run.
         """
-        run = self.client.create_run(
-            experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()}
-        )
-        recorder = MlflowRecorder(self.client, run.info.run_id)
-        status = RunStatus.to_string(RunStatus.FAILED)
         try:
-            yield recorder
-            status = RunStatus.to_string(RunStatus.FINISHED)
-        except KeyboardInterrupt:
-            status = RunStatus.to_string(RunStatus.KILLED)
-            recorder.set_tags({ERROR_TAG: "interrupted (Ctrl-C)"})
-            raise
-        except BaseException as error:
-            recorder.set_tags({ERROR_TAG: _first_line(str(error)) or type(error).__name__})
-            raise
-        finally:
-            try:
-                recorder.flush()
-            finally:
-                self.client.set_terminated(run.info.run_id, status=status)
+            run = self.client.create_run(
+                experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()}
+            )
+        except MlflowException as error:
+            if is_transient(error):
+                raise self.unreachable(error) from error
+            raise TrackingError(
+                f"{self.source}={self.uri}: cannot create a run: {describe(error)}"
+            ) from error
+        return run.info.run_id
+
+    def close_lost_runs(self, experiment_id: str, lost_after_s: float) -> None:
+        """Close the lost runs of an experiment (see ``experiments.liveness``), once a process.
+
+        A store that fails this query does not stop the run: it is logged and left.
+        """
+        if experiment_id in self._checked:
+            return
+        self._checked.add(experiment_id)
+        try:
+            liveness.close_lost_runs(self.client, [experiment_id], lost_after_s)
+        except MlflowException as error:
+            log.warning("could not look for lost runs: %s", _first_line(error.message))
 
     def _store_lock(self) -> Any:
         path = _sqlite_path(self.uri)
@@ -136,55 +162,21 @@ class Tracker:
         return FileLock(str(lock), timeout=max(60.0, self.timeout_s))
 
 
-class MlflowRecorder:
-    """Records into one MLflow run; metric points are buffered and sent in batches."""
-
-    def __init__(self, client: MlflowClient, run_id: str) -> None:
-        self.client = client
-        self.run_id = run_id
-        self._metrics: list[Metric] = []
-
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        entries = [Param(key, _param_value(value)) for key, value in params.items()]
-        for start in range(0, len(entries), MAX_PARAMS_TAGS_PER_BATCH):
-            chunk = entries[start : start + MAX_PARAMS_TAGS_PER_BATCH]
-            self.client.log_batch(self.run_id, params=chunk, synchronous=True)
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        timestamp = int(time.time() * 1000)
-        for key, value in metrics.items():
-            self._metrics.append(Metric(key, float(value), timestamp, 0 if step is None else step))
-        if len(self._metrics) >= MAX_METRICS_PER_BATCH:
-            self.flush()
-
-    def set_tags(self, tags: Mapping[str, Any]) -> None:
-        entries = [RunTag(key, str(value)) for key, value in tags.items()]
-        for start in range(0, len(entries), MAX_PARAMS_TAGS_PER_BATCH):
-            chunk = entries[start : start + MAX_PARAMS_TAGS_PER_BATCH]
-            self.client.log_batch(self.run_id, tags=chunk, synchronous=True)
-
-    def log_figure(self, figure: Any, name: str) -> None:
-        self.client.log_figure(self.run_id, figure, name)
-
-    def log_text(self, text: str, name: str) -> None:
-        self.client.log_text(self.run_id, text, name)
-
-    def log_artifact(self, path: str | Path) -> None:
-        self.client.log_artifact(self.run_id, str(path))
-
-    def flush(self) -> None:
-        """Send every buffered metric point, in as few calls as MLflow allows."""
-        pending, self._metrics = self._metrics, []
-        for start in range(0, len(pending), MAX_METRICS_PER_BATCH):
-            chunk = pending[start : start + MAX_METRICS_PER_BATCH]
-            self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
+def redact(uri: str) -> str:
+    """``uri`` without a password (``http://user:secret@host`` -> ``http://user@host``)."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    if parts.username:
+        netloc = f"{parts.username}@{netloc}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _param_value(value: Any) -> str:
-    text = "null" if value is None else str(value)
-    if len(text) > MAX_PARAM_LENGTH:
-        return text[: MAX_PARAM_LENGTH - 15] + "...(truncated)"
-    return text
+def absolute(uri: str) -> str:
+    """``uri`` with a relative SQLite path made absolute, so it means the same from anywhere."""
+    path = _sqlite_path(uri)
+    return f"sqlite:///{path}" if path is not None else uri
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -212,7 +204,7 @@ def _check_server(uri: str, source: str, timeout_s: float) -> None:
         reason = f"HTTP {error.code}"
     except (urllib.error.URLError, OSError) as error:
         reason = str(getattr(error, "reason", error))
-    raise ConfigError(f"{source}={uri}: cannot reach the MLflow server ({reason})")
+    raise StoreUnreachable(f"{source}={uri}: cannot reach the MLflow server ({reason})")
 
 
 def _first_line(text: str) -> str:

@@ -1,0 +1,257 @@
+"""Real faults on real processes: signals, SIGKILL, and what survives them.
+
+The command line runs in a subprocess exactly as a user starts it; the test sends it real
+signals, then reads the store back with a plain ``MlflowClient`` and counts what the run's
+journal holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from experiments import journal
+from tests.conftest import runs_of
+
+pytestmark = pytest.mark.slow
+
+LONG = ["task.steps=5000000", "optim.lr=1e-7"]
+
+
+def start_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    full_env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI",)}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    full_env.update(env or {})
+    return subprocess.Popen(
+        [sys.executable, "-m", "experiments", *args],
+        cwd=cwd,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_points(root: Path, count: int, pattern: str = "**/journal*.jsonl", timeout=120):
+    """Wait until journals under ``root`` hold ``count`` metric records; return them."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [p for p in root.glob(pattern) if metric_lines(p) >= count]
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"no journal under {root} reached {count} metric records")
+
+
+def metric_lines(path: Path) -> int:
+    return sum(1 for record in journal.records(path) if record["type"] == "metrics")
+
+
+def loss_points(path: Path) -> int:
+    return sum(1 for r in journal.records(path) if r["type"] == "metrics" and "loss" in r["values"])
+
+
+def store(workdir: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+
+
+@pytest.mark.parametrize(
+    ("signum", "status", "named"),
+    [
+        (signal.SIGTERM, 143, "SIGTERM"),
+        (signal.SIGHUP, 129, "SIGHUP"),
+        (signal.SIGINT, 130, "SIGINT"),
+    ],
+)
+def test_a_signal_ends_the_run_killed_with_every_point_recorded(
+    workdir, signum, status, named
+) -> None:
+    process = start_cli(LONG, workdir)
+    (path,) = wait_for_points(workdir / "outputs", 3000)
+    process.send_signal(signum)
+    sent = time.monotonic()
+    out, err = process.communicate(timeout=60)
+    assert time.monotonic() - sent < 10  # within a few seconds
+    assert process.returncode == status, err
+    assert "Traceback" not in err + out
+    assert err.strip().splitlines()[-1] == f"error: {journal.last_record(path)['error']}"
+    (run,) = runs_of(store(workdir), "minimize")
+    assert run.info.status == "KILLED"
+    assert named in run.data.tags["error"]
+    history = store(workdir).get_metric_history(run.info.run_id, "loss")
+    assert len(history) == loss_points(path) >= 3000  # every point recorded reached the store
+    assert json.loads(Path(upload_mark(path)).read_text())["ended"] is True
+
+
+def upload_mark(path: Path) -> Path:
+    from experiments.upload import state_path
+
+    return state_path(path)
+
+
+def test_sigkill_leaves_the_journal_and_the_next_run_and_sync_recover_it(workdir) -> None:
+    process = start_cli(LONG, workdir)
+    (path,) = wait_for_points(workdir / "outputs", 3000)
+    process.kill()
+    process.wait()
+    client = store(workdir)
+    (run,) = runs_of(client, "minimize")
+    assert run.info.status == "RUNNING"  # nothing could close it
+    kept = loss_points(path)
+    uploaded = len(client.get_metric_history(run.info.run_id, "loss"))
+    assert uploaded < kept  # what the process had not sent yet is only in the journal
+
+    # The next run in the experiment finds it lost: this host, and that pid is gone.
+    next_run = subprocess.run(
+        [sys.executable, "-m", "experiments", "task.steps=2"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+    )
+    assert next_run.returncode == 0, next_run.stderr
+    lost = client.get_run(run.info.run_id)
+    assert lost.info.status == "FAILED"
+    assert lost.data.tags["error"].startswith(f"lost: process {process.pid} on ")
+    assert f"python -m experiments.sync {path.parent}" in lost.data.tags["error"]
+
+    synced = sync(workdir, str(path.parent))
+    assert synced.returncode == 0, synced.stderr
+    assert "closed as lost" in synced.stdout and "1 journal: 1 closed as lost" in synced.stdout
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == kept  # nothing lost
+    assert client.get_run(run.info.run_id).info.status == "FAILED"
+
+    again = sync(workdir, str(path.parent))
+    assert again.returncode == 0 and "1 already synced" in again.stdout
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == kept
+
+
+def sync(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.sync", *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_sigterm_stops_a_sweep_no_further_job_starts(workdir) -> None:
+    process = start_cli(["-m", "task.steps=5000000,5000001,5000002", "optim.lr=1e-7"], workdir)
+    wait_for_points(workdir / "outputs", 1000, "multirun/*/*/0/journal.jsonl")
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert "1 job: 1 killed" in out  # the summary is printed
+    runs = runs_of(store(workdir), "minimize")
+    assert sorted((run.info.run_name.split()[0], run.info.status) for run in runs) == [
+        ("minimize", "KILLED"),
+        ("sweep", "KILLED"),
+    ]
+    assert all("SIGTERM" in run.data.tags["error"] for run in runs)
+
+
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+        ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"],
+    ],
+    ids=["joblib", "submitit_local"],
+)
+def test_sigterm_to_the_launcher_leaves_no_worker_run_running(workdir, launcher) -> None:
+    process = start_cli(["-m", *launcher, "task.steps=5000000,5000001", "optim.lr=1e-7"], workdir)
+    wait_for_points(workdir / "outputs", 500, "multirun/*/*/*/journal.jsonl")
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=90)
+    assert process.returncode == 143, err
+    time.sleep(1)
+    runs = runs_of(store(workdir), "minimize")
+    assert runs and not [run.info.run_name for run in runs if run.info.status == "RUNNING"]
+    parent = [run for run in runs if run.data.tags.get("sweep") == "true"]
+    assert [run.info.status for run in parent] == ["KILLED"]
+    assert "killed" in out
+
+
+SUBMITIT_JOB = """
+import os, sys
+from pathlib import Path
+import submitit
+from submitit.slurm.slurm import SlurmJobEnvironment
+from submitit.core.utils import JobPaths
+
+from experiments import config, runner
+from experiments.tasks import schemas
+from tests.conftest import compose_config
+
+class Job:  # a checkpointable callable, as Hydra's submitit launcher is
+    def __call__(self):
+        pass
+    def checkpoint(self):
+        return submitit.helpers.DelayedSubmission(self)
+
+folder = Path(sys.argv[1])
+delayed = submitit.helpers.DelayedSubmission(Job())
+delayed.set_timeout(int(sys.argv[2]), 0)
+SlurmJobEnvironment()._handle_signals(JobPaths(folder, job_id="4242"), delayed)
+config.register(schemas())
+cfg = compose_config(["task.steps=5000000", "optim.lr=1e-7", f"tracking.uri={sys.argv[3]}"])
+runner.execute(cfg, [], folder / "run")
+"""
+
+
+@pytest.mark.parametrize(
+    ("timeout_min", "reason", "requeued"),
+    [
+        (600, "preempted by Slurm (SIGUSR2); submitit requeued the job", True),
+        (1, "Slurm time limit near (SIGUSR2); not requeued", False),
+    ],
+)
+def test_slurm_usr2_through_submitit_ends_the_run_killed_with_the_reason(
+    workdir, store_uri, timeout_min, reason, requeued
+) -> None:
+    # submitit's own handlers, as in a Slurm job; scontrol is a stand-in that notes its call.
+    bin_dir = workdir / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text('#!/bin/sh\necho "$@" > "$SCONTROL_LOG"\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    (workdir / "job.py").write_text(SUBMITIT_JOB)
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "SCONTROL_LOG": str(workdir / "scontrol.log"),
+        "SUBMITIT_EXECUTOR": "slurm",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NTASKS": "1",
+        "SLURM_JOB_NUM_NODES": "1",
+        "SLURM_NODEID": "0",
+        "SLURM_JOB_NODELIST": "localhost",
+        "PYTHONPATH": str(Path(__file__).parents[1]),
+    }
+    process = subprocess.Popen(
+        [sys.executable, str(workdir / "job.py"), str(workdir), str(timeout_min), store_uri],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    wait_for_points(workdir / "run", 1000, "journal.jsonl")
+    process.send_signal(signal.SIGUSR2)
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode != 0, out
+    (run,) = runs_of(store(workdir), "minimize")
+    assert run.info.status == "KILLED", out
+    assert run.data.tags["error"].startswith(reason)
+    log = workdir / "scontrol.log"
+    assert (log.exists() and log.read_text().split() == ["requeue", "4242"]) == requeued

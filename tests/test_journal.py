@@ -1,0 +1,146 @@
+"""The run journal: its format, what survives a crash, and what a reader skips."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments import journal
+from experiments.journal import Header, JournalError, Writer
+
+
+def header(**changes) -> Header:
+    values = {"tracking_uri": "sqlite:////tmp/x.db", "experiment": "e", "run_name": "r"}
+    return Header(**{**values, **changes})
+
+
+def test_records_are_json_lines_readable_without_this_package(tmp_path) -> None:
+    path = tmp_path / journal.NAME
+    writer = Writer(path, header(config_hash="abc"))
+    writer.append({"type": "params", "params": {"optim.lr": "0.1"}})
+    writer.append({"type": "metrics", "step": 3, "values": {"loss": 1.5, "bad": math.nan}})
+    writer.append({"type": "end", "status": "FINISHED", "error": None})
+    writer.close()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["type"] for line in lines] == ["header", "params", "metrics", "end"]
+    assert lines[0]["format"] == "experiments-journal" and lines[0]["version"] == 1
+    assert lines[0]["config_hash"] == "abc" and lines[0]["journal_id"]
+    assert all(isinstance(line["time"], int) for line in lines)
+    assert lines[2]["values"] == {"loss": 1.5, "bad": "NaN"}  # strict JSON, no NaN token
+    assert journal.metric_value("NaN") != journal.metric_value("NaN")
+    assert journal.metric_value("-Infinity") == -math.inf
+
+
+def test_each_record_reaches_the_file_at_once_and_nothing_follows_the_end(tmp_path) -> None:
+    path = tmp_path / journal.NAME
+    writer = Writer(path, header())
+    writer.append({"type": "metrics", "step": 0, "values": {"loss": 1.0}})
+    assert path.read_text().count("\n") == 2  # no buffering: a SIGKILL now loses nothing
+    writer.append({"type": "end", "status": "KILLED", "error": "terminated (SIGTERM)"})
+    with pytest.raises(OSError, match="closed"):
+        writer.append({"type": "tags", "tags": {"heartbeat": "late"}})
+    writer.close()
+    assert journal.ended(path)
+    assert journal.last_record(path)["error"] == "terminated (SIGTERM)"
+
+
+def test_a_line_cut_short_by_a_crash_is_skipped_with_a_warning(tmp_path) -> None:
+    path = tmp_path / journal.NAME
+    writer = Writer(path, header())
+    writer.append({"type": "metrics", "step": 0, "values": {"loss": 1.0}})
+    writer.close()
+    with open(path, "ab") as handle:
+        handle.write(b'not json\n{"type":"metrics","step":1,"val')  # garbage, then a cut line
+    waiting = journal.read(path)  # the writer may still finish that line: wait for it
+    assert [r["type"] for r in waiting.records] == ["header", "metrics"]
+    assert len(waiting.skipped) == 1 and "not a journal record" in waiting.skipped[0]
+    assert waiting.end < path.stat().st_size
+    final = journal.read(path, final=True)  # the writer is gone: the cut line is skipped
+    assert final.end == path.stat().st_size
+    assert any("cut short" in warning for warning in final.skipped)
+    assert [r["step"] for r in journal.records(path) if r["type"] == "metrics"] == [0]
+
+
+def test_reading_in_chunks_resumes_where_it_stopped(tmp_path) -> None:
+    path = tmp_path / journal.NAME
+    writer = Writer(path, header())
+    for step in range(500):
+        writer.append({"type": "metrics", "step": step, "values": {"loss": float(step)}})
+    writer.close()
+    offset, steps = 0, []
+    while True:
+        chunk = journal.read(path, offset, limit=1000)
+        steps += [r["step"] for r in chunk.records if r["type"] == "metrics"]
+        if chunk.end == offset:
+            break
+        offset = chunk.end
+    assert steps == list(range(500))
+
+
+def test_a_directory_used_twice_gets_a_second_journal(tmp_path) -> None:
+    first = journal.new_path(tmp_path)
+    Writer(first, header()).close()
+    second = journal.new_path(tmp_path)
+    assert (first.name, second.name) == ("journal.jsonl", "journal-2.jsonl")
+    Writer(second, header()).close()
+    (tmp_path / "job").mkdir()
+    Writer(journal.new_path(tmp_path / "job"), header()).close()
+    (tmp_path / "journal.uploaded.json").write_text("{}")
+    assert [p.relative_to(tmp_path).as_posix() for p in journal.find([tmp_path])] == [
+        "job/journal.jsonl",
+        "journal-2.jsonl",
+        "journal.jsonl",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("first_line", "match"),
+    [
+        (b"hello\n", "not a journal"),
+        (b'{"type": "header", "format": "something-else"}\n', "not a journal"),
+        (b'{"type": "header", "format": "experiments-journal", "version": 9}\n', "version 9"),
+    ],
+)
+def test_a_file_that_is_not_a_journal_is_refused_by_name(tmp_path, first_line, match) -> None:
+    path = tmp_path / "journal.jsonl"
+    path.write_bytes(first_line)
+    with pytest.raises(JournalError, match=match) as raised:
+        journal.read_header(path)
+    assert str(path) in str(raised.value)
+
+
+def test_the_writer_holds_the_journal_until_it_closes(tmp_path) -> None:
+    path = tmp_path / journal.NAME
+    writer = Writer(path, header())
+    assert journal.held(path) is True
+    writer.close()
+    assert journal.held(path) is False
+
+
+def test_a_killed_writer_releases_the_journal(tmp_path) -> None:
+    path = tmp_path / journal.NAME
+    code = (
+        "import sys, time\n"
+        "from experiments.journal import Header, Writer\n"
+        "w = Writer(__import__('pathlib').Path(sys.argv[1]), "
+        "Header(tracking_uri='x', experiment='e', run_name='r'))\n"
+        "w.append({'type': 'metrics', 'step': 0, 'values': {'loss': 1.0}})\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout.readline().strip() == "ready"
+    assert journal.held(path) is True
+    process.kill()
+    process.wait()
+    assert journal.held(path) is False
+    assert not journal.ended(path)  # a run that crashed: no end line
+    assert [r["type"] for r in journal.records(path)] == ["header", "metrics"]
+    assert os.stat(path).st_size > 0

@@ -1,0 +1,96 @@
+"""Lost runs: telling a dead process from a live one, and closing the runs it left RUNNING."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow import MlflowClient
+
+from experiments import liveness, runner
+from tests.conftest import compose_config, runs_of
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_live_process_a_gone_one_a_zombie_and_a_reused_pid() -> None:
+    me = os.getpid()
+    assert liveness.process_alive(me, liveness.process_started(me))
+    assert not liveness.process_alive(dead_pid())
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    time.sleep(0.5)  # it has ended; until it is waited for, it is a zombie
+    try:
+        assert not liveness.process_alive(zombie.pid)
+    finally:
+        zombie.wait()
+    if liveness.process_started(me) is not None:  # Linux: a pid now used by another process
+        assert not liveness.process_alive(me, liveness.process_started(me) - 100)
+
+
+def tags(pid: int, heartbeat_age_s: float, host: str | None = None) -> dict[str, str]:
+    now = int(time.time() * 1000)
+    return {
+        "host": host or liveness.host(),
+        "pid": str(pid),
+        "heartbeat": liveness.heartbeat(now - int(heartbeat_age_s * 1000)),
+        "output_dir": "/data/runs/7",
+    }
+
+
+@pytest.mark.parametrize(
+    ("run_tags", "lost"),
+    [
+        (lambda: tags(os.getpid(), 3600), None),  # this host, alive: however old the beat
+        (lambda: tags(dead_pid(), 1), "lost: process .* on .* is gone"),
+        (lambda: tags(1234, 60, host="node-7"), None),  # another host, beating recently
+        (lambda: tags(1234, 600, host="node-7"), "lost: no heartbeat from process 1234 on node-7"),
+        (lambda: {"host": "node-7", "pid": "1"}, None),  # not a run of this package
+    ],
+)
+def test_which_running_runs_are_lost(run_tags, lost) -> None:
+    found = liveness.lost_reason(run_tags(), int(time.time() * 1000), lost_after_s=300)
+    if lost is None:
+        assert found is None
+    else:
+        reason, last_seen = found
+        assert __import__("re").match(lost, reason), reason
+        assert "last seen" in reason and "python -m experiments.sync /data/runs/7" in reason
+        assert last_seen <= time.time() * 1000
+
+
+def test_lost_runs_are_closed_failed_and_the_others_left_alone(store_uri) -> None:
+    client = MlflowClient(store_uri)
+    experiment = client.create_experiment("lost")
+    gone = tags(dead_pid(), 5)
+    created = {
+        "gone": client.create_run(experiment, tags=gone, run_name="gone"),
+        "silent": client.create_run(experiment, tags=tags(99, 900, "node-7"), run_name="silent"),
+        "beating": client.create_run(experiment, tags=tags(99, 5, "node-7"), run_name="beating"),
+        "foreign": client.create_run(experiment, run_name="foreign"),
+    }
+    closed = liveness.close_lost_runs(client, [experiment], lost_after_s=300)
+    assert sorted(run.name for run in closed) == ["gone", "silent"]
+    runs = {run.info.run_name: run for run in runs_of(client, "lost")}
+    assert runs["gone"].info.status == "FAILED"
+    assert runs["gone"].data.tags["error"].startswith("lost: process")
+    assert runs["gone"].info.end_time == liveness.parse_heartbeat(gone["heartbeat"])
+    assert runs["silent"].info.status == "FAILED"
+    assert runs["beating"].info.status == "RUNNING"
+    assert runs["foreign"].info.status == "RUNNING"
+    assert len(created) == 4
+
+
+def test_every_run_start_closes_the_lost_runs_of_its_experiment(store_uri, tmp_path) -> None:
+    client = MlflowClient(store_uri)
+    experiment = client.create_experiment("minimize")
+    crashed = client.create_run(experiment, tags=tags(dead_pid(), 5), run_name="crashed")
+    cfg = compose_config(["task.steps=3", f"tracking.uri={store_uri}"])
+    runner.run(cfg, output_dir=tmp_path / "out")
+    assert client.get_run(crashed.info.run_id).info.status == "FAILED"

@@ -1,0 +1,180 @@
+"""Runs kept offline, and ``python -m experiments.sync``: uploads, idempotence, bad input.
+
+The command line runs in this process (``cli.invoke`` and ``sync.main``, as ``python -m``
+would call them); results are read back with a plain ``MlflowClient``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from experiments import __main__ as entry
+from experiments import cli, journal, sync, upload
+from experiments.journal import Header, Writer
+from tests.conftest import all_runs, runs_of
+
+
+def invoke(monkeypatch: pytest.MonkeyPatch, args: list[str]) -> int:
+    monkeypatch.setattr(sys, "argv", ["experiments", *args])
+    return cli.invoke(entry.hydra_main)
+
+
+def journals(root: Path) -> list[Path]:
+    return journal.find([root / "outputs"])
+
+
+def test_an_offline_run_touches_no_store_and_sync_uploads_it_whole(
+    monkeypatch, capfd, workdir, store_uri
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)
+    assert invoke(monkeypatch, ["tracking.offline=true", "task.steps=30"]) == 0
+    out = capfd.readouterr().out
+    assert "recorded offline in " in out and "python -m experiments.sync " in out
+    assert not (workdir / "mlflow.db").exists()  # nothing was contacted
+    (path,) = journals(workdir)
+    assert journal.read_header(path).tracking_uri == store_uri  # where sync will send it
+
+    assert sync.main([]) == 0  # default: outputs/
+    out = capfd.readouterr().out
+    assert "uploaded: outputs/runs/" in out and "1 journal: 1 uploaded" in out
+    client = MlflowClient(store_uri)
+    (run,) = runs_of(client, "minimize")
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "minimize tracking.offline=true task.steps=30"
+    assert run.data.params["task.steps"] == "30" and run.data.tags["task"] == "minimize"
+    assert run.data.tags["journal.id"] == journal.read_header(path).journal_id
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 31
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
+        "config.yaml",
+        "overrides.yaml",
+        "function.png",
+        "loss.png",
+    }
+
+    assert sync.main([str(workdir / "outputs")]) == 0
+    assert "1 journal: 1 already synced" in capfd.readouterr().out
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 31
+    assert len(all_runs(client)) == 1
+
+
+def test_an_offline_sweep_is_uploaded_parent_first(monkeypatch, capfd, workdir, store_uri) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)
+    assert invoke(monkeypatch, ["-m", "tracking.offline=true", "task.steps=3,4,5"]) == 0
+    assert "3 jobs: 3 finished" in capfd.readouterr().out
+    assert not (workdir / "mlflow.db").exists()
+    assert sync.main([]) == 0
+    assert "4 journals: 4 uploaded" in capfd.readouterr().out
+    runs = runs_of(MlflowClient(store_uri), "minimize")
+    (parent,) = [run for run in runs if run.data.tags.get("sweep") == "true"]
+    jobs = [run for run in runs if run is not parent]
+    assert parent.info.status == "FINISHED" and parent.data.tags["jobs"] == "3 jobs: 3 finished"
+    assert sorted(run.data.params["task.steps"] for run in jobs) == ["3", "4", "5"]
+    assert {run.data.tags["mlflow.parentRunId"] for run in jobs} == {parent.info.run_id}
+    assert {run.info.status for run in jobs} == {"FINISHED"}
+
+
+def test_offline_and_skip_existing_exclude_each_other(monkeypatch, capfd, workdir) -> None:
+    assert invoke(monkeypatch, ["tracking.offline=true", "skip_existing=true"]) == 1
+    err = capfd.readouterr().err.strip()
+    assert err.startswith("error: skip_existing=true") and "tracking.offline=true" in err
+
+
+def offline_journal(directory: Path, uri: str, points: int = 10) -> Path:
+    directory.mkdir(parents=True)
+    path = directory / journal.NAME
+    writer = Writer(path, Header(tracking_uri=uri, experiment="kept", run_name="kept run"))
+    for step in range(points):
+        writer.append({"type": "metrics", "step": step, "values": {"loss": float(step)}})
+    writer.append({"type": "end", "status": "FINISHED", "error": None})
+    writer.close()
+    return path
+
+
+def test_a_journal_cut_short_is_uploaded_up_to_the_cut_with_a_warning(
+    capfd, workdir, store_uri
+) -> None:
+    path = offline_journal(workdir / "outputs" / "a", store_uri, points=10)
+    text = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(text[:-1]) + '{"type":"metrics","step":10,"val')  # the end cut off
+    assert sync.main([str(path)]) == 0
+    out, err = capfd.readouterr()
+    assert "cut short" in err
+    assert "closed as lost" in out  # no end line: its process never closed it
+    client = MlflowClient(store_uri)
+    (run,) = runs_of(client, "kept")
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 10
+    assert run.info.status == "FAILED" and run.data.tags["error"].startswith("lost: process")
+
+
+def test_dry_run_changes_nothing(capfd, workdir, store_uri) -> None:
+    path = offline_journal(workdir / "outputs" / "a", store_uri)
+    assert sync.main(["--dry-run"]) == 0
+    out = capfd.readouterr().out
+    assert "would be uploaded: " in out and "a run named 'kept run'" in out
+    assert not upload.state_path(path).exists()
+    assert all_runs(MlflowClient(store_uri)) == []
+
+
+def test_a_journal_still_being_written_is_left_alone(capfd, workdir, store_uri) -> None:
+    directory = workdir / "outputs" / "live"
+    directory.mkdir(parents=True)
+    writer = Writer(directory / journal.NAME, Header(store_uri, "kept", "live run"))
+    try:
+        assert sync.main([]) == 0
+        assert "still running: " in capfd.readouterr().out
+    finally:
+        writer.close()
+    assert all_runs(MlflowClient(store_uri)) == []
+
+
+def missing(root: Path) -> Path:
+    return root / "missing"
+
+
+def empty(root: Path) -> Path:
+    (root / "empty").mkdir()
+    return root / "empty"
+
+
+def not_a_journal(root: Path) -> Path:
+    (root / "journal.jsonl").write_text("hello\n")
+    return root / "journal.jsonl"
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (missing, r"missing: no such file or directory"),
+        (empty, r"empty: no run journal found"),
+        (not_a_journal, r"journal\.jsonl: not a journal"),
+    ],
+)
+def test_bad_paths_are_one_line_each_and_exit_1(capfd, workdir, make, match) -> None:
+    target = make(workdir)
+    assert sync.main([str(target)]) == 1
+    lines = [line for line in capfd.readouterr().err.splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert re.search(match, lines[0]), lines[0]
+
+
+def test_an_unreachable_store_is_one_line_and_nothing_is_marked_uploaded(capfd, workdir) -> None:
+    path = offline_journal(workdir / "outputs" / "a", "http://127.0.0.1:9")
+    assert sync.main(["--timeout-s", "2"]) == 1
+    err = [line for line in capfd.readouterr().err.splitlines() if line]
+    assert len(err) == 1 and "cannot reach the MLflow server" in err[0], err
+    assert not upload.state_path(path).exists()
+
+
+def test_tracking_uri_sends_journals_to_another_store(capfd, workdir, tmp_path) -> None:
+    path = offline_journal(workdir / "outputs" / "a", "http://127.0.0.1:9")
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    assert sync.main(["--tracking-uri", other]) == 0
+    (run,) = runs_of(MlflowClient(other), "kept")
+    assert run.info.status == "FINISHED"
+    assert json.loads(upload.state_path(path).read_text())["tracking_uri"] == other
