@@ -1,10 +1,12 @@
 # make run ARGS="task=minimize optim.lr=0.1"   set up .venv if needed, then run the pipeline
 # make test                                   set up .venv if needed, then run the test suite
 # TORCH picks the torch requirement: the CPU build by default; TORCH=torch for a CUDA build.
+# WORKERS: test processes in parallel (pytest-xdist; each test file stays in one of them).
 VENV ?= .venv
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 ARGS ?=
+WORKERS ?= 2
 
 .PHONY: setup run test lint
 
@@ -20,7 +22,7 @@ run: setup
 	$(VENV)/bin/python -m experiments $(ARGS)
 
 test: setup
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n $(WORKERS) --dist loadfile
 
 lint: setup
 	$(VENV)/bin/ruff check .
