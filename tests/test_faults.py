@@ -26,7 +26,9 @@ pytestmark = pytest.mark.slow
 LONG = ["task.steps=5000000", "optim.lr=1e-7"]
 
 
-def start_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def start_cli(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None, new_session: bool = False
+) -> subprocess.Popen:
     full_env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI",)}
     full_env.pop("HYDRA_FULL_ERROR", None)
     full_env.update(env or {})
@@ -37,6 +39,7 @@ def start_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> 
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=new_session,  # its own process group, to kill all of it at once
     )
 
 
@@ -97,17 +100,38 @@ def upload_mark(path: Path) -> Path:
     return state_path(path)
 
 
-def test_sigkill_leaves_the_journal_and_the_next_run_and_sync_recover_it(workdir) -> None:
+def test_sigkill_of_the_task_is_closed_at_once_by_its_recording_process(workdir) -> None:
     process = start_cli(LONG, workdir)
     (path,) = wait_for_points(workdir / "outputs", 3000)
-    process.kill()
+    process.kill()  # as the OOM killer would: no handler runs
     process.wait()
+    kept = loss_points(path)
+    client = store(workdir)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        (run,) = runs_of(client, "minimize")
+        if run.info.status != "RUNNING":
+            break
+        time.sleep(0.2)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["error"].startswith(f"lost: process {process.pid} on ")
+    assert "died without closing the run" in run.data.tags["error"]
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == kept  # nothing lost
+    synced = sync(workdir, str(path.parent))
+    assert synced.returncode == 0 and "1 already synced" in synced.stdout
+
+
+def test_sigkill_of_both_processes_leaves_the_journal_for_the_next_run_and_sync(workdir) -> None:
+    process = start_cli(LONG, workdir, new_session=True)
+    (path,) = wait_for_points(workdir / "outputs", 3000)
+    os.killpg(process.pid, signal.SIGKILL)  # a lost node: the run's process and its recorder
+    process.wait()
+    time.sleep(0.5)
     client = store(workdir)
     (run,) = runs_of(client, "minimize")
     assert run.info.status == "RUNNING"  # nothing could close it
     kept = loss_points(path)
-    uploaded = len(client.get_metric_history(run.info.run_id, "loss"))
-    assert uploaded < kept  # what the process had not sent yet is only in the journal
+    assert len(client.get_metric_history(run.info.run_id, "loss")) < kept
 
     # The next run in the experiment finds it lost: this host, and that pid is gone.
     next_run = subprocess.run(

@@ -1,7 +1,7 @@
-"""The record path against a real SQLite store: journal -> uploader -> MLflow.
+"""The record path against a real SQLite store: journal -> recording process -> MLflow.
 
-Runs are opened with ``live.start`` exactly as the runner does, and read back with a plain
-``MlflowClient``.
+Runs are opened with ``live.open_run`` exactly as the runner does (so through this test
+process's recording process), and read back with a plain ``MlflowClient``.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from experiments import journal, live, upload
-from experiments.journal import Header
-from experiments.tracking import Tracker, redact
+from experiments import journal, live, liveness, upload
+from experiments.journal import Header, Writer
+from experiments.tracking import Tracker
+from experiments.uris import redact
 from tests.conftest import runs_of
 
 SETTINGS = live.Settings(retry_s=2.0, heartbeat_s=30.0)
@@ -32,40 +33,49 @@ class CountingClient(MlflowClient):
 
 
 def open_run(
-    tracker: Tracker | None, directory: Path, experiment: str, name: str = "run", **header
+    store_uri: str | None,
+    directory: Path,
+    experiment: str,
+    name: str = "run",
+    settings: live.Settings = SETTINGS,
+    **header,
 ) -> live.LiveRun:
     directory.mkdir(parents=True, exist_ok=True)
-    uri = tracker.key if tracker is not None else "sqlite:////nowhere/mlflow.db"
+    uri = store_uri or "sqlite:////nowhere/mlflow.db"
     head = Header(tracking_uri=uri, experiment=experiment, run_name=name, **header)
-    experiment_id = tracker.experiment_id(experiment) if tracker is not None else None
-    return live.start(directory, head, {"task": "test"}, tracker, experiment_id, SETTINGS)
+    store = live.Store(store_uri, "tracking.uri") if store_uri else None
+    recording = live.open_run(directory, head, {"task": "test"}, store, settings)
+    recording.started()
+    return recording
 
 
 def test_metric_points_are_sent_in_batches(store_uri, tmp_path) -> None:
-    tracker = Tracker(store_uri)
-    tracker.client = CountingClient(tracking_uri=store_uri)
-    recording = open_run(tracker, tmp_path / "run", "batching")
-    CountingClient.calls = []
+    path = tmp_path / journal.NAME
+    writer = Writer(path, Header(tracking_uri=store_uri, experiment="batching", run_name="b"))
     for step in range(2500):
-        recording.recorder.log_metrics({"loss": 1.0 / (step + 1), "x": float(step)}, step=step)
-    delivery = recording.close("FINISHED")
-    assert delivery.recorded
+        writer.append(
+            {"type": "metrics", "step": step, "values": {"loss": 1.0 / (step + 1), "x": step}}
+        )
+    writer.append({"type": "end", "status": "FINISHED", "error": None})
+    writer.close()
+    client = CountingClient(tracking_uri=store_uri)
+    CountingClient.calls = []
+    uploader = upload.deliver(client, path, store_uri)
     assert sum(CountingClient.calls) == 5000
     assert max(CountingClient.calls) <= 1000
     assert len(CountingClient.calls) <= 6  # 5,000 points in about 1,000 a call
-    loss = tracker.client.get_metric_history(recording.run_id, "loss")
+    loss = client.get_metric_history(uploader.run_id, "loss")
     assert [m.step for m in loss] == list(range(2500))
     assert loss[-1].value == pytest.approx(1 / 2500)
 
 
 def test_statuses_and_reasons_reach_the_store(store_uri, tmp_path) -> None:
-    tracker = Tracker(store_uri)
     for name, status, error in [
         ("ok", "FINISHED", None),
         ("bad", "FAILED", "diverged at step 3"),
         ("stopped", "KILLED", "terminated (SIGTERM)"),
     ]:
-        recording = open_run(tracker, tmp_path / name, "statuses", name)
+        recording = open_run(store_uri, tmp_path / name, "statuses", name)
         assert recording.close(status, error).recorded
     runs = {run.info.run_name: run for run in runs_of(MlflowClient(store_uri), "statuses")}
     assert {name: run.info.status for name, run in runs.items()} == {
@@ -83,8 +93,7 @@ def test_statuses_and_reasons_reach_the_store(store_uri, tmp_path) -> None:
 
 
 def test_long_values_are_cut_not_refused_and_files_become_artifacts(store_uri, tmp_path) -> None:
-    tracker = Tracker(store_uri)
-    recording = open_run(tracker, tmp_path / "run", "params")
+    recording = open_run(store_uri, tmp_path / "run", "params")
     recording.recorder.log_params({"long": "x" * 10_000, "none": None})
     recording.recorder.set_tags({"note": "y" * 10_000})
     recording.recorder.log_text("hello\n", "notes/hello.txt")
@@ -102,7 +111,7 @@ def test_long_values_are_cut_not_refused_and_files_become_artifacts(store_uri, t
 
 def test_uploading_a_journal_again_duplicates_nothing(store_uri, tmp_path) -> None:
     tracker = Tracker(store_uri)
-    recording = open_run(tracker, tmp_path / "run", "replay")
+    recording = open_run(store_uri, tmp_path / "run", "replay")
     recording.recorder.log_params({"a": 1})
     for step in range(1500):
         recording.recorder.log_metrics({"loss": float(step)}, step=step)
@@ -147,8 +156,7 @@ def test_a_run_kept_offline_is_created_by_its_upload_under_its_parent(store_uri,
 
 
 def test_a_record_the_store_refuses_keeps_the_run_going_and_says_so(store_uri, tmp_path) -> None:
-    tracker = Tracker(store_uri)
-    recording = open_run(tracker, tmp_path / "run", "refused")
+    recording = open_run(store_uri, tmp_path / "run", "refused")
     recording.recorder.log_params({"lr": "0.1"})
     recording.recorder.log_params({"lr": "0.2"})  # MLflow refuses to change a param
     recording.recorder.log_metrics({"loss": 1.0}, step=0)  # the task goes on
@@ -164,20 +172,13 @@ def test_passwords_stay_out_of_journals() -> None:
 
 
 def test_a_running_run_beats_while_the_task_is_silent(store_uri, tmp_path) -> None:
-    tracker = Tracker(store_uri)
-    experiment = tracker.experiment_id("beats")
-    head = Header(tracking_uri=tracker.key, experiment="beats", run_name="quiet")
-    settings = live.Settings(retry_s=2.0, heartbeat_s=0.3)
-    recording = live.start(tmp_path, head, {}, tracker, experiment, settings)
-    time.sleep(1.6)  # the task records nothing meanwhile
-    beats = [
-        r["tags"]["heartbeat"]
-        for r in journal.records(recording.journal)
-        if r["type"] == "tags" and "heartbeat" in r["tags"]
-    ]
-    assert len(beats) >= 4  # the first, with the run's creation, and one every 0.3 s
-    stored = MlflowClient(store_uri).get_run(recording.run_id).data.tags["heartbeat"]
-    assert stored == beats[-1]  # sent by the heartbeat thread, not only at the end
+    settings = live.Settings(retry_s=2.0, heartbeat_s=0.5)
+    recording = open_run(store_uri, tmp_path, "beats", "quiet", settings)
+    client = MlflowClient(store_uri)
+    first = liveness.parse_heartbeat(client.get_run(recording.run_id).data.tags["heartbeat"])
+    time.sleep(2.5)  # the task records nothing meanwhile
+    later = liveness.parse_heartbeat(client.get_run(recording.run_id).data.tags["heartbeat"])
+    assert later - first >= 1000  # the recording process beat for it (to the second)
     recording.close("FINISHED")
 
 

@@ -6,14 +6,21 @@ import logging
 import os
 import sys
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig
+from experiments.recorder import client as recorder
 
-from experiments import cli, config, runner, signals, sweep
-from experiments.errors import ConfigError, NotRecorded, RunFailure
-from experiments.tasks import schemas
+if recorder.is_command(__name__):
+    # First thing: the recording process imports MLflow and opens the store while this
+    # one imports torch and composes the config.
+    recorder.start_early()
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from experiments import cli, config, runner, signals, sweep  # noqa: E402
+from experiments.errors import ConfigError, NotRecorded, RunFailure  # noqa: E402
+from experiments.tasks import schemas  # noqa: E402
 
 log = logging.getLogger("experiments")
 
@@ -79,6 +86,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     """Console entry point."""
     status = cli.invoke(hydra_main)
+    recorder.shutdown()  # every run already waited for its uploads: this is quick
     if "joblib" in sys.modules:
         # The joblib launcher's worker pool outlives the sweep; only a normal exit stops it.
         sys.exit(status)

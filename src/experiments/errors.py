@@ -23,3 +23,14 @@ class NotRecorded(RunFailure):
     They are kept in the run's journal; the message says where, and how to upload them
     (``python -m experiments.sync DIR``). The command exits with status 75.
     """
+
+
+class TrackingError(RunFailure):
+    """The tracking store refused to start a run (reported as one line, exit status 1)."""
+
+
+class StoreUnreachable(ConfigError):
+    """The tracking store did not answer: a server down, a network blip, a busy database.
+
+    A run refuses to start on it (one line); a job of a sweep runs offline instead.
+    """

@@ -16,41 +16,48 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
-import sympy
 import torch
 
 from experiments.errors import ConfigError
+
+if TYPE_CHECKING:
+    import sympy
 
 MAX_LENGTH = 1000  # characters; checked before ast.parse so the parser never sees more
 MAX_DEPTH = 100  # tree levels and bracket nesting; far below Python's recursion limit
 MAX_NODES = 250  # numbers, names, operators and calls together
 MAX_EXPONENT = 100.0  # |constant exponent|; stops 9**9**9**9 before anything is computed
 
-FUNCTIONS: Mapping[str, tuple[Callable[[torch.Tensor], torch.Tensor], Callable]] = MappingProxyType(
+FUNCTIONS: Mapping[str, tuple[Callable[[torch.Tensor], torch.Tensor], str]] = MappingProxyType(
     {
-        "abs": (torch.abs, sympy.Abs),
-        "acos": (torch.acos, sympy.acos),
-        "asin": (torch.asin, sympy.asin),
-        "atan": (torch.atan, sympy.atan),
-        "cos": (torch.cos, sympy.cos),
-        "cosh": (torch.cosh, sympy.cosh),
-        "exp": (torch.exp, sympy.exp),
-        "log": (torch.log, sympy.log),
-        "sigmoid": (torch.sigmoid, lambda arg: 1 / (1 + sympy.exp(-arg))),
-        "sin": (torch.sin, sympy.sin),
-        "sinh": (torch.sinh, sympy.sinh),
-        "sqrt": (torch.sqrt, sympy.sqrt),
-        "tan": (torch.tan, sympy.tan),
-        "tanh": (torch.tanh, sympy.tanh),
+        "abs": (torch.abs, "Abs"),
+        "acos": (torch.acos, "acos"),
+        "asin": (torch.asin, "asin"),
+        "atan": (torch.atan, "atan"),
+        "cos": (torch.cos, "cos"),
+        "cosh": (torch.cosh, "cosh"),
+        "exp": (torch.exp, "exp"),
+        "log": (torch.log, "log"),
+        "sigmoid": (torch.sigmoid, "sigmoid"),  # no sympy function: 1 / (1 + exp(-x))
+        "sin": (torch.sin, "sin"),
+        "sinh": (torch.sinh, "sinh"),
+        "sqrt": (torch.sqrt, "sqrt"),
+        "tan": (torch.tan, "tan"),
+        "tanh": (torch.tanh, "tanh"),
     }
 )
-"""The whitelist: function name -> (torch function, sympy function)."""
+"""The whitelist: function name -> (torch function, name of the sympy function).
 
-CONSTANTS: Mapping[str, tuple[float, sympy.Expr]] = MappingProxyType(
-    {"pi": (math.pi, sympy.pi), "e": (math.e, sympy.E)}
+sympy is imported only when an expression is converted (``task=derivative``'s check): it
+takes most of a second, which a run that never needs it should not pay.
+"""
+
+CONSTANTS: Mapping[str, tuple[float, str]] = MappingProxyType(
+    {"pi": (math.pi, "pi"), "e": (math.e, "E")}
 )
-"""Names that are constants, not variables: name -> (float value, exact sympy value)."""
+"""Names that are constants, not variables: name -> (float value, name of the sympy value)."""
 
 _BINARY = {
     ast.Add: ("+", operator.add),
@@ -108,6 +115,8 @@ class Number:
         return float(self.literal)
 
     def to_sympy(self, symbols: Mapping[str, sympy.Symbol]) -> sympy.Expr:
+        import sympy
+
         if isinstance(self.literal, int):
             return sympy.Integer(self.literal)
         return sympy.Float(self.literal)
@@ -123,7 +132,9 @@ class Constant:
         return CONSTANTS[self.name][0]
 
     def to_sympy(self, symbols: Mapping[str, sympy.Symbol]) -> sympy.Expr:
-        return CONSTANTS[self.name][1]
+        import sympy
+
+        return getattr(sympy, CONSTANTS[self.name][1])
 
 
 @dataclass(frozen=True)
@@ -178,7 +189,12 @@ class Call:
         return FUNCTIONS[self.name][0](self.arg.evaluate(values))
 
     def to_sympy(self, symbols: Mapping[str, sympy.Symbol]) -> sympy.Expr:
-        return FUNCTIONS[self.name][1](self.arg.to_sympy(symbols))
+        import sympy
+
+        arg = self.arg.to_sympy(symbols)
+        if self.name == "sigmoid":
+            return 1 / (1 + sympy.exp(-arg))
+        return getattr(sympy, FUNCTIONS[self.name][1])(arg)
 
 
 @dataclass(frozen=True)
@@ -257,6 +273,8 @@ class Expression:
         Returns:
             The exact sympy expression (integer literals stay integers).
         """
+        import sympy
+
         merged = {name: sympy.Symbol(name, real=True) for name in self.variables}
         merged.update(symbols or {})
         return self.tree.to_sympy(merged)

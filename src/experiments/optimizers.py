@@ -51,6 +51,16 @@ def build(optim: DictConfig | dict[str, Any]) -> OptimizerFactory:
     return _checked(factory, target)
 
 
+def warm_up() -> None:
+    """Import what constructing any torch optimizer imports: ``torch._dynamo``.
+
+    torch imports it on the first optimizer's ``add_param_group`` (most of a second). The
+    runner calls this while the recording process opens the store, which takes that time
+    off a run's critical path.
+    """
+    import torch._dynamo  # noqa: F401
+
+
 def _optimizer_class(target: Any) -> type[torch.optim.Optimizer]:
     if not isinstance(target, str) or not target:
         raise ConfigError(f"optim._target_ must name a torch.optim class, got {target!r}")

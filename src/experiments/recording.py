@@ -9,9 +9,10 @@ journal (``experiments.journal``), from where it is uploaded; tests may use
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Optional, Protocol
 
 # MLflow refuses longer values; a value that long is cut, and says so.
 MAX_PARAM_LENGTH = 6000
@@ -38,6 +39,13 @@ class Recorder(Protocol):
 
     def log_artifact(self, path: str | Path) -> None:
         """Record a file as an artifact."""
+
+    def quiet(self) -> AbstractContextManager[None]:
+        """A block the task times: nothing else of the pipeline runs meanwhile.
+
+        ``with ctx.recorder.quiet(): ...`` keeps the recording process idle (no upload, no
+        heartbeat) so that it does not compete for the CPU with what the block measures.
+        """
 
 
 @dataclass
@@ -70,6 +78,9 @@ class MemoryRecorder:
     def log_artifact(self, path: str | Path) -> None:
         self.artifacts.append(Path(path))
 
+    def quiet(self) -> AbstractContextManager[None]:
+        return nullcontext()
+
     def last(self, key: str) -> float:
         """The last recorded value of metric ``key``."""
         return self.metrics[key][-1][1]
@@ -84,11 +95,18 @@ class JournalRecorder:
         append: writes one record to the run's journal (``journal.Writer.append``, or the
             live run's, which also uploads now and then).
         directory: the run's output directory.
+        quiet: the live run's ``quiet`` (keeps the recording process idle); none offline.
     """
 
-    def __init__(self, append: Callable[[Mapping[str, Any]], None], directory: Path) -> None:
+    def __init__(
+        self,
+        append: Callable[[Mapping[str, Any]], None],
+        directory: Path,
+        quiet: Optional[Callable[[], AbstractContextManager[None]]] = None,
+    ) -> None:
         self._append = append
         self.directory = Path(directory)
+        self._quiet = quiet
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         values = {str(key): _cut(value, MAX_PARAM_LENGTH) for key, value in params.items()}
@@ -127,6 +145,9 @@ class JournalRecorder:
             file = str(path.resolve())
         folder = str(artifact_dir) if artifact_dir not in (None, "", Path(".")) else None
         self._append({"type": "artifact", "file": file, "dir": folder})
+
+    def quiet(self) -> AbstractContextManager[None]:
+        return self._quiet() if self._quiet is not None else nullcontext()
 
     def _file(self, name: str) -> Path:
         path = self.directory / name

@@ -20,23 +20,18 @@ from types import ModuleType
 from typing import Any, Optional, Sequence
 
 import torch
-from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 import experiments
-from experiments import config, devices, live, liveness, optimizers, signals
+from experiments import config, devices, live, liveness, optimizers, signals, uris
 from experiments.context import TaskContext
 from experiments.journal import Header
 from experiments.recording import Recorder
 from experiments.tasks import TASKS
-from experiments.tracking import StoreUnreachable, Tracker, absolute, redact, resolve_uri
-from experiments.upload import is_transient
 
 MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"
 
 log = logging.getLogger(__name__)
-
-_trackers: dict[tuple[str | None, float], Tracker] = {}
 
 CONFIG_HASH_TAG = "config.hash"
 IDENTITY_EXCLUDED = ("tracking", "skip_existing")
@@ -116,34 +111,27 @@ def execute(
     in_sweep = parent_run_id is not None or parent_journal is not None
     run_name = tracking.run_name or run_name_for(task_name, overrides)
     out = Path(output_dir) if output_dir is not None else adhoc_directory()
+    out.mkdir(parents=True, exist_ok=True)
     tags = {**base_tags(task_name, overrides), CONFIG_HASH_TAG: identity}
     if parent_run_id is not None:
         tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
     header = journal_header(tracking, experiment, run_name, out)
     header.config_hash, header.parent_run_id = identity, parent_run_id
     header.parent_journal = parent_journal
-    settings_live = live.Settings(retry_s=tracking.retry_s, heartbeat_s=tracking.heartbeat_s)
-    objective_key = getattr(task, "OBJECTIVE", None)
-    try:
-        tracker, experiment_id = None, None
-        if not tracking.offline:
-            tracker = tracker_for(tracking.uri, tracking.timeout_s)
-            experiment_id = tracker.experiment_id(experiment)
-            tracker.close_lost_runs(experiment_id, tracking.lost_after_s)
-            if settings.skip_existing:
-                done = finished_run(tracker, experiment_id, identity, objective_key)
-                if done is not None:
-                    log.info("skipped: this config already FINISHED as run %s", done.run_id)
-                    return done
-        out.mkdir(parents=True, exist_ok=True)
-        recording = live.start(out, header, tags, tracker, experiment_id, settings_live)
-    except StoreUnreachable as error:
-        if not in_sweep:
-            raise
+    skip = None
+    if settings.skip_existing:
+        skip = {"config_hash": identity, "key": getattr(task, "OBJECTIVE", None)}
+    recording = live.open_run(out, header, tags, store_of(tracking), live_settings(tracking), skip)
+    prepare = getattr(task, "prepare", None)
+    if prepare is not None:
+        prepare()  # the task's own start-up, while the store opens
+    skipped = recording.started(fallback=in_sweep)
+    if skipped is not None:
+        log.info("skipped: this config already FINISHED as run %s", skipped["run_id"])
+        return Result(skipped["objective"], skipped["run_id"], skipped=True)
+    if recording.unrecorded is not None:
         # One job of a sweep: keep it in its journal and let the sweep go on.
-        log.warning("%s; this job is kept offline in %s", error, out)
-        out.mkdir(parents=True, exist_ok=True)
-        recording = live.start(out, header, tags, None, None, settings_live, unrecorded=str(error))
+        log.warning("%s; this job is kept offline in %s", recording.unrecorded, out)
 
     with signals.handling():
         status, error, hurry = "FAILED", None, False
@@ -166,6 +154,23 @@ def execute(
     if delivery.recorded:
         log.info("run %r FINISHED in experiment %s (%s)", run_name, experiment, header.tracking_uri)
     return Result(objective, recording.run_id, delivery=delivery)
+
+
+def store_of(tracking: Any) -> live.Store | None:
+    """The store ``tracking`` settings name, resolved here (None: kept offline)."""
+    if tracking.offline:
+        return None
+    uri, source = uris.resolve(tracking.uri)
+    return live.Store(uris.absolute(uri), source, float(tracking.timeout_s))
+
+
+def live_settings(tracking: Any) -> live.Settings:
+    """How a live run retries its store and beats (``tracking.*``)."""
+    return live.Settings(
+        retry_s=float(tracking.retry_s),
+        heartbeat_s=float(tracking.heartbeat_s),
+        lost_after_s=float(tracking.lost_after_s),
+    )
 
 
 def _run_task(
@@ -202,9 +207,9 @@ def _run_task(
 
 def journal_header(tracking: Any, experiment: str, run_name: str, out: Path) -> Header:
     """The journal header of a run recorded with ``tracking`` settings into ``out``."""
-    uri = absolute(resolve_uri(tracking.uri)[0])
+    uri = uris.absolute(uris.resolve(tracking.uri)[0])
     return Header(
-        tracking_uri=redact(uri),
+        tracking_uri=uris.redact(uri),
         experiment=experiment,
         run_name=run_name,
         output_dir=str(out.resolve()),
@@ -246,30 +251,6 @@ def config_hash(cfg: DictConfig) -> str:
         tree.pop(key, None)
     text = json.dumps(tree, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def finished_run(
-    tracker: Tracker, experiment_id: str, identity: str, objective_key: str | None
-) -> Result | None:
-    """The newest FINISHED run of this config in the experiment, if there is one."""
-    try:
-        found = tracker.client.search_runs(
-            [experiment_id],
-            filter_string=(
-                f"tags.`{CONFIG_HASH_TAG}` = '{identity}' and attributes.status = 'FINISHED'"
-            ),
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-    except MlflowException as error:
-        if not is_transient(error):
-            raise
-        raise tracker.unreachable(error) from error
-    if not found:
-        return None
-    metrics = found[0].data.metrics
-    objective = metrics.get(objective_key) if objective_key is not None else None
-    return Result(objective, found[0].info.run_id, skipped=True)
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -327,11 +308,3 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout.strip() or None
-
-
-def tracker_for(uri: str | None, timeout_s: float) -> Tracker:
-    """The process's tracker for a store: one client per store, shared by a sweep's jobs."""
-    key = (resolve_uri(uri)[0], timeout_s)
-    if key not in _trackers:
-        _trackers[key] = Tracker(uri, timeout_s)  # as given: errors name where it came from
-    return _trackers[key]

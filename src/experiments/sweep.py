@@ -25,6 +25,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from experiments import journal, liveness, signals
+from experiments.errors import ConfigError, RunFailure
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ def finished() -> list[Finished]:
 @dataclass
 class _Sweep:
     recording: Any  # live.LiveRun of the parent run
-    tracker: Any  # tracking.Tracker, None when offline
+    store: Any  # live.Store, None when offline
     directory: Path
     name: str
 
@@ -181,23 +182,19 @@ def start(config: DictConfig) -> str | None:
     experiment = tracking.experiment or config.task.name
     directory = Path(hydra_cfg.sweep.dir)
     directory.mkdir(parents=True, exist_ok=True)
-    tracker, experiment_id = None, None
-    if not tracking.offline:
-        tracker = runner.tracker_for(tracking.uri, tracking.timeout_s)
-        experiment_id = tracker.experiment_id(experiment)
-        tracker.close_lost_runs(experiment_id, tracking.lost_after_s)
     header = runner.journal_header(tracking, experiment, name, directory)
     tags = {
         "sweep": "true",
         "sweep.dir": str(hydra_cfg.sweep.dir),
         "overrides": " ".join(overrides),
     }
-    settings = live.Settings(retry_s=tracking.retry_s, heartbeat_s=tracking.heartbeat_s)
-    recording = live.start(directory, header, tags, tracker, experiment_id, settings)
+    store = runner.store_of(tracking)
+    recording = live.open_run(directory, header, tags, store, runner.live_settings(tracking))
+    recording.started()  # a store that cannot take the parent stops the sweep here
     _share_cores(hydra_cfg.launcher)
     if recording.run_id is not None:
         Path(directory, PARENT_FILE).write_text(recording.run_id, encoding="utf-8")
-    _active.append(_Sweep(recording, tracker, directory, name))
+    _active.append(_Sweep(recording, store, directory, name))
     return recording.run_id
 
 
@@ -329,22 +326,21 @@ def _close_abandoned(sweep: _Sweep, status: str, reason: str, this_host_only: bo
 
 def _close_run(sweep: _Sweep, path: Path, status: str, reason: str) -> None:
     """A job's process is gone without closing its run: upload what it recorded, end it."""
-    from experiments import upload
+    from experiments import live
+    from experiments.recorder.client import RecorderGone
 
-    if sweep.tracker is None:
+    if sweep.store is None:
         return  # kept offline: sync closes it later
     try:
-        uploader = upload.deliver(
-            sweep.tracker.client, path, sweep.tracker.key, close=(status, reason)
-        )
-    except Exception as failure:  # the store is gone too: sync will do it later
-        log.warning("could not close the run of %s: %s", path, upload.describe(failure))
+        run_id = live.adopt(path, sweep.store, status, reason)
+    except (RecorderGone, RunFailure, ConfigError) as failure:
+        log.warning("could not close the run of %s: %s (sync will)", path, failure)
         return
     outcome_file = Path(path.parent, OUTCOME_FILE)
     if outcome_file.exists():
         outcome = Outcome(**json.loads(outcome_file.read_text(encoding="utf-8")))
         if outcome.status == "RUNNING":
-            outcome.run_id = uploader.run_id
+            outcome.run_id = run_id
             outcome.write(path.parent)
 
 

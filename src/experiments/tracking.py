@@ -15,16 +15,16 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import urlsplit, urlunsplit
 
-import mlflow
 from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from experiments import liveness
-from experiments.errors import ConfigError, RunFailure
+from experiments.errors import ConfigError, StoreUnreachable, TrackingError
 from experiments.upload import describe, is_transient
+from experiments.uris import absolute, redact, sqlite_path
+from experiments.uris import resolve as resolve_uri
 
 log = logging.getLogger(__name__)
 
@@ -32,40 +32,19 @@ log = logging.getLogger(__name__)
 ERROR_TAG = "error"
 
 
-class TrackingError(RunFailure):
-    """The tracking store refused to start a run (reported as one line, exit status 1)."""
-
-
-class StoreUnreachable(ConfigError):
-    """The tracking store did not answer: a server down, a network blip, a busy database.
-
-    A run refuses to start on it (one line); a job of a sweep runs offline instead.
-    """
-
-
-def resolve_uri(uri: str | None) -> tuple[str, str]:
-    """The tracking URI to use, and the setting it came from (for error messages).
-
-    Precedence: ``tracking.uri``, then ``MLFLOW_TRACKING_URI``, then MLflow's own default
-    (``sqlite:///mlflow.db`` in the working directory, which ``mlflow ui`` opens by default).
-    """
-    if uri:
-        return uri, "tracking.uri"
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI"
-    return mlflow.get_tracking_uri(), "the default tracking URI"
-
-
 class Tracker:
     """A tracking store, opened once per process and shared by the runs it starts.
 
     Args:
-        uri: the tracking URI (see :func:`resolve_uri`), or None for the default.
+        uri: the tracking URI (see :func:`experiments.uris.resolve`), or None for the default.
         timeout_s: how long to wait for a remote server before giving up.
+        source: where ``uri`` came from, when the caller resolved it already (errors name it).
     """
 
-    def __init__(self, uri: str | None = None, timeout_s: float = 10.0) -> None:
-        self.uri, self.source = resolve_uri(uri)
+    def __init__(
+        self, uri: str | None = None, timeout_s: float = 10.0, source: str | None = None
+    ) -> None:
+        self.uri, self.source = (uri, source) if uri and source else resolve_uri(uri)
         self.key = redact(absolute(self.uri))  # how journals and upload marks name it
         self.timeout_s = timeout_s
         if self.uri.startswith(("http://", "https://")):
@@ -151,7 +130,7 @@ class Tracker:
             log.warning("could not look for lost runs: %s", _first_line(error.message))
 
     def _store_lock(self) -> Any:
-        path = _sqlite_path(self.uri)
+        path = sqlite_path(self.uri)
         if path is None:
             return _NoLock()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,30 +139,6 @@ class Tracker:
         digest = hashlib.sha1(str(path).encode()).hexdigest()[:16]
         lock = Path(tempfile.gettempdir()) / f"experiments-store-{digest}.lock"
         return FileLock(str(lock), timeout=max(60.0, self.timeout_s))
-
-
-def redact(uri: str) -> str:
-    """``uri`` without a password (``http://user:secret@host`` -> ``http://user@host``)."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    if parts.username:
-        netloc = f"{parts.username}@{netloc}"
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def absolute(uri: str) -> str:
-    """``uri`` with a relative SQLite path made absolute, so it means the same from anywhere."""
-    path = _sqlite_path(uri)
-    return f"sqlite:///{path}" if path is not None else uri
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    prefix = "sqlite:///"
-    if not uri.startswith(prefix) or uri.endswith(":memory:"):
-        return None
-    return Path(uri[len(prefix) :]).resolve()
 
 
 def _bound_http_waits(timeout_s: float) -> None:

@@ -3,7 +3,9 @@
 A task module provides a schema dataclass (registered as ``<name>_schema``; its YAML in
 ``conf/task/<name>.yaml`` extends it), ``run(cfg, ctx) -> float | None``, which does the
 work, records through ``ctx.recorder`` and returns the objective a sweeper would optimise,
-and ``OBJECTIVE``, the name of the metric holding that objective.
+and ``OBJECTIVE``, the name of the metric holding that objective. A task may also provide
+``prepare()``, which the runner calls while the tracking store opens (imports the task
+will need anyway).
 Tasks never import MLflow.
 """
 

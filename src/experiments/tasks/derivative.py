@@ -14,10 +14,9 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Sequence
+from typing import TYPE_CHECKING, Dict, Mapping, Sequence
 
 import numpy as np
-import sympy
 import torch
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
@@ -33,6 +32,9 @@ from experiments.config import (
 from experiments.context import TaskContext
 from experiments.errors import ConfigError, RunFailure
 from experiments.expressions import Expression, parse
+
+if TYPE_CHECKING:
+    import sympy
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +208,8 @@ def against_sympy(
     Returns:
         One :class:`Row` per value, in the same order.
     """
+    import sympy  # most of a second to import: only this check needs it
+
     symbols = {name: sympy.Symbol(name, real=True) for name in point}
     exact_point = {symbols[name]: sympy.Rational(value) for name, value in point.items()}
     found: dict[Wrt, sympy.Expr] = {}

@@ -61,6 +61,11 @@ SCHEMA = MinimizeConfig
 OBJECTIVE = "loss"  # the metric run() returns: what a sweeper minimises
 
 
+def prepare() -> None:
+    """What this task's start-up imports, done while the run's store opens."""
+    optimizers.warm_up()
+
+
 @dataclass
 class Trajectory:
     """The recorded state of each step: loss, gradient norm and every variable."""

@@ -1,0 +1,439 @@
+"""The recording process's side: requests in, store calls out, one loop.
+
+The process reads requests from its standard input (JSON lines, see ``client``) on a
+thread of its own and does everything else on its main thread, one step at a time: it
+answers requests, then sends the next chunk of each journal it watches, sets heartbeats
+and makes journals durable; when there is nothing to send it waits for a request or for
+a tenth of a second. One thread talks to the store, so no call ever races another.
+
+Its standard output carries the replies; anything else that would print there (MLflow's
+own messages) goes to standard error. It ignores SIGINT, SIGTERM and SIGHUP: a terminal's
+Ctrl-C or a cluster's ``scancel`` reaches the run's process, which ends its runs and then
+lets this process finish their uploads. When its standard input closes without a
+goodbye, the process it served is gone: it uploads what that process's journals hold,
+closes their runs (FAILED, lost, with the reason), and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Optional
+
+from experiments import journal, liveness, upload
+from experiments.errors import ConfigError, TrackingError
+
+log = logging.getLogger("experiments.recorder")
+
+IDLE_WAIT_S = 0.1  # how long the loop waits for a request when nothing is left to send
+SYNC_EVERY_S = 1.0  # how often a growing journal is made durable (fsync)
+MAX_BACKOFF_S = 5.0
+HURRY_S = 5.0  # after a signal, how long a run's last upload may take
+MAX_PAUSE_S = 300.0  # a pause (a timed region of a task) ends by itself after this long
+
+
+@dataclass
+class Watch:
+    """One journal this process uploads."""
+
+    path: Path
+    uploader: upload.Uploader
+    tracker: Any
+    retry_s: float
+    heartbeat_s: float
+    writer_pid: int = 0
+    beat_at: float = 0.0
+    sync_at: float = 0.0
+    synced_size: int = 0
+    outage_since: Optional[float] = None
+    retry_at: float = 0.0
+    lost: Optional[str] = None
+    refused: Optional[str] = None
+    finish_id: Optional[int] = None  # the request waiting for this journal to be done
+    deadline: Optional[float] = None
+    close_as: Optional[tuple[str, str]] = None  # how to end a run whose journal has no end
+    writer_gone: bool = False
+    done: bool = False
+    warned: set[str] = field(default_factory=set)
+
+
+class Service:
+    """The recording process: serves one client over a pair of pipes."""
+
+    def __init__(self, channel: BinaryIO) -> None:
+        self.channel = channel
+        self.channel_lock = threading.Lock()
+        self.requests: queue.Queue[Optional[dict[str, Any]]] = queue.Queue()
+        self.watches: dict[str, Watch] = {}
+        self.stores: dict[tuple[str, float], Any] = {}
+        self.paused_until = 0.0
+        self.parent_gone = False
+        self.leaving = False
+
+    # --- the loop ---
+
+    def serve(self, requests: BinaryIO) -> None:
+        threading.Thread(target=self._read, args=(requests,), daemon=True).start()
+        while True:
+            busy = False
+            if time.monotonic() >= self.paused_until:
+                busy = any([self._step(watch) for watch in list(self.watches.values())])
+            try:
+                message = self.requests.get(timeout=0 if busy else IDLE_WAIT_S)
+            except queue.Empty:
+                message = None
+                if not (self.parent_gone or self.leaving):
+                    continue
+            if message is not None:
+                self._handle(message)
+            while not self.requests.empty():
+                queued = self.requests.get_nowait()
+                if queued is not None:
+                    self._handle(queued)
+            if (self.parent_gone or self.leaving) and not self.watches:
+                return
+
+    def _read(self, stream: BinaryIO) -> None:
+        for line in stream:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if message.get("op") == "bye":
+                self.leaving = True
+            self.requests.put(message)
+        self.requests.put({"op": "gone"})
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        op = message.get("op")
+        handler = getattr(self, f"_op_{op}", None)
+        if handler is None:
+            self._reply(message, ok=False, kind="ProtocolError", error=f"unknown request {op!r}")
+            return
+        try:
+            handler(message)
+        except (ConfigError, TrackingError) as error:
+            self._reply(message, ok=False, kind=type(error).__name__, error=str(error))
+        except Exception as error:  # the store failed in a way nothing above expected
+            kind = "StoreUnreachable" if upload.is_transient(error) else "TrackingError"
+            self._reply(message, ok=False, kind=kind, error=upload.describe(error))
+
+    def _reply(self, message: dict[str, Any], **fields: Any) -> None:
+        if "id" in message:
+            self._send({"id": message["id"], **fields})
+
+    def _send(self, payload: dict[str, Any]) -> None:
+        data = (json.dumps(payload) + "\n").encode()
+        with self.channel_lock:
+            try:
+                self.channel.write(data)
+                self.channel.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                pass  # the client is gone; the watchdog takes it from here
+
+    # --- requests ---
+
+    def _op_start(self, message: dict[str, Any]) -> None:
+        """Open the store; skip a finished config, or create the run and watch its journal."""
+        tracker = self._store(message)
+        experiment_id = tracker.experiment_id(message["experiment"])
+        skip = message.get("skip")
+        if skip is not None:
+            found = _finished_run(tracker, experiment_id, skip["config_hash"], skip.get("key"))
+            if found is not None:
+                self._reply(message, ok=True, skipped=found, experiment_id=experiment_id)
+                return
+        run = message["run"]
+        run_id = tracker.create_run(experiment_id, run["name"], run["tags"])
+        self._reply(message, ok=True, run_id=run_id, experiment_id=experiment_id)
+        path = Path(run["journal"])
+        state = upload.State(tracker.key, run_id, experiment_id, offset=int(run["offset"]))
+        state.save(path)
+        self._watch(path, state, tracker, run, repair=False)
+        tracker.close_lost_runs(experiment_id, float(message.get("lost_after_s", 300)))
+
+    def _op_finish(self, message: dict[str, Any]) -> None:
+        """Reply once the journal (its end written) is in the store, or cannot be."""
+        watch = self.watches.get(message["journal"])
+        if watch is None:
+            self._reply(message, ok=True, recorded=False, reason="no upload for this journal")
+            return
+        watch.finish_id = message["id"]
+        now = time.monotonic()
+        if message.get("hurry"):
+            watch.deadline = now + HURRY_S
+        elif watch.outage_since is not None:
+            watch.deadline = max(watch.outage_since + watch.retry_s, now)
+        else:
+            watch.deadline = now + watch.retry_s
+        watch.retry_at = 0.0  # one prompt try at the end, always
+
+    def _op_adopt(self, message: dict[str, Any]) -> None:
+        """Upload a journal whose writer is gone and end its run with ``close``."""
+        tracker = self._store(message)
+        path = Path(message["journal"])
+        state = upload.State.load(path, tracker.key)
+        run = {"retry_s": message.get("retry_s", 60.0), "heartbeat_s": 3600.0, "pid": 0}
+        watch = self._watch(path, state, tracker, run, repair=True)
+        watch.writer_gone = True
+        status, reason = message["close"]
+        watch.close_as = (status, reason)
+        watch.finish_id = message["id"]
+        watch.deadline = time.monotonic() + float(run["retry_s"])
+
+    def _op_pause(self, message: dict[str, Any]) -> None:
+        """Stop all work (a task is timing something) until resumed; reply when idle."""
+        self.paused_until = time.monotonic() + min(float(message.get("s", 60)), MAX_PAUSE_S)
+        self._reply(message, ok=True)
+
+    def _op_resume(self, message: dict[str, Any]) -> None:
+        self.paused_until = 0.0
+        self._reply(message, ok=True)
+
+    def _op_bye(self, message: dict[str, Any]) -> None:
+        self._reply(message, ok=True, pending=len(self.watches))
+
+    def _op_gone(self, message: dict[str, Any]) -> None:
+        """Standard input closed. Without a goodbye, the process served is gone."""
+        if self.leaving:
+            return
+        self.parent_gone = True
+        self.paused_until = 0.0
+        for watch in self.watches.values():
+            watch.writer_gone = True
+            watch.retry_at = 0.0
+            if watch.deadline is None:
+                watch.deadline = time.monotonic() + watch.retry_s
+            if not journal.ended(watch.path):
+                header = watch.uploader.header
+                last = (journal.last_record(watch.path) or {}).get("time", header.time)
+                watch.close_as = (
+                    "FAILED",
+                    f"{liveness.LOST_PREFIX} process {header.pid} on {header.host} died "
+                    f"without closing the run (killed, or out of memory?); its last record "
+                    f"{liveness.heartbeat(last)}",
+                )
+
+    # --- stores and journals ---
+
+    def _store(self, message: dict[str, Any]) -> Any:
+        from experiments.tracking import Tracker
+
+        _apply_environment(message.get("env", {}))
+        uri, timeout_s = message["uri"], float(message.get("timeout_s", 10.0))
+        key = (uri, timeout_s)
+        if key not in self.stores:
+            self.stores[key] = Tracker(uri, timeout_s, source=message.get("source"))
+        return self.stores[key]
+
+    def _watch(
+        self, path: Path, state: upload.State, tracker: Any, run: dict, repair: bool
+    ) -> Watch:
+        uploader = upload.Uploader(tracker.client, path, state, repair=repair)
+        now = time.monotonic()
+        watch = Watch(
+            path=path,
+            uploader=uploader,
+            tracker=tracker,
+            retry_s=float(run.get("retry_s", 60.0)),
+            heartbeat_s=float(run.get("heartbeat_s", 30.0)),
+            writer_pid=int(run.get("pid", 0)),
+            beat_at=now + float(run.get("heartbeat_s", 30.0)),
+            sync_at=now + SYNC_EVERY_S,
+        )
+        self.watches[str(path)] = watch
+        return watch
+
+    def _step(self, watch: Watch) -> bool:
+        """One step of one journal; True when it has more to send right away."""
+        now = time.monotonic()
+        if now >= watch.sync_at:
+            watch.sync_at = now + SYNC_EVERY_S
+            watch.synced_size = _fsync_if_grown(watch.path, watch.synced_size)
+        if now >= watch.beat_at and not watch.writer_gone and watch.finish_id is None:
+            watch.beat_at = now + watch.heartbeat_s
+            self._beat(watch)
+        if watch.refused is not None or (watch.deadline is not None and now > watch.deadline):
+            if watch.finish_id is not None or watch.writer_gone:
+                self._complete(watch, recorded=False)
+            return False
+        if now < watch.retry_at:
+            return False
+        final = watch.writer_gone or watch.finish_id is not None
+        try:
+            caught_up = watch.uploader.pump(final=final)
+            if caught_up and watch.close_as is not None and not watch.uploader.state.ended:
+                status, reason = watch.close_as
+                last = (journal.last_record(watch.path) or {}).get("time")
+                watch.uploader.close(status, reason, int(last or time.time() * 1000))
+        except Exception as failure:  # a store error: retried, or the reason it gave up
+            self._failed(watch, failure)
+            if watch.lost is not None and watch.finish_id is not None:
+                self._complete(watch, recorded=False)
+            return False
+        self._recovered(watch)
+        if caught_up and final and watch.uploader.state.ended:
+            self._complete(watch, recorded=True)
+            return False
+        return not caught_up
+
+    def _beat(self, watch: Watch) -> None:
+        run_id = watch.uploader.run_id
+        if run_id is None:
+            return
+        try:
+            watch.tracker.client.set_tag(run_id, liveness.HEARTBEAT_TAG, liveness.heartbeat())
+        except Exception as failure:
+            self._failed(watch, failure)
+
+    def _complete(self, watch: Watch, recorded: bool) -> None:
+        watch.done = True
+        self.watches.pop(str(watch.path), None)
+        if watch.finish_id is None:
+            return
+        reason = None
+        if not recorded:
+            reason = (
+                watch.refused
+                or watch.lost
+                or (f"the tracking store {watch.tracker.key} did not take every record in time")
+            )
+        counts = watch.uploader.counts
+        self._send(
+            {
+                "id": watch.finish_id,
+                "ok": True,
+                "recorded": recorded,
+                "reason": reason,
+                "run_id": watch.uploader.run_id,
+                "points": counts.points,
+            }
+        )
+
+    def _recovered(self, watch: Watch) -> None:
+        if watch.outage_since is not None:
+            log.warning(
+                "the tracking store %s answers again after %.0f s; nothing was lost",
+                watch.tracker.key,
+                time.monotonic() - watch.outage_since,
+            )
+        watch.outage_since, watch.lost = None, None
+
+    def _failed(self, watch: Watch, failure: Exception) -> None:
+        reason = upload.describe(failure)
+        key = watch.tracker.key
+        if not upload.is_transient(failure):
+            watch.refused = f"the tracking store {key} refused a record: {reason}"
+            log.error("%s; the run goes on, kept in %s", watch.refused, watch.path.parent)
+            return
+        now = time.monotonic()
+        if watch.outage_since is None:
+            watch.outage_since = now
+            log.warning(
+                "the tracking store %s does not answer (%s); retrying for up to %.0f s "
+                "while the task goes on",
+                key,
+                reason,
+                watch.retry_s,
+            )
+        elif watch.lost is None and now - watch.outage_since > watch.retry_s:
+            waited = f"{watch.retry_s:.0f} s"
+            watch.lost = f"the tracking store {key} did not answer for {waited} ({reason})"
+            log.warning("%s; the run goes on, kept in %s", watch.lost, watch.path.parent)
+        if watch.lost is not None:
+            backoff = watch.heartbeat_s  # gave up: try again now and then
+        else:
+            backoff = min(MAX_BACKOFF_S, 0.5 + (now - watch.outage_since) / 2)
+        watch.retry_at = now + backoff
+
+
+def _finished_run(
+    tracker: Any, experiment_id: str, identity: str, objective_key: Optional[str]
+) -> Optional[dict[str, Any]]:
+    """The newest FINISHED run with this config hash, for ``skip_existing``."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = tracker.client.search_runs(
+            [experiment_id],
+            filter_string=(f"tags.`config.hash` = '{identity}' and attributes.status = 'FINISHED'"),
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+    except MlflowException as error:
+        if not upload.is_transient(error):
+            raise
+        raise tracker.unreachable(error) from error
+    if not found:
+        return None
+    metrics = found[0].data.metrics
+    objective = metrics.get(objective_key) if objective_key is not None else None
+    return {"run_id": found[0].info.run_id, "objective": objective}
+
+
+def _fsync_if_grown(path: Path, synced: int) -> int:
+    try:
+        size = path.stat().st_size
+        if size > synced:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return size
+    except OSError:
+        return synced
+
+
+def _apply_environment(env: dict[str, str]) -> None:
+    """Take the served process's MLflow settings (credentials, timeouts) as they are now."""
+    for name in [name for name in os.environ if name.startswith("MLFLOW_")]:
+        if name not in env and name not in _OWN:
+            del os.environ[name]
+    os.environ.update(env)
+
+
+_OWN = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+
+
+class _Events(logging.Handler):
+    """Sends this process's warnings to the process it serves, which logs them."""
+
+    def __init__(self, service: Service) -> None:
+        super().__init__(logging.WARNING)
+        self.service = service
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.service._send(
+            {"event": "log", "level": record.levelname, "message": record.getMessage()}
+        )
+
+
+def main() -> None:
+    """Serve the process that started this one, on this process's stdin and stdout."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
+    channel = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # whatever else prints goes to standard error, not into the replies
+    sys.stdout = sys.stderr
+    service = Service(channel)
+    events = _Events(service)
+    for name in ("experiments",):
+        logger = logging.getLogger(name)
+        logger.addHandler(events)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    import mlflow  # noqa: F401  (the point of this process: imported while the run starts)
+
+    service._send({"event": "ready"})
+    service.serve(sys.stdin.buffer)
+    channel.close()
+    os._exit(0)
