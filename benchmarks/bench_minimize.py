@@ -9,8 +9,11 @@ directory, e.g. a worktree of an earlier commit) to the same alternation, which 
 what a change costs. Then measures logging throughput into the embedded SQLite store, end
 to end: through the run's journal and its uploader, as a run records.
 
+Then the cost of recording inside the loop: ``time/optimize_s`` of a ``--loop-steps``
+run recording every step against one recording only the last, alternating.
+
 Usage: python benchmarks/bench_minimize.py [--repeats 5] [--steps 20 1000] [--points 20000]
-                                           [--against ../old/src]
+                                           [--against ../old/src] [--loop-steps 20000]
 """
 
 from __future__ import annotations
@@ -56,6 +59,36 @@ def compare(steps: int, repeats: int, root: Path, against: Path | None = None) -
     return {name: statistics.median(times[name]) for name in commands}
 
 
+def loop_cost(steps: int, repeats: int, root: Path) -> tuple[float, float]:
+    """Median ``time/optimize_s`` with every step recorded, and with only the last one.
+
+    The two alternate, each run in its own directory; the value is read from the journal.
+    """
+    from experiments import journal
+
+    def optimize_s(every: int, directory: Path) -> float:
+        command = [
+            sys.executable,
+            "-m",
+            "experiments",
+            f"task.steps={steps}",
+            "optim.lr=1e-7",
+            f"tracking.log_every={every}",
+            f"hydra.run.dir={directory}",
+        ]
+        subprocess.run(command, cwd=root, check=True, capture_output=True)
+        for record in journal.records(directory / "journal.jsonl"):
+            if record["type"] == "metrics" and "time/optimize_s" in record["values"]:
+                return float(record["values"]["time/optimize_s"])
+        raise RuntimeError(f"no time/optimize_s in {directory}")
+
+    every, last = [], []
+    for index in range(repeats):
+        every.append(optimize_s(1, root / f"loop-every-{index}"))
+        last.append(optimize_s(steps, root / f"loop-last-{index}"))
+    return statistics.median(every), statistics.median(last)
+
+
 def throughput(points: int, root: Path) -> dict[str, float]:
     """Metric points per second into a fresh embedded store, three ways."""
     from mlflow import MlflowClient
@@ -66,19 +99,24 @@ def throughput(points: int, root: Path) -> dict[str, float]:
     from experiments.tracking import Tracker
 
     uri = f"sqlite:///{root / 'throughput.db'}"
-    tracker = Tracker(uri)
-    experiment = tracker.experiment_id("throughput")
+    Tracker(uri).experiment_id("throughput")  # create the store first, as a warm one is
     rates = {}
-    header = Header(tracking_uri=tracker.key, experiment="throughput", run_name="recorder")
-    (root / "run").mkdir()
-    started = time.perf_counter()
-    recording = live.start(root / "run", header, {}, tracker, experiment, live.Settings())
+    header = Header(tracking_uri=uri, experiment="throughput", run_name="recorder")
+    store = live.Store(uri, "tracking.uri")
+    for name in ("warm-up", "run"):  # the first starts the recording process, as a run's start does
+        (root / name).mkdir()
+        started = time.perf_counter()
+        recording = live.open_run(root / name, header, {}, store, live.Settings())
+        recording.started()
+        if name == "warm-up":
+            recording.close("FINISHED")
     for step in range(points // 2):
         recording.recorder.log_metrics(
             {"loss": 1.0 / (step + 1), "grad_norm": float(step)}, step=step
         )
     assert recording.close("FINISHED").recorded
-    rates["journal + uploader (this project)"] = points / (time.perf_counter() - started)
+    rates["journal + recording process (this project)"] = points / (time.perf_counter() - started)
+    experiment = Tracker(uri).experiment_id("throughput")
     client = MlflowClient(uri)
     run_id = client.create_run(experiment).info.run_id
     started = time.perf_counter()
@@ -102,6 +140,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[20, 1000])
     parser.add_argument("--points", type=int, default=20_000)
     parser.add_argument("--against", type=Path, help="another checkout's src/ to compare with")
+    parser.add_argument("--loop-steps", type=int, default=20_000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-minimize-") as tmp:
         root = Path(tmp)
@@ -120,6 +159,11 @@ def main() -> None:
             if args.against:
                 line += f" {times['against']:>10.2f} {ours / times['against']:>6.2f}"
             print(line)
+        every, last = loop_cost(args.loop_steps, args.repeats, root)
+        print(
+            f"\n{args.loop_steps:,}-step loop (time/optimize_s, median of {args.repeats}): every "
+            f"step recorded {every:.2f} s, only the last {last:.2f} s: {every / last:.2f}x"
+        )
         print(f"\nlogging throughput, {args.points:,} points into a fresh SQLite store:")
         for name, rate in throughput(args.points, root).items():
             print(f"  {name:<40} {rate:>9,.0f} points/s")

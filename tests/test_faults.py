@@ -192,17 +192,33 @@ def test_sigterm_stops_a_sweep_no_further_job_starts(workdir) -> None:
     ids=["joblib", "submitit_local"],
 )
 def test_sigterm_to_the_launcher_leaves_no_worker_run_running(workdir, launcher) -> None:
-    process = start_cli(["-m", *launcher, "task.steps=5000000,5000001", "optim.lr=1e-7"], workdir)
+    # Output to files: submitit's job controller outlives the launcher holding its pipes.
+    with open(workdir / "out", "w") as out, open(workdir / "err", "w") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "experiments", "-m", *launcher]
+            + ["task.steps=5000000,5000001", "optim.lr=1e-7"],
+            cwd=workdir,
+            env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+            stdout=out,
+            stderr=err,
+        )
     wait_for_points(workdir / "outputs", 500, "multirun/*/*/*/journal.jsonl")
     process.send_signal(signal.SIGTERM)
-    out, err = process.communicate(timeout=90)
-    assert process.returncode == 143, err
-    time.sleep(1)
-    runs = runs_of(store(workdir), "minimize")
-    assert runs and not [run.info.run_name for run in runs if run.info.status == "RUNNING"]
+    process.wait(timeout=60)  # the launcher waits 10 s at most for its jobs
+    assert process.returncode == 143, (workdir / "err").read_text()
+    assert "killed" in (workdir / "out").read_text()
+    # The jobs end their runs themselves, the last of them perhaps after the launcher.
+    deadline = time.monotonic() + 60
+    while True:
+        runs = runs_of(store(workdir), "minimize")
+        running = [run.info.run_name for run in runs if run.info.status == "RUNNING"]
+        if not running or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    logs = {p.name: p.read_text()[-3000:] for p in workdir.glob("outputs/**/.submitit/*/*_log.*")}
+    assert runs and not running, logs
     parent = [run for run in runs if run.data.tags.get("sweep") == "true"]
     assert [run.info.status for run in parent] == ["KILLED"]
-    assert "killed" in out
 
 
 SUBMITIT_JOB = """

@@ -178,3 +178,45 @@ def test_tracking_uri_sends_journals_to_another_store(capfd, workdir, tmp_path) 
     (run,) = runs_of(MlflowClient(other), "kept")
     assert run.info.status == "FINISHED"
     assert json.loads(upload.state_path(path).read_text())["tracking_uri"] == other
+
+
+def figure_journal(directory: Path, uri: str) -> Path:
+    """A journal whose figure was pickled by its run but not drawn yet."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from experiments.recording import JournalRecorder
+
+    directory.mkdir(parents=True)
+    path = directory / journal.NAME
+    writer = Writer(path, Header(tracking_uri=uri, experiment="drawn", run_name="drawn run"))
+    figure = Figure()
+    figure.add_subplot().plot([0, 1], [1, 0])
+    JournalRecorder(writer, directory, defer_figures=True).log_figure(figure, "loss.png")
+    writer.append({"type": "end", "status": "FINISHED", "error": None})
+    writer.close()
+    return path
+
+
+def test_the_live_uploader_draws_a_figure_it_reaches_first(workdir, store_uri, client) -> None:
+    # The recording process's drawing pass may read the journal before the figure's line
+    # is there, and its upload pass after: the picture is drawn, then uploaded, not missed.
+    path = figure_journal(workdir / "run", store_uri)
+    uploader = upload.Uploader(client, path, upload.State.load(path, store_uri), draws=True)
+    uploader.ensure_run()
+    assert uploader.pump(final=True)
+    assert (workdir / "run" / "loss.png").is_file()
+    assert not list((workdir / "run").glob(".*.pickle"))
+    assert [a.path for a in client.list_artifacts(uploader.run_id)] == ["loss.png"]
+    assert uploader.counts.skipped == []
+
+
+def test_sync_never_unpickles_a_figure(caplog, workdir, store_uri, client) -> None:
+    path = figure_journal(workdir / "run", store_uri)
+    assert sync.main([str(path.parent), "--tracking-uri", store_uri]) == 0
+    assert "loss.png is missing; not uploaded" in caplog.text
+    assert not (workdir / "run" / "loss.png").exists()
+    (run,) = runs_of(client, "drawn")
+    assert run.info.status == "FINISHED" and client.list_artifacts(run.info.run_id) == []

@@ -30,6 +30,13 @@ config.register(schemas())
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
     """Run one job of a run or a sweep; return its objective for sweepers."""
+    # From the job's first moment: a worker process (submitit's ignores SIGTERM) must end
+    # its run KILLED when the launcher passes a signal on.
+    with signals.handling():
+        return _job(cfg)
+
+
+def _job(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
     output_dir = hydra_cfg.runtime.output_dir
@@ -47,6 +54,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
             output_dir,
             parent_run_id=parent.run_id,
             parent_journal=parent.journal_id,
+            # In the launching process, the next job runs while this one's last records
+            # are sent; the sweep collects how they fared before its summary.
+            defer_delivery=in_sweep and sweep.active(),
         )
     except BaseException as error:
         expected = isinstance(error, (ConfigError, RunFailure))
@@ -80,6 +90,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
         outcome.status = sweep.status_of(result)
         outcome.run_id, outcome.objective = result.run_id, result.objective
         outcome.write(output_dir)
+        if result.pending is not None:
+            sweep.pending(outcome, output_dir, result.pending)
     return result.objective
 
 

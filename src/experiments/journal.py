@@ -158,6 +158,14 @@ class Writer:
             self._dirty = True
             self.ended = record.get("type") == "end"
 
+    def write_line(self, line: bytes) -> None:
+        """Write one record already encoded as a journal line (see :func:`encode`)."""
+        with self._lock:
+            if self.closed or self.ended:
+                raise OSError(f"{self.path}: the journal is closed")
+            os.write(self._fd, line)
+            self._dirty = True
+
     def sync(self) -> None:
         """Make what was written survive a crash of the machine, not only of the process."""
         with self._lock:
@@ -204,6 +212,7 @@ class Chunk:
     records: list[dict[str, Any]]
     end: int
     skipped: list[str]
+    at_end: bool = True  # the read reached the end of the file as it was then
 
 
 def read(path: Path, offset: int = 0, final: bool = False, limit: int = 4 << 20) -> Chunk:
@@ -246,7 +255,7 @@ def read(path: Path, offset: int = 0, final: bool = False, limit: int = 4 << 20)
     if final and rest and at_end:
         skipped.append(f"{path}: the last line was cut short ({len(rest)} bytes); skipped")
         end += len(rest)
-    return Chunk(records, end, skipped)
+    return Chunk(records, end, skipped, at_end)
 
 
 def read_header(path: Path) -> Header:

@@ -26,6 +26,10 @@ from experiments.recording import JournalRecorder
 
 RETRY_OF_TAG = "retry_of"  # a job run again in its directory (a requeued Slurm job)
 QUIET_LIMIT_S = 300.0  # the longest a task may keep the recording process idle
+# After a signal, the longest the run's process waits for its recording process: to learn
+# the run's id, then to hear that the last records are in (which it tries for 5 s). What
+# is not confirmed by then is the recording process's to finish, after this one exits.
+HURRY_WAIT_S = 8.0
 
 
 @dataclass
@@ -63,6 +67,21 @@ class Delivery:
     reason: Optional[str] = None
 
 
+class PendingDelivery:
+    """A run's end, sent to the recording process; :meth:`wait` says how it fared."""
+
+    def __init__(self, journal: Path, pending: client.Pending) -> None:
+        self.journal = journal
+        self._pending = pending
+
+    def wait(self, timeout: Optional[float] = None) -> Delivery:
+        try:
+            reply = self._pending.result(timeout)
+        except (client.RecorderGone, TrackingError) as failure:
+            return Delivery(self.journal, recorded=False, reason=str(failure))
+        return Delivery(self.journal, recorded=reply["recorded"], reason=reply.get("reason"))
+
+
 class LiveRun:
     """Records one run: the journal now, the store through the recording process.
 
@@ -82,19 +101,25 @@ class LiveRun:
         self.run_id: Optional[str] = None
         self.experiment_id: Optional[str] = None
         self.unrecorded = unrecorded
+        self.discarded = False  # refused or skipped before it began: nothing to close
         self._pending = pending
-        self.recorder = JournalRecorder(writer.append, writer.path.parent, self.quiet)
+        self.recorder = JournalRecorder(
+            writer, writer.path.parent, self.quiet, defer_figures=service is not None
+        )
 
     @property
     def journal(self) -> Path:
         return self.writer.path
 
-    def started(self, fallback: bool = False) -> Optional[dict[str, Any]]:
+    def started(
+        self, fallback: bool = False, timeout: Optional[float] = None
+    ) -> Optional[dict[str, Any]]:
         """Wait for the store to have created the run (the recording process's answer).
 
         Args:
             fallback: a store that does not answer keeps this run in its journal (a job of
                 a sweep goes on) instead of stopping it.
+            timeout: give up waiting after this long (then as if the store did not answer).
 
         Returns:
             None, or ``{"run_id": ..., "objective": ...}`` when ``skip_existing`` found this
@@ -108,7 +133,7 @@ class LiveRun:
             return None
         pending, self._pending = self._pending, None
         try:
-            reply = pending.result()
+            reply = pending.result(timeout)
         except (StoreUnreachable, client.RecorderGone) as error:
             if not fallback:
                 self._discard()
@@ -145,7 +170,9 @@ class LiveRun:
             except client.RecorderGone:
                 pass
 
-    def close(self, status: str, error: Optional[str] = None, hurry: bool = False) -> Delivery:
+    def close(
+        self, status: str, error: Optional[str] = None, hurry: bool = False, wait: bool = True
+    ) -> Delivery | PendingDelivery:
         """End the run: write its end, then wait until the store has everything or cannot.
 
         Call it with signals deferred (``signals.deferred``): it must run to its end.
@@ -155,22 +182,31 @@ class LiveRun:
             error: the reason of a FAILED or KILLED run.
             hurry: a signal asked the process to stop: the recording process tries for a
                 few seconds at most (what is not uploaded by then stays in the journal).
+            wait: False returns at once, with a :class:`PendingDelivery` to wait on later
+                (a sweep's next job runs while this one's last records are sent).
         """
-        if self._pending is not None:
-            self.started(fallback=True)  # closed before the task began: still end the run
+        service = self.service
+        if self._pending is not None:  # closed before the task began: still end the run
+            self.started(fallback=True, timeout=HURRY_WAIT_S if hurry else None)
         self.writer.append({"type": "end", "status": status, "error": error})
         self.writer.close()
+        if hurry and self.service is None and service is not None and service.gone is None:
+            # The store has not created the run yet: the recording process will, and then
+            # uploads the journal (its end included) before it exits.
+            return Delivery(self.journal, recorded=False, reason=self.unrecorded)
         if self.service is None:
             if self.unrecorded is not None:
                 return Delivery(self.journal, recorded=False, reason=self.unrecorded)
             return Delivery(self.journal, recorded=False, offline=True)
-        try:
-            reply = self.service.call("finish", journal=str(self.journal), hurry=hurry)
-        except (client.RecorderGone, TrackingError) as failure:
-            return Delivery(self.journal, recorded=False, reason=str(failure))
-        return Delivery(self.journal, recorded=reply["recorded"], reason=reply.get("reason"))
+        pending = PendingDelivery(
+            self.journal, self.service.request("finish", journal=str(self.journal), hurry=hurry)
+        )
+        if not wait:
+            return pending
+        return pending.wait(HURRY_WAIT_S if hurry else None)
 
     def _discard(self) -> None:
+        self.discarded = True
         self.writer.close()
         for path in (self.journal, upload.state_path(self.journal)):
             path.unlink(missing_ok=True)

@@ -8,15 +8,23 @@ journal (``experiments.journal``), from where it is uploaded; tests may use
 
 from __future__ import annotations
 
+import json
+import math
+import pickle
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Protocol
+
+if TYPE_CHECKING:
+    from experiments.journal import Writer
 
 # MLflow refuses longer values; a value that long is cut, and says so.
 MAX_PARAM_LENGTH = 6000
 MAX_TAG_LENGTH = 8000
+FIGURE_DPI = 90
+_SPECIAL = {"nan": '"NaN"', "inf": '"Infinity"', "-inf": '"-Infinity"'}  # as journals spell them
 
 
 class Recorder(Protocol):
@@ -89,37 +97,49 @@ class MemoryRecorder:
 class JournalRecorder:
     """Appends what a task records to the run's journal; cheap enough for a task's loop.
 
-    Files (figures, texts) are written into the run's directory and journaled by name.
+    A metric record is formatted directly (about 3 µs, a third of ``json.dumps``): the
+    loop of a run that records every step pays little more than one that records none.
+    Files (texts, figures) are written into the run's directory and journaled by name.
 
     Args:
-        append: writes one record to the run's journal (``journal.Writer.append``, or the
-            live run's, which also uploads now and then).
+        writer: the run's journal (``journal.Writer``).
         directory: the run's output directory.
         quiet: the live run's ``quiet`` (keeps the recording process idle); none offline.
+        defer_figures: leave drawing figures to the recording process (a live run).
     """
 
     def __init__(
         self,
-        append: Callable[[Mapping[str, Any]], None],
+        writer: Writer,
         directory: Path,
         quiet: Optional[Callable[[], AbstractContextManager[None]]] = None,
+        defer_figures: bool = False,
     ) -> None:
-        self._append = append
+        self._append = writer.append
+        self._write = writer.write_line
         self.directory = Path(directory)
         self._quiet = quiet
+        self._defer_figures = defer_figures
+        self._names: dict[str, str] = {}  # metric name -> its JSON string
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         values = {str(key): _cut(value, MAX_PARAM_LENGTH) for key, value in params.items()}
         self._append({"type": "params", "params": values})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        self._append(
-            {
-                "type": "metrics",
-                "time": int(time.time() * 1000),
-                "step": 0 if step is None else int(step),
-                "values": {key: float(value) for key, value in metrics.items()},
-            }
+        names = self._names
+        fields = []
+        for key, value in metrics.items():
+            name = names.get(key)
+            if name is None:
+                name = names[key] = json.dumps(str(key))
+            number = float(value)
+            text = repr(number) if -math.inf < number < math.inf else _SPECIAL[str(number)]
+            fields.append(f"{name}:{text}")
+        stamp = int(time.time() * 1000)
+        self._write(
+            f'{{"type":"metrics","step":{0 if step is None else int(step)},'
+            f'"values":{{{",".join(fields)}}},"time":{stamp}}}\n'.encode()
         )
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
@@ -128,8 +148,24 @@ class JournalRecorder:
 
     def log_figure(self, figure: Any, name: str) -> None:
         path = self._file(name)
-        figure.savefig(path, dpi=90)
-        self.log_artifact(path, Path(name).parent)
+        if not self._defer_figures:
+            figure.savefig(path, dpi=FIGURE_DPI)
+            self.log_artifact(path, Path(name).parent)
+            return
+        # Drawing a figure takes a tenth of a second or more: the recording process does
+        # it (see experiments.upload) from the figure pickled here, next to where the PNG
+        # goes, in a few milliseconds.
+        pickled = path.with_name(f".{path.name}.pickle")
+        pickled.write_bytes(pickle.dumps(figure, protocol=pickle.HIGHEST_PROTOCOL))
+        folder = str(Path(name).parent)
+        self._append(
+            {
+                "type": "artifact",
+                "file": str(path.relative_to(self.directory)),
+                "dir": folder if folder != "." else None,
+                "figure": str(pickled.relative_to(self.directory)),
+            }
+        )
 
     def log_text(self, text: str, name: str) -> None:
         path = self._file(name)

@@ -46,13 +46,15 @@ class Result:
         run_id: the MLflow run that recorded it.
         skipped: True when ``skip_existing`` found this config already FINISHED, in the run
             ``run_id``, and nothing was run again.
-        delivery: how the run's records fared on their way to the store (None if skipped).
+        delivery: how the run's records fared on their way to the store (None if skipped,
+            or still ``pending`` with ``defer_delivery``).
     """
 
     objective: float | None
     run_id: Optional[str]
     skipped: bool = False
     delivery: Optional[live.Delivery] = None
+    pending: Optional[live.PendingDelivery] = None
 
     @property
     def recorded(self) -> bool:
@@ -76,6 +78,7 @@ def execute(
     output_dir: str | Path | None = None,
     parent_run_id: str | None = None,
     parent_journal: str | None = None,
+    defer_delivery: bool = False,
 ) -> Result:
     """Execute the task that ``cfg`` names and record it as one MLflow run.
 
@@ -90,6 +93,9 @@ def execute(
         parent_run_id: the sweep's parent run, when this run is a job of a sweep.
         parent_journal: the journal id of the sweep's parent run (how a sweep kept offline
             finds its parent when uploaded).
+        defer_delivery: a finished run returns before its last records are confirmed in
+            the store; ``Result.pending`` says how they fared (a sweep's next job runs
+            meanwhile).
 
     Returns:
         The objective, the run that recorded it, and how its records fared.
@@ -121,21 +127,24 @@ def execute(
     skip = None
     if settings.skip_existing:
         skip = {"config_hash": identity, "key": getattr(task, "OBJECTIVE", None)}
-    recording = live.open_run(out, header, tags, store_of(tracking), live_settings(tracking), skip)
-    prepare = getattr(task, "prepare", None)
-    if prepare is not None:
-        prepare()  # the task's own start-up, while the store opens
-    skipped = recording.started(fallback=in_sweep)
-    if skipped is not None:
-        log.info("skipped: this config already FINISHED as run %s", skipped["run_id"])
-        return Result(skipped["objective"], skipped["run_id"], skipped=True)
-    if recording.unrecorded is not None:
-        # One job of a sweep: keep it in its journal and let the sweep go on.
-        log.warning("%s; this job is kept offline in %s", recording.unrecorded, out)
-
     with signals.handling():
+        recording = live.open_run(
+            out, header, tags, store_of(tracking), live_settings(tracking), skip
+        )
         status, error, hurry = "FAILED", None, False
         try:
+            prepare(task_name)  # the task's own start-up, while the store opens
+            # A job of a sweep whose parent this process created knows its store answers:
+            # it need not wait for its run's creation (collected when it ends) unless it
+            # may skip.
+            if not (defer_delivery and skip is None):
+                skipped = recording.started(fallback=in_sweep)
+                if skipped is not None:
+                    log.info("skipped: this config already FINISHED as run %s", skipped["run_id"])
+                    return Result(skipped["objective"], skipped["run_id"], skipped=True)
+                if recording.unrecorded is not None:
+                    # One job of a sweep: keep it in its journal and let the sweep go on.
+                    log.warning("%s; this job is kept offline in %s", recording.unrecorded, out)
             objective = _run_task(task, settings, cfg, overrides, recording.recorder, out, started)
             status = "FINISHED"
         except BaseException as failure:
@@ -146,14 +155,33 @@ def execute(
                 error = _first_line(failure)
             raise
         finally:
-            with signals.deferred():
-                delivery = recording.close(status, error, hurry=hurry)
-            if not delivery.recorded and status != "FINISHED" and not delivery.offline:
-                log.warning("%s", not_recorded_line(delivery))
+            if not recording.discarded:  # a run refused or skipped before it began is not
+                delivery = _close(recording, status, error, hurry, defer_delivery)
         signals.raise_deferred()
+    if isinstance(delivery, live.PendingDelivery):
+        return Result(objective, recording.run_id, pending=delivery)
     if delivery.recorded:
         log.info("run %r FINISHED in experiment %s (%s)", run_name, experiment, header.tracking_uri)
     return Result(objective, recording.run_id, delivery=delivery)
+
+
+def _close(
+    recording: live.LiveRun, status: str, error: str | None, hurry: bool, defer: bool
+) -> live.Delivery | live.PendingDelivery:
+    wait = not (defer and status == "FINISHED")
+    with signals.deferred():
+        delivery = recording.close(status, error, hurry=hurry, wait=wait)
+    if isinstance(delivery, live.Delivery) and not delivery.recorded:
+        if status != "FINISHED" and not delivery.offline:
+            log.warning("%s", not_recorded_line(delivery))
+    return delivery
+
+
+def prepare(task_name: str) -> None:
+    """What a task's start-up imports anyway (its ``prepare``), done while a store opens."""
+    prepare_task = getattr(TASKS.get(task_name), "prepare", None)
+    if prepare_task is not None:
+        prepare_task()
 
 
 def store_of(tracking: Any) -> live.Store | None:

@@ -17,7 +17,7 @@ import math
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -147,6 +147,7 @@ class _Sweep:
     store: Any  # live.Store, None when offline
     directory: Path
     name: str
+    pending: list[tuple[Outcome, Path, Any]] = field(default_factory=list)
 
 
 _active: list[_Sweep] = []
@@ -190,6 +191,7 @@ def start(config: DictConfig) -> str | None:
     }
     store = runner.store_of(tracking)
     recording = live.open_run(directory, header, tags, store, runner.live_settings(tracking))
+    runner.prepare(config.task.name)  # the jobs' start-up, while the store opens
     recording.started()  # a store that cannot take the parent stops the sweep here
     _share_cores(hydra_cfg.launcher)
     if recording.run_id is not None:
@@ -237,6 +239,7 @@ def finish(interrupted: bool = False, error: str | None = None) -> list[Outcome]
     sweep = _active.pop()
     while _set_by_us:
         os.environ.pop(_set_by_us.pop(), None)
+    _settle(sweep)
     if interrupted:
         _stop_jobs(sweep, error or "the sweep was interrupted")
     else:
@@ -268,6 +271,25 @@ def finish(interrupted: bool = False, error: str | None = None) -> list[Outcome]
         log.warning("the sweep's parent run: %s", not_recorded_line(delivery))
     _finished.append(Finished(sweep.directory, outcomes, delivery.recorded or delivery.offline))
     return outcomes
+
+
+def pending(outcome: Outcome, output_dir: str | Path, delivery: Any) -> None:
+    """A job of this process whose last records are still on their way to the store."""
+    if _active:
+        _active[-1].pending.append((outcome, Path(output_dir), delivery))
+
+
+def _settle(sweep: _Sweep) -> None:
+    """Wait for the deliveries of the jobs that did not wait; mark those that failed."""
+    from experiments.runner import not_recorded_line
+
+    for outcome, directory, delivery in sweep.pending:
+        done = delivery.wait()
+        if not done.recorded:
+            outcome.status, outcome.reason = "UNSYNCED", not_recorded_line(done)
+            outcome.write(directory)
+            log.warning("job %s: %s", outcome.job, outcome.reason)
+    sweep.pending.clear()
 
 
 def status_of(result: Any) -> str:

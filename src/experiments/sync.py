@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from experiments import journal, liveness, upload
 from experiments.errors import ConfigError
@@ -69,16 +69,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     stores: dict[str, object] = {}
     touched: dict[str, set[str]] = {}
     for plan in plans:
-        client = _store(plan.uri, stores, args.timeout_s)
-        if isinstance(client, str):
-            plan.outcome, plan.detail = "failed", client
+        tracker = _store(plan.uri, stores, args.timeout_s)
+        if isinstance(tracker, str):
+            plan.outcome, plan.detail = "failed", tracker
         else:
-            sync_one(plan, client, args.dry_run, args.lost_after_s)
+            sync_one(plan, tracker, args.dry_run, args.lost_after_s)
             if plan.outcome != "failed":
-                touched.setdefault(plan.uri, set()).update(_experiments(client, plan))
+                touched.setdefault(plan.uri, set()).update(_experiments(tracker.client, plan))
         _report(plan, totals, args.dry_run)
     for uri, experiments in touched.items():
-        client = stores[uri]
+        client = stores[uri].client  # type: ignore[attr-defined]
         try:
             lost = liveness.close_lost_runs(
                 client, sorted(experiments), args.lost_after_s, dry_run=args.dry_run
@@ -162,7 +162,7 @@ def collect(paths: Sequence[str], tracking_uri: str | None, totals: Totals) -> l
     )
 
 
-def sync_one(plan: Plan, client: object, dry_run: bool, lost_after_s: float) -> None:
+def sync_one(plan: Plan, tracker: Any, dry_run: bool, lost_after_s: float) -> None:
     """Upload one journal; set ``plan.outcome`` and ``plan.detail``."""
     path, header = plan.path, plan.header
     ended = journal.ended(path)
@@ -182,7 +182,7 @@ def sync_one(plan: Plan, client: object, dry_run: bool, lost_after_s: float) -> 
         plan.detail = f"{left:,} bytes of records to {where}"
         return
     try:
-        uploader = upload.deliver(client, path, plan.uri, close=close)
+        uploader = upload.deliver(tracker.client, path, plan.uri, close=close, bulk=tracker.bulk)
     except Exception as error:  # the store failed or refused: nothing more is marked done
         plan.outcome = "failed"
         again = " (run sync again to resume)" if upload.is_transient(error) else ""
@@ -221,12 +221,12 @@ def _lost_reason(path: Path, header: Header) -> str:
 
 
 def _store(uri: str, stores: dict[str, object], timeout_s: float) -> object:
-    """A client on the store, or the one-line reason it cannot be opened."""
+    """The store (``tracking.Tracker``), or the one-line reason it cannot be opened."""
     if uri not in stores:
         from experiments.tracking import Tracker
 
         try:
-            stores[uri] = Tracker(uri, timeout_s).client
+            stores[uri] = Tracker(uri, timeout_s)
         except ConfigError as error:
             stores[uri] = str(error).replace("tracking.uri=", "", 1)
     return stores[uri]

@@ -21,6 +21,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from experiments import liveness
+from experiments.bulk_metrics import BulkMetrics
 from experiments.errors import ConfigError, StoreUnreachable, TrackingError
 from experiments.upload import describe, is_transient
 from experiments.uris import absolute, redact, sqlite_path
@@ -54,6 +55,7 @@ class Tracker:
         # doing that at once leave it half-migrated and unusable. Serialise the opening.
         self._experiments: dict[str, str] = {}
         self._checked: set[str] = set()  # experiments whose lost runs were looked for
+        self.bulk: Any = None  # a BulkMetrics where the store is SQLite or PostgreSQL
         with self._store_lock():
             self.client = MlflowClient(tracking_uri=self.uri)
             try:
@@ -63,6 +65,7 @@ class Tracker:
                 raise kind(
                     f"{self.source}={self.uri}: cannot open the tracking store: {describe(error)}"
                 ) from error
+        self.bulk = BulkMetrics.for_uri(self.uri)
 
     def experiment_id(self, name: str) -> str:
         """The id of experiment ``name``, created if missing, safely across processes.

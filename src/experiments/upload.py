@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -90,6 +91,7 @@ class State:
     experiment_id: Optional[str] = None
     offset: int = 0
     ended: bool = False
+    uploader: Optional[str] = None  # host:pid of the process that sent it last
 
     @classmethod
     def load(cls, path: Path, tracking_uri: str) -> State:
@@ -105,6 +107,7 @@ class State:
     def save(self, path: Path) -> None:
         """Write the mark next to the journal, atomically."""
         target = state_path(path)
+        self.uploader = f"{socket.gethostname()}:{os.getpid()}"
         temporary = target.with_name(f".{target.name}.{os.getpid()}")
         temporary.write_text(json.dumps(asdict(self)), encoding="utf-8")
         os.replace(temporary, target)
@@ -130,11 +133,25 @@ class Uploader:
         state: where the journal stands with this store (:meth:`State.load`).
         repair: the run may have been closed as lost meanwhile (an upload after the fact):
             check, and remove that note when the journal ends it otherwise.
+        bulk: a ``bulk_metrics.BulkMetrics`` for the store: metric points go in one
+            statement per table instead of ``log_batch`` (None: ``log_batch``).
+        draws: this is the live run's own recording process: a figure it reaches before
+            it was drawn is drawn first (see :func:`draw_figures`).
     """
 
-    def __init__(self, client: Any, path: Path, state: State, repair: bool = False) -> None:
+    def __init__(
+        self,
+        client: Any,
+        path: Path,
+        state: State,
+        repair: bool = False,
+        bulk: Optional[Any] = None,
+        draws: bool = False,
+    ) -> None:
         self.client = client
         self.repair = repair
+        self.bulk = bulk
+        self.draws = draws
         self.path = path
         self.state = state
         self.header = journal.read_header(path)
@@ -154,7 +171,10 @@ class Uploader:
             return False
 
     def pump(self, final: bool = False) -> bool:
-        """Send the next records; True when the journal was read to its end.
+        """Send the next records; True when they were all the journal held when read.
+
+        A journal still being written may have grown meanwhile: the caller decides when to
+        come back for more.
 
         Args:
             final: the writer is gone: a cut last line is skipped, not waited for.
@@ -172,7 +192,7 @@ class Uploader:
         self._send(chunk.records)
         self.state.offset = chunk.end
         self.state.save(self.path)
-        return not self.pending()
+        return chunk.at_end
 
     def ensure_run(self, records: list[dict[str, Any]] | None = None) -> str:
         """The run this journal goes to: recorded in it, found by its journal id, or created.
@@ -259,11 +279,9 @@ class Uploader:
         return found[0].info.run_id if found else None
 
     def _send(self, records: list[dict[str, Any]]) -> None:
-        from mlflow.entities import Metric
-
         params: list[tuple[str, str]] = []  # a param set twice to two values is refused
         tags: dict[str, str] = {}  # a tag set twice keeps its last value
-        metrics: list[Metric] = []
+        metrics: list[tuple[str, float, int, int]] = []  # key, value, time, step
         artifacts: list[dict[str, Any]] = []
         end = None
         for record in records:
@@ -272,7 +290,7 @@ class Uploader:
             if kind == "metrics":
                 stamp, step = record["time"], record.get("step", 0)
                 metrics.extend(
-                    Metric(key, journal.metric_value(value), stamp, step)
+                    (key, journal.metric_value(value), stamp, step)
                     for key, value in record["values"].items()
                 )
             elif kind == "params":
@@ -290,12 +308,21 @@ class Uploader:
             self._end(end)
 
     def _log_batches(
-        self, params: list[tuple[str, str]], tags: dict[str, str], metrics: list
+        self,
+        params: list[tuple[str, str]],
+        tags: dict[str, str],
+        points: list[tuple[str, float, int, int]],
     ) -> None:
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Metric, Param, RunTag
 
         param_items = [Param(k, v) for k, v in dict.fromkeys(params)]
         tag_items = [RunTag(k, v) for k, v in tags.items()]
+        metrics: list[Metric] = []
+        if self.bulk is not None and points:
+            self.bulk.write(self.state.run_id, points)
+            self.counts.points += len(points)
+        else:
+            metrics = [Metric(*point) for point in points]
         while param_items or tag_items or metrics:
             some_params = param_items[:MAX_PARAMS_OR_TAGS]
             some_tags = tag_items[:MAX_PARAMS_OR_TAGS]
@@ -318,6 +345,8 @@ class Uploader:
     def _log_artifact(self, record: dict[str, Any]) -> None:
         path = Path(record["file"])
         path = path if path.is_absolute() else self.base / path
+        if not path.is_file() and self.draws and "figure" in record:
+            _draw(self.path, record)
         if not path.is_file():
             warning = f"{self.path}: artifact {path} is missing; not uploaded"
             log.warning("%s", warning)
@@ -346,6 +375,7 @@ def deliver(
     tracking_uri: str,
     close: tuple[str, str] | None = None,
     repair: bool = True,
+    bulk: Optional[Any] = None,
 ) -> Uploader:
     """Upload everything a journal holds that the store lacks, for a run no one writes now.
 
@@ -355,12 +385,12 @@ def deliver(
         tracking_uri: the store's URI (the upload mark is kept per store).
         close: ``(status, reason)`` to end the run with when the journal has no end line
             (its process is gone); None leaves such a run as it is.
-        repair: see :class:`Uploader`.
+        repair, bulk: see :class:`Uploader`.
 
     Returns:
         The uploader, whose ``counts`` say what was sent.
     """
-    uploader = Uploader(client, path, State.load(path, tracking_uri), repair=repair)
+    uploader = Uploader(client, path, State.load(path, tracking_uri), repair=repair, bulk=bulk)
     uploader.ensure_run()
     while not uploader.pump(final=True):
         pass
@@ -369,3 +399,53 @@ def deliver(
         last = journal.last_record(path) or {}
         uploader.close(status, reason, int(last.get("time", uploader.last_time)))
     return uploader
+
+
+def draw_figures(path: Path, offset: int, final: bool) -> int:
+    """Draw the figures a live run pickled (its ``artifact`` lines with ``figure``).
+
+    Only the recording process the run itself started calls this: unpickling runs code, so
+    it is done only by the process that knows the files came from its own run. An upload
+    after the fact (``sync``) reports a figure never drawn as a missing artifact instead.
+    Drawing does not need the store: a run whose store is gone still gets its pictures.
+
+    Args:
+        path: the journal.
+        offset: where the previous call stopped.
+        final: the run has ended (its journal is complete).
+
+    Returns:
+        Where the next call starts.
+    """
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        data = handle.read()
+    complete = data[: data.rfind(b"\n") + 1]
+    for line in complete.split(b"\n"):
+        if b'"figure"' not in line:
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("type") == "artifact":
+            _draw(path, record)
+    return offset + len(complete) if not final else offset + len(data)
+
+
+def _draw(path: Path, record: dict[str, Any]) -> None:
+    """Draw one pickled figure of the journal at ``path`` into its file, unless done."""
+    import pickle
+
+    from experiments.recording import FIGURE_DPI
+
+    pickled, target = path.parent / record["figure"], path.parent / record["file"]
+    if target.is_file() or not pickled.is_file():
+        return
+    try:
+        figure = pickle.loads(pickled.read_bytes())
+        figure.savefig(target, dpi=FIGURE_DPI)
+    except Exception as error:  # a broken figure is a missing picture, not a lost run
+        log.warning("%s: could not draw %s: %s", path, target.name, error)
+        return
+    pickled.unlink()

@@ -48,7 +48,7 @@ def absolute(uri: str) -> str:
     if path is not None:
         return f"sqlite:///{path}"
     if "://" not in uri and not uri.startswith(("databricks", "file:")):
-        return str(Path(uri).resolve())  # a local directory: MLflow's file store
+        return Path(uri).resolve().as_uri()  # a local directory: MLflow's file store
     return uri
 
 

@@ -24,7 +24,7 @@ import threading
 from pathlib import Path
 from typing import IO, Any, Optional
 
-from experiments import errors
+from experiments import errors, signals
 
 log = logging.getLogger("experiments.recorder")
 
@@ -108,7 +108,11 @@ class Recorder:
         return self.request(op, **fields).result(timeout)
 
     def close(self, timeout: float = 120.0) -> None:
-        """Say goodbye and wait for the process to finish and exit."""
+        """Say goodbye and wait (up to ``timeout``) for the process to finish and exit.
+
+        A process still uploading after that goes on alone: it ignores the signals that
+        stop this one, finishes what the journals hold and exits.
+        """
         if not self._used:  # started early for nothing (a bad setting): no need to wait
             self.process.kill()
             self.process.wait()
@@ -125,8 +129,7 @@ class Recorder:
         try:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            log.info("the recording process (pid %s) finishes its uploads alone", self.pid)
 
     def _read(self, stream: IO[bytes]) -> None:
         for line in stream:
@@ -205,13 +208,20 @@ def start_early() -> None:
     get()
 
 
+SIGNALLED_EXIT_WAIT_S = 2.0
+
+
 def shutdown() -> None:
-    """End this process's recording process, after it finished every upload."""
+    """End this process's recording process, after it finished every upload.
+
+    After a signal, this process does not wait long: its runs already waited (briefly) for
+    their last records, and what is left the recording process finishes alone.
+    """
     global _current
     with _current_lock:
         current, _current = _current, None
     if current is not None:
-        current.close()
+        current.close(timeout=120.0 if signals.received() is None else SIGNALLED_EXIT_WAIT_S)
 
 
 atexit.register(shutdown)

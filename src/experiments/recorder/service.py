@@ -35,6 +35,7 @@ log = logging.getLogger("experiments.recorder")
 
 IDLE_WAIT_S = 0.1  # how long the loop waits for a request when nothing is left to send
 SYNC_EVERY_S = 1.0  # how often a growing journal is made durable (fsync)
+UPLOAD_EVERY_S = 1.0  # a running journal is sent at most this often: one transaction each
 MAX_BACKOFF_S = 5.0
 HURRY_S = 5.0  # after a signal, how long a run's last upload may take
 MAX_PAUSE_S = 300.0  # a pause (a timed region of a task) ends by itself after this long
@@ -53,6 +54,8 @@ class Watch:
     beat_at: float = 0.0
     sync_at: float = 0.0
     synced_size: int = 0
+    upload_at: float = 0.0
+    drawn_to: int = 0  # how far the journal was read for figures to draw
     outage_since: Optional[float] = None
     retry_at: float = 0.0
     lost: Optional[str] = None
@@ -199,7 +202,26 @@ class Service:
         self._reply(message, ok=True)
 
     def _op_bye(self, message: dict[str, Any]) -> None:
+        """The process served is leaving; a run it never ended is closed as lost."""
         self._reply(message, ok=True, pending=len(self.watches))
+        for watch in self.watches.values():
+            if watch.finish_id is None:
+                self._abandoned(watch, "exited without closing the run")
+
+    def _abandoned(self, watch: Watch, how: str) -> None:
+        """Upload what a journal holds and end its run, its writer being gone."""
+        watch.writer_gone = True
+        watch.retry_at = 0.0
+        if watch.deadline is None:
+            watch.deadline = time.monotonic() + watch.retry_s
+        if not journal.ended(watch.path):
+            header = watch.uploader.header
+            last = (journal.last_record(watch.path) or {}).get("time", header.time)
+            watch.close_as = (
+                "FAILED",
+                f"{liveness.LOST_PREFIX} process {header.pid} on {header.host} {how}; its last "
+                f"record {liveness.heartbeat(last)}",
+            )
 
     def _op_gone(self, message: dict[str, Any]) -> None:
         """Standard input closed. Without a goodbye, the process served is gone."""
@@ -208,19 +230,7 @@ class Service:
         self.parent_gone = True
         self.paused_until = 0.0
         for watch in self.watches.values():
-            watch.writer_gone = True
-            watch.retry_at = 0.0
-            if watch.deadline is None:
-                watch.deadline = time.monotonic() + watch.retry_s
-            if not journal.ended(watch.path):
-                header = watch.uploader.header
-                last = (journal.last_record(watch.path) or {}).get("time", header.time)
-                watch.close_as = (
-                    "FAILED",
-                    f"{liveness.LOST_PREFIX} process {header.pid} on {header.host} died "
-                    f"without closing the run (killed, or out of memory?); its last record "
-                    f"{liveness.heartbeat(last)}",
-                )
+            self._abandoned(watch, "died without closing the run (killed, or out of memory?)")
 
     # --- stores and journals ---
 
@@ -237,7 +247,9 @@ class Service:
     def _watch(
         self, path: Path, state: upload.State, tracker: Any, run: dict, repair: bool
     ) -> Watch:
-        uploader = upload.Uploader(tracker.client, path, state, repair=repair)
+        uploader = upload.Uploader(
+            tracker.client, path, state, repair=repair, bulk=tracker.bulk, draws=True
+        )
         now = time.monotonic()
         watch = Watch(
             path=path,
@@ -265,9 +277,11 @@ class Service:
             if watch.finish_id is not None or watch.writer_gone:
                 self._complete(watch, recorded=False)
             return False
-        if now < watch.retry_at:
-            return False
         final = watch.writer_gone or watch.finish_id is not None
+        if final or now >= watch.upload_at:
+            self._draw(watch, final)
+        if now < watch.retry_at or (now < watch.upload_at and not final):
+            return False
         try:
             caught_up = watch.uploader.pump(final=final)
             if caught_up and watch.close_as is not None and not watch.uploader.state.ended:
@@ -283,7 +297,16 @@ class Service:
         if caught_up and final and watch.uploader.state.ended:
             self._complete(watch, recorded=True)
             return False
+        if caught_up:
+            watch.upload_at = time.monotonic() + UPLOAD_EVERY_S
         return not caught_up
+
+    def _draw(self, watch: Watch, final: bool) -> None:
+        """Draw the figures the run pickled, store or no store."""
+        try:
+            watch.drawn_to = upload.draw_figures(watch.path, watch.drawn_to, final)
+        except OSError as error:
+            log.warning("%s: cannot read the journal to draw its figures: %s", watch.path, error)
 
     def _beat(self, watch: Watch) -> None:
         run_id = watch.uploader.run_id

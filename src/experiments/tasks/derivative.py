@@ -21,7 +21,6 @@ import torch
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from experiments import plots
 from experiments.config import (
     check_choice,
     check_expression,
@@ -358,10 +357,10 @@ def _plot(
     names = list(point)
     if len(names) == 1:
         figure = curve_with_tangent(expression, names[0], point[names[0]], values, order)
-        ctx.recorder.log_artifact(plots.save(figure, ctx.output_dir / "function.png"))
+        ctx.recorder.log_figure(figure, "function.png")
     elif len(names) == 2:
         figure = contour_with_gradient(expression, names, point, values)
-        ctx.recorder.log_artifact(plots.save(figure, ctx.output_dir / "contour.png"))
+        ctx.recorder.log_figure(figure, "contour.png")
 
 
 def _half_width(*coordinates: float) -> float:

@@ -203,12 +203,12 @@ def _plot(expression: Expression, trajectory: Trajectory, ctx: TaskContext) -> N
     f = _numpy_function(expression)
     if len(names) == 1:
         figure = plots.curve_with_path(f, names[0], path[:, 0], trajectory.loss, expression.text)
-        ctx.recorder.log_artifact(plots.save(figure, ctx.output_dir / "function.png"))
+        ctx.recorder.log_figure(figure, "function.png")
     elif len(names) == 2:
         figure = plots.contour_with_path(f, names, path, expression.text)
-        ctx.recorder.log_artifact(plots.save(figure, ctx.output_dir / "contour.png"))
+        ctx.recorder.log_figure(figure, "contour.png")
     figure = plots.loss_curve(trajectory.steps, trajectory.loss, trajectory.grad_norm)
-    ctx.recorder.log_artifact(plots.save(figure, ctx.output_dir / "loss.png"))
+    ctx.recorder.log_figure(figure, "loss.png")
 
 
 def _numpy_function(expression: Expression) -> plots.Function:

@@ -1,0 +1,175 @@
+"""The recording process: the run's process never imports MLflow, one recording process
+serves a command, it keeps quiet when asked, and a run survives it dying."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from experiments import journal, live, upload, uris
+from experiments.journal import Header
+from tests.conftest import runs_of
+from tests.test_faults import loss_points, start_cli, sync, wait_for_points
+
+NO_MLFLOW = """
+import sys
+from experiments import __main__ as entry, cli
+from experiments.recorder import client
+
+statuses = []
+for args in (
+    ["task.steps=3"],
+    ["-m", "task.steps=2,3"],
+    ["task=derivative"],
+    ["task=matmul", "task.size=64", "task.min_run_time_s=0.05", "task.warmup=1"],
+):
+    sys.argv = ["experiments", *args]
+    statuses.append(cli.invoke(entry.hydra_main))
+client.shutdown()
+loaded = sorted(name for name in sys.modules if name.startswith("mlflow"))
+print(json.dumps({"statuses": statuses, "mlflow": loaded}))
+"""
+
+
+@pytest.mark.slow
+def test_the_runs_own_process_never_imports_mlflow(workdir) -> None:
+    script = "import json\n" + NO_MLFLOW
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=workdir, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found == {"statuses": [0, 0, 0, 0], "mlflow": []}
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    assert {run.info.status for run in runs_of(client, "minimize")} == {"FINISHED"}
+    assert len(runs_of(client, "minimize")) == 4  # a run, and a sweep of two under a parent
+
+
+@pytest.mark.slow
+def test_one_recording_process_serves_every_run_of_a_sweep(workdir) -> None:
+    process = start_cli(["-m", "task.steps=2,3,4"], workdir)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    journals = journal.find([workdir / "outputs"])
+    assert len(journals) == 4  # the parent and three jobs
+    writers = {journal.read_header(path).pid for path in journals}
+    uploaders = {json.loads(upload.state_path(path).read_text())["uploader"] for path in journals}
+    assert writers == {process.pid}  # the launching process wrote every journal...
+    (uploader,) = uploaders  # ...and one other process uploaded them all
+    assert not uploader.endswith(f":{process.pid}")
+
+
+@pytest.mark.slow
+def test_a_run_outlives_its_recording_process(workdir) -> None:
+    process = start_cli(["task.steps=30000", "optim.lr=1e-7"], workdir)
+    (path,) = wait_for_points(workdir / "outputs", 2000)
+    recorder = children(process.pid, "experiments.recorder")
+    assert len(recorder) == 1
+    os.kill(recorder[0], signal.SIGKILL)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 75, err  # finished, not recorded
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "recording process" in last
+    assert last.endswith(f"python -m experiments.sync {path.parent}")
+    assert journal.last_record(path)["status"] == "FINISHED"  # the task went on to its end
+    assert sync(workdir, str(path.parent)).returncode == 0
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    (run,) = runs_of(client, "minimize")
+    assert run.info.status == "FINISHED"
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == loss_points(path) == 30001
+
+
+def children(pid: int, command: str) -> list[int]:
+    """The processes ``pid`` started whose command line mentions ``command``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if int(stat[1]) == pid and command in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_quiet_keeps_the_recording_process_from_uploading(store_uri, tmp_path) -> None:
+    head = Header(tracking_uri=store_uri, experiment="quiet", run_name="timed")
+    recording = live.open_run(
+        tmp_path, head, {}, live.Store(store_uri, "tracking.uri"), live.Settings()
+    )
+    recording.started()
+    client = MlflowClient(store_uri)
+    with recording.quiet():
+        for step in range(100):
+            recording.recorder.log_metrics({"loss": float(step)}, step=step)
+        time.sleep(2.5)  # more than a second: it would have sent them by now
+        assert client.get_metric_history(recording.run_id, "loss") == []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not client.get_metric_history(recording.run_id, "loss"):
+        time.sleep(0.1)
+    assert len(client.get_metric_history(recording.run_id, "loss")) == 100
+    assert recording.close("FINISHED").recorded
+
+
+def test_matmul_times_its_products_with_the_pipeline_quiet(tmp_path) -> None:
+    import torch
+
+    from experiments.context import TaskContext
+    from experiments.recording import MemoryRecorder
+    from experiments.tasks import matmul
+
+    class Watching(MemoryRecorder):
+        """Notes what the task records inside and outside its quiet block."""
+
+        inside = False
+        during: list[str] = []
+
+        def quiet(self):
+            recorder = self
+
+            class Block:
+                def __enter__(self):
+                    recorder.inside = True
+
+                def __exit__(self, *exc):
+                    recorder.inside = False
+
+            return Block()
+
+        def log_metrics(self, metrics, step=None):
+            self.during += [f"metrics quiet={self.inside}"]
+            super().log_metrics(metrics, step)
+
+    recorder = Watching()
+    ctx = TaskContext(torch.device("cpu"), recorder, None, 0, tmp_path)
+    cfg = matmul.MatmulConfig(size=64, warmup=1, min_run_time_s=0.05)
+    assert matmul.run(cfg, ctx) > 0
+    assert recorder.during == ["metrics quiet=False"]  # recorded after the timed block
+    assert recorder.tags["dtype"] == "float32"  # tagged before it
+
+
+def test_the_default_store_is_mlflows_own(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri, source = uris.resolve(None)
+    assert (uris.absolute(uri), source) == (mlflow.get_tracking_uri(), "the default tracking URI")
+    (tmp_path / "mlruns" / "0").mkdir(parents=True)
+    (tmp_path / "mlruns" / "0" / "meta.yaml").write_text("name: Default\n")
+    assert uris.default() == "./mlruns"  # MLflow keeps a file store that holds data
+    assert uris.absolute(uris.default()) == mlflow.get_tracking_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://h:5000")
+    assert uris.resolve(None) == ("http://h:5000", "MLFLOW_TRACKING_URI")
+    assert uris.resolve("sqlite:///x.db") == ("sqlite:///x.db", "tracking.uri")
