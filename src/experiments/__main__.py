@@ -6,12 +6,14 @@ import logging
 import os
 import sys
 
+from experiments import startup
 from experiments.recorder import client as recorder
 
 if recorder.is_command(__name__):
     # First thing: the recording process imports MLflow and opens the store while this
-    # one imports torch and composes the config.
+    # one imports torch and composes the config; no collector passes until the run starts.
     recorder.start_early()
+    startup.begin()
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402

@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import experiments
-from experiments import config, devices, live, liveness, optimizers, signals, uris
+from experiments import config, devices, live, liveness, optimizers, signals, startup, uris
 from experiments.context import TaskContext
 from experiments.journal import Header
 from experiments.recording import Recorder
@@ -182,6 +182,7 @@ def prepare(task_name: str) -> None:
     prepare_task = getattr(TASKS.get(task_name), "prepare", None)
     if prepare_task is not None:
         prepare_task()
+    startup.settle()  # the command's start-up ends here (see experiments.startup)
 
 
 def store_of(tracking: Any) -> live.Store | None:
