@@ -15,7 +15,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q "$(TORCH)"
-	$(VENV)/bin/pip install -q -e ".[dev,sweeps]"
+	$(VENV)/bin/pip install -q -e ".[dev,sweeps,server]"
 	touch $@
 
 run: setup

@@ -21,6 +21,20 @@ CONF_DIR = str(Path(experiments.__file__).parent / "conf")
 config.register(schemas())
 
 
+@pytest.fixture(autouse=True)
+def _own_http_settings():
+    """Opening an HTTP store in-process (sync, report) bounds MLflow's waits through the
+    environment; a test's bound must not reach the commands later tests start."""
+    names = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    before = {name: os.environ.get(name) for name in names}
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh working directory, as a user's: MLflow's default store will be created here."""

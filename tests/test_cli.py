@@ -69,6 +69,51 @@ def test_bad_input_is_one_line_and_exit_1_with_no_run(
     assert all_runs(client) == []  # refused before any run started
 
 
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["tracking.uri=foo://bar"], r"^error: tracking\.uri=foo://bar: unknown scheme 'foo'"),
+        (
+            ["tracking.uri=foo://user:secret@bar"],
+            r"^error: tracking\.uri=foo://user@bar: unknown scheme",  # no password shown
+        ),
+        (
+            ["hydra.run.dir=/proc/x"],
+            r"^error: hydra\.run\.dir=/proc/x: cannot create the output directory /proc/x: ",
+        ),
+        (
+            ["-m", "hydra.sweep.dir=/proc/x", "task.steps=1,2"],
+            r"^error: hydra\.sweep\.dir=/proc/x: cannot create the output directory /proc/x",
+        ),
+    ],
+    ids=["unknown-scheme", "unknown-scheme-with-password", "run-dir", "sweep-dir"],
+)
+def test_a_bad_store_or_output_directory_is_one_line_naming_the_setting(
+    monkeypatch, capfd, recwarn, workdir, args, match
+) -> None:
+    status = invoke(monkeypatch, args)
+    assert [str(w.message) for w in recwarn if "Callback" in str(w.message)] == []
+    lines = error_lines(capfd.readouterr().err)
+    assert status == 1
+    assert len(lines) == 1, lines
+    assert re.search(match, lines[0]), lines[0]
+    assert not (workdir / "mlflow.db").exists()  # nothing was recorded anywhere
+
+
+def test_scrub_removes_passwords_from_every_url_in_a_text() -> None:
+    from experiments.uris import redact, scrub
+
+    text = (
+        "tracking.uri=http://ann:s3cret@host:5000 and tracking.uri=http\\://ann\\:s3cret@host"
+        " postgresql+psycopg2://bob:pw@db/mlflow mail me at ann@example.org http://ann@host"
+    )
+    assert scrub(text) == (
+        "tracking.uri=http://ann@host:5000 and tracking.uri=http\\://ann@host"
+        " postgresql+psycopg2://bob@db/mlflow mail me at ann@example.org http://ann@host"
+    )
+    assert redact("http://ann:s3cret@host:5000/x") == "http://ann@host:5000/x"
+
+
 RUNTIME_FAILURES = [
     (["optim.lr=50", "task.steps=200"], r"diverged: loss=inf"),
     (['task.expr="log(x)"', "task.init.x=-1"], r"diverged: loss=nan"),

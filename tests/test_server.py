@@ -8,88 +8,28 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import run_cli, runs_of
+from tests.services import MlflowServer
 from tests.test_faults import start_cli, sync, wait_for_points
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Server:
-    """A real ``mlflow server`` on a SQLite store, that a test can stop and start again."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.port = free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
-        root.mkdir(parents=True, exist_ok=True)
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "server",
-                "--backend-store-uri",
-                f"sqlite:///{self.root / 'mlflow.db'}",
-                "--artifacts-destination",
-                str(self.root / "artifacts"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--workers",
-                "1",
-            ],
-            cwd=self.root,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
-        self.stop()
-        pytest.fail("mlflow server did not start within 90 s")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
-            self.process = None
-
-
 @pytest.fixture(scope="module")
 def shared_server(tmp_path_factory: pytest.TempPathFactory):
-    running = Server(tmp_path_factory.mktemp("server"))
+    running = MlflowServer(tmp_path_factory.mktemp("server"))
     running.start()
     yield running
     running.stop()
 
 
 @pytest.fixture
-def stoppable(shared_server: Server) -> Server:
+def stoppable(shared_server: MlflowServer) -> MlflowServer:
     """The module's server, running; the test may stop and start it."""
     if shared_server.process is None:
         shared_server.start()
@@ -97,7 +37,7 @@ def stoppable(shared_server: Server) -> Server:
 
 
 @pytest.fixture
-def server(stoppable: Server) -> str:
+def server(stoppable: MlflowServer) -> str:
     """The URI of the module's tracking server."""
     return stoppable.uri
 

@@ -20,13 +20,14 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from experiments import cli, config, runner, signals, sweep  # noqa: E402
+from experiments import cli, config, runner, signals, sweep, uris  # noqa: E402
 from experiments.errors import ConfigError, NotRecorded, RunFailure  # noqa: E402
 from experiments.tasks import schemas  # noqa: E402
 
 log = logging.getLogger("experiments")
 
 config.register(schemas())
+uris.scrub_logs()  # a password in a tracking URI never reaches a log line
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

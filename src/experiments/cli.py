@@ -15,7 +15,7 @@ from typing import Callable
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
-from experiments import signals, sweep
+from experiments import signals, sweep, uris
 from experiments.errors import ConfigError, NotRecorded, RunFailure
 
 NOT_RECORDED_STATUS = 75  # sysexits' EX_TEMPFAIL: finished, not recorded; sync and retry
@@ -55,17 +55,40 @@ def invoke(hydra_main: Callable[[], object]) -> int:
         try:
             _call(hydra_main)
         except NotRecorded as error:
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {uris.scrub(str(error))}", file=sys.stderr)
             return NOT_RECORDED_STATUS
         except EXPECTED as error:
-            print(f"error: {one_line(error)}", file=sys.stderr)
+            print(f"error: {uris.scrub(one_line(error))}", file=sys.stderr)
             return 1
         except KeyboardInterrupt as error:
             print(f"error: {signals.stop_reason(error)}", file=sys.stderr)
             return getattr(error, "exit_status", 130)
+        except OSError as error:
+            if error.filename is None:
+                raise
+            print(f"error: {uris.scrub(file_error(error, sys.argv[1:]))}", file=sys.stderr)
+            return 1
         finally:
             del os.environ["HYDRA_FULL_ERROR"]
     return 0
+
+
+OUTPUT_DIR_KEYS = ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir")
+
+
+def file_error(error: OSError, argv: list[str]) -> str:
+    """A file or directory the command could not create or write, as one line.
+
+    Names the setting that chose it when the command line set one (the output
+    directory Hydra creates before the job starts, e.g. ``hydra.run.dir=/proc/x``).
+    """
+    name = str(error.filename)
+    reason = error.strerror or type(error).__name__
+    for arg in argv:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key in OUTPUT_DIR_KEYS and value and (name.startswith(value) or value.startswith(name)):
+            return f"{key}={value}: cannot create the output directory {name}: {reason}"
+    return f"cannot create or write {name}: {reason}"
 
 
 def _call(hydra_main: Callable[[], object]) -> None:

@@ -190,6 +190,7 @@ def store_of(tracking: Any) -> live.Store | None:
     if tracking.offline:
         return None
     uri, source = uris.resolve(tracking.uri)
+    uris.check(uri, source)
     return live.Store(uris.absolute(uri), source, float(tracking.timeout_s))
 
 
@@ -211,9 +212,11 @@ def _run_task(
     out: Path,
     started: float,
 ) -> float | None:
-    rec.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
-    rec.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-    rec.log_text(OmegaConf.to_yaml(list(overrides)), "overrides.yaml")
+    # A password typed into a tracking URI never reaches the store (see uris.scrub).
+    params = flatten(OmegaConf.to_container(cfg, resolve=True))
+    rec.log_params({k: uris.scrub(v) if isinstance(v, str) else v for k, v in params.items()})
+    rec.log_text(uris.scrub(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
+    rec.log_text(uris.scrub(OmegaConf.to_yaml(list(overrides))), "overrides.yaml")
     device = devices.resolve(settings.device)
     rec.set_tags({"device": str(device), "device.name": devices.describe(device)})
     torch.manual_seed(settings.seed)
@@ -302,7 +305,7 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 def run_name_for(task_name: str, overrides: Sequence[str]) -> str:
     """A readable run name: the task, then the overrides that differ from the defaults."""
     shown = [item for item in overrides if not item.startswith(("task=", "hydra."))]
-    return " ".join([task_name, *shown])[:250]
+    return uris.scrub(" ".join([task_name, *shown]))[:250]
 
 
 def base_tags(task_name: str, overrides: Sequence[str]) -> dict[str, str]:
@@ -311,7 +314,7 @@ def base_tags(task_name: str, overrides: Sequence[str]) -> dict[str, str]:
         "task": task_name,
         "torch.version": torch.__version__,
         "experiments.version": experiments.__version__,
-        "overrides": " ".join(overrides) or "(none)",
+        "overrides": uris.scrub(" ".join(overrides)) or "(none)",
         "mlflow.source.name": "experiments",
     }
     commit = git_commit()

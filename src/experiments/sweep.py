@@ -24,7 +24,7 @@ from typing import Any, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from experiments import journal, liveness, signals
+from experiments import journal, liveness, signals, uris
 from experiments.errors import ConfigError, RunFailure
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,8 @@ class Outcome:
 
 def started(job: int, overrides: list[str], output_dir: str | Path) -> Outcome:
     """Mark a job RUNNING in its directory (with its process), and return its outcome."""
-    outcome = Outcome(job, overrides, "RUNNING", host=liveness.host(), pid=os.getpid())
+    shown = [uris.scrub(item) for item in overrides]
+    outcome = Outcome(job, shown, "RUNNING", host=liveness.host(), pid=os.getpid())
     outcome.write(output_dir)
     outcome.status = "FAILED"  # until the job says otherwise
     return outcome
@@ -182,12 +183,15 @@ def start(config: DictConfig) -> str | None:
     name = sweep_name(hydra_cfg.runtime.choices.get("experiment"), overrides)
     experiment = tracking.experiment or config.task.name
     directory = Path(hydra_cfg.sweep.dir)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None  # the launcher fails on it next, and the command says so in one line
     header = runner.journal_header(tracking, experiment, name, directory)
     tags = {
         "sweep": "true",
         "sweep.dir": str(hydra_cfg.sweep.dir),
-        "overrides": " ".join(overrides),
+        "overrides": uris.scrub(" ".join(overrides)),
     }
     store = runner.store_of(tracking)
     recording = live.open_run(directory, header, tags, store, runner.live_settings(tracking))
@@ -220,7 +224,7 @@ def sweep_name(experiment: str | None, overrides: list[str]) -> str:
     """The parent run's name: the named sweep, or the command line's overrides."""
     if experiment:
         return f"sweep {experiment}"
-    return " ".join(["sweep", *overrides])[:250]
+    return uris.scrub(" ".join(["sweep", *overrides]))[:250]
 
 
 def finish(interrupted: bool = False, error: str | None = None) -> list[Outcome]:
@@ -383,9 +387,8 @@ def summary_table(outcomes: list[Outcome]) -> str:
     for outcome in outcomes:
         objective = "" if outcome.objective is None else _number(outcome.objective)
         note = outcome.reason or (outcome.run_id or "")
-        rows.append(
-            (str(outcome.job), " ".join(outcome.overrides), outcome.status, objective, note)
-        )
+        overrides = uris.scrub(" ".join(outcome.overrides))
+        rows.append((str(outcome.job), overrides, outcome.status, objective, note))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4]

@@ -6,6 +6,7 @@ the uploader (``experiments.live``, ``experiments.upload``). Tasks never see MLf
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import math
@@ -15,6 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from filelock import FileLock
 from mlflow import MlflowClient
@@ -47,10 +49,11 @@ class Tracker:
     ) -> None:
         self.uri, self.source = (uri, source) if uri and source else resolve_uri(uri)
         self.key = redact(absolute(self.uri))  # how journals and upload marks name it
+        self.shown = f"{self.source}={redact(self.uri)}"  # how errors name it: no password
         self.timeout_s = timeout_s
         if self.uri.startswith(("http://", "https://")):
             _bound_http_waits(timeout_s)
-            _check_server(self.uri, self.source, timeout_s)
+            _check_server(self.uri, self.shown, timeout_s)
         # The first client to open a fresh SQLite store creates its tables; two processes
         # doing that at once leave it half-migrated and unusable. Serialise the opening.
         self._experiments: dict[str, str] = {}
@@ -63,7 +66,7 @@ class Tracker:
             except MlflowException as error:
                 kind = StoreUnreachable if is_transient(error) else ConfigError
                 raise kind(
-                    f"{self.source}={self.uri}: cannot open the tracking store: {describe(error)}"
+                    f"{self.shown}: cannot open the tracking store: {describe(error)}"
                 ) from error
         self.bulk = BulkMetrics.for_uri(self.uri)
 
@@ -85,9 +88,8 @@ class Tracker:
 
     def unreachable(self, error: Exception) -> StoreUnreachable:
         """The one-line error for a store that failed to answer."""
-        return StoreUnreachable(
-            f"{self.source}={self.uri}: the tracking store does not answer: {describe(error)}"
-        )
+        reason = describe(error)
+        return StoreUnreachable(f"{self.shown}: the tracking store does not answer: {reason}")
 
     def _find_or_create(self, name: str) -> str:
         with self._store_lock():
@@ -114,9 +116,7 @@ class Tracker:
         except MlflowException as error:
             if is_transient(error):
                 raise self.unreachable(error) from error
-            raise TrackingError(
-                f"{self.source}={self.uri}: cannot create a run: {describe(error)}"
-            ) from error
+            raise TrackingError(f"{self.shown}: cannot create a run: {describe(error)}") from error
         return run.info.run_id
 
     def close_lost_runs(self, experiment_id: str, lost_after_s: float) -> None:
@@ -151,10 +151,16 @@ def _bound_http_waits(timeout_s: float) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(math.ceil(timeout_s))))
 
 
-def _check_server(uri: str, source: str, timeout_s: float) -> None:
-    url = uri.rstrip("/") + "/health"
+def _check_server(uri: str, shown: str, timeout_s: float) -> None:
+    parts = urlsplit(uri)
+    request = urllib.request.Request(
+        urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1])).rstrip("/") + "/health"
+    )
+    if parts.username is not None:  # http://user:password@host: a login, as MLflow's client
+        login = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        request.add_header("Authorization", "Basic " + base64.b64encode(login.encode()).decode())
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
             if response.status == 200:
                 return
             reason = f"HTTP {response.status}"
@@ -162,7 +168,7 @@ def _check_server(uri: str, source: str, timeout_s: float) -> None:
         reason = f"HTTP {error.code}"
     except (urllib.error.URLError, OSError) as error:
         reason = str(getattr(error, "reason", error))
-    raise StoreUnreachable(f"{source}={uri}: cannot reach the MLflow server ({reason})")
+    raise StoreUnreachable(f"{shown}: cannot reach the MLflow server ({reason})")
 
 
 def _first_line(text: str) -> str:

@@ -18,12 +18,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from experiments import journal
+from experiments.uris import scrub
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +68,22 @@ def describe(error: BaseException) -> str:
         return "the request timed out"
     if "RemoteDisconnected" in text or "Connection aborted" in text:
         return "the connection was closed"
+    refused = _REFUSED.search(text)
+    if refused is not None:
+        endpoint, code = refused.group(1), refused.group(2)
+        what = {
+            "401": "the server did not accept the login (401: not authenticated; set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)",
+            "403": "permission denied (403): the user may not do this",
+        }[code]
+        return f"{what}; refused: {endpoint}"
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    return first[:300]
+    return scrub(first[:300])
+
+
+# MLflow's REST client: "API request to endpoint /api/2.0/mlflow/runs/create failed with
+# error code 403 != 200. Response body: ..."
+_REFUSED = re.compile(r"API request to endpoint (\S+) failed with error code (401|403)\b")
 
 
 def state_path(path: Path) -> Path:

@@ -7,9 +7,14 @@ against ``mlflow.get_tracking_uri()`` by the tests.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+from experiments.errors import ConfigError
 
 DEFAULT = "sqlite:///mlflow.db"
 LEGACY_DEFAULT = "./mlruns"  # MLflow keeps using a file store where one already holds data
@@ -61,6 +66,74 @@ def redact(uri: str) -> str:
     if parts.username:
         netloc = f"{parts.username}@{netloc}"
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+# user:password@ inside any URL of a text (a config dump, an override, an error message)
+# (also as Hydra writes an override: tracking.uri=http\://user\:secret@host)
+_PASSWORD_IN_URL = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*\\?://[^\s/:@\\]*)\\?:[^\s/@]*@")
+
+
+def scrub(text: str) -> str:
+    """``text`` with the password of every URL in it removed (``user:secret@`` -> ``user@``).
+
+    What a user typed (a tracking URI with a password in it) reaches run names, params,
+    the config artifact, summaries, logs and error lines; each passes through here.
+    """
+    return _PASSWORD_IN_URL.sub(r"\1@", text) if "@" in text else text
+
+
+def scrub_logs() -> None:
+    """Keep passwords out of every log line of this process, whoever logs it and wherever.
+
+    Hydra logs each job's overrides (``#0 : tracking.uri=...``) and sets up its handlers
+    anew for each job, so this works on the records themselves, as they are made.
+    """
+    make = logging.getLogRecordFactory()
+    if getattr(make, "scrubs", False):
+        return
+
+    def scrubbed(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        message = record.getMessage()
+        if "@" in message:
+            record.msg, record.args = scrub(message), None
+        return record
+
+    scrubbed.scrubs = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(scrubbed)
+
+
+class ScrubbedStream:
+    """A text stream whose writes pass through :func:`scrub` (MLflow prints run URLs)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(scrub(text))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+# Schemes MLflow can record into (a local path has none); anything else is a typo.
+SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
+
+
+def check(uri: str, source: str) -> None:
+    """Refuse a tracking URI with a scheme MLflow does not know, naming the setting.
+
+    Raises:
+        ConfigError: e.g. ``tracking.uri=foo://bar: unknown scheme 'foo' ...``.
+    """
+    if "://" not in uri or re.match(r"^[a-zA-Z]:[\\/]", uri):
+        return  # a local directory (MLflow's file store), or a Windows path
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower()
+    if scheme not in SCHEMES:
+        raise ConfigError(
+            f"{source}={scrub(uri)}: unknown scheme {scheme!r}; use sqlite:///PATH, "
+            "postgresql+psycopg2://USER@HOST/DB, http(s)://HOST:PORT or a directory"
+        )
 
 
 def sqlite_path(uri: str) -> Path | None:

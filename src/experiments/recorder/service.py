@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Optional
 
-from experiments import journal, liveness, startup, upload
+from experiments import journal, liveness, startup, upload, uris
 from experiments.errors import ConfigError, TrackingError
 
 log = logging.getLogger("experiments.recorder")
@@ -465,7 +465,8 @@ def main() -> None:
     startup.begin()
     channel = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # whatever else prints goes to standard error, not into the replies
-    sys.stdout = sys.stderr
+    sys.stdout = sys.stderr = uris.ScrubbedStream(sys.stderr)  # MLflow prints URLs
+    uris.scrub_logs()
     service = Service(channel)
     events = _Events(service)
     for name in ("experiments",):

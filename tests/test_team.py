@@ -1,0 +1,241 @@
+"""A team's set-up: `mlflow server` on PostgreSQL, artifacts served, logins (basic-auth).
+
+One PostgreSQL cluster and one server serve the module; the cluster is the tests' own
+(see ``tests.services``). Two users: ``admin``, and ``reader`` with MLflow's default
+READ permission. Everything is read back through the server.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import run_cli, runs_of
+from tests.services import MlflowServer, Postgres, missing_postgres
+
+pytestmark = [pytest.mark.server, pytest.mark.postgres, pytest.mark.slow]
+
+ADMIN = ("admin", "Adm1n-pass-7c41")
+READER = ("reader", "Re4der-pass-0e95")
+
+
+class Team:
+    def __init__(self, uri: str, postgres: Postgres, backend: str) -> None:
+        self.uri = uri
+        self.postgres = postgres
+        self.backend = backend
+
+    def env(self, user: tuple[str, str] | None = ADMIN) -> dict[str, str]:
+        env = {"MLFLOW_TRACKING_URI": self.uri}
+        # No login: empty, as MLflow reads them (the test process may hold the admin's).
+        env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"] = user or ("", "")
+        return env
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory: pytest.TempPathFactory):
+    reason = missing_postgres()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the PostgreSQL tests: {reason}")
+        pytest.skip(reason)
+    root = tmp_path_factory.mktemp("team")
+    postgres = Postgres()
+    postgres.start()
+    try:
+        backend = postgres.create_database("mlflow")
+        config = root / "basic_auth.ini"
+        config.write_text(
+            "[mlflow]\n"
+            "default_permission = READ\n"
+            f"database_uri = {postgres.create_database('mlflow_auth')}\n"
+            f"admin_username = {ADMIN[0]}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        )
+        server = MlflowServer(
+            root / "server",
+            backend=backend,
+            app_name="basic-auth",
+            workers=4,  # as a team's server: MLflow's default
+            env={
+                "MLFLOW_AUTH_CONFIG_PATH": str(config),
+                "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": "tests-secret-key-" + "x" * 16,
+            },
+        )
+        server.start()
+        try:
+            _create_user(server.uri, *READER)
+            yield Team(server.uri, postgres, backend)
+        finally:
+            server.stop()
+    finally:
+        postgres.stop()
+
+
+def _create_user(uri: str, username: str, password: str) -> None:
+    login = base64.b64encode(f"{ADMIN[0]}:{ADMIN[1]}".encode()).decode()
+    request = urllib.request.Request(
+        f"{uri}/api/2.0/mlflow/users/create",
+        data=json.dumps({"username": username, "password": password}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Basic {login}"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
+
+
+@pytest.fixture
+def admin(team: Team, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
+    """A client of the server, logged in as the admin."""
+    for name, value in team.env().items():
+        monkeypatch.setenv(name, value)
+    return MlflowClient(team.uri)
+
+
+def _count_runs_in_postgres(team: Team, experiment_id: str) -> int:
+    import psycopg2
+
+    with (
+        psycopg2.connect(
+            host="127.0.0.1", port=team.postgres.port, user=Postgres.USER, dbname="mlflow"
+        ) as connection,
+        connection.cursor() as cursor,
+    ):
+        cursor.execute("select count(*) from runs where experiment_id = %s", (experiment_id,))
+        return cursor.fetchone()[0]
+
+
+def test_a_run_a_parallel_sweep_a_resumed_sweep_and_the_report(team, admin, workdir) -> None:
+    single = run_cli(["task.steps=5", "tracking.experiment=team-single"], workdir, team.env())
+    assert single.returncode == 0, single.stderr[-2000:]
+    (run,) = runs_of(admin, "team-single")
+    assert run.info.status == "FINISHED"
+    history = admin.get_metric_history(run.info.run_id, "loss")
+    assert [point.step for point in history] == list(range(6))
+    png = admin.download_artifacts(run.info.run_id, "loss.png", str(workdir))
+    assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # downloaded through the server
+
+    rates = ",".join(f"0.0{i}" for i in range(1, 9))
+    sweep = [
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=4",
+        f"optim.lr={rates}",
+        "task.steps=5",
+        "tracking.experiment=team-sweep",
+        "skip_existing=true",
+    ]
+    first = run_cli(sweep, workdir, team.env())
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "8 jobs: 8 finished" in first.stdout
+    runs = runs_of(admin, "team-sweep")
+    assert len(runs) == 9 and {r.info.status for r in runs} == {"FINISHED"}
+    (parent,) = [r for r in runs if r.data.tags.get("sweep") == "true"]
+    children = [r for r in runs if r is not parent]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    experiment_id = parent.info.experiment_id
+    assert _count_runs_in_postgres(team, experiment_id) == 9  # the server's store is PostgreSQL
+
+    again = run_cli(sweep, workdir, team.env())  # resumed: every job is already done
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "8 jobs: 8 skipped" in again.stdout
+    children = [r for r in runs_of(admin, "team-sweep") if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 8  # none ran twice
+
+    report = subprocess.run(
+        [sys.executable, "-m", "experiments.report", "--parent", parent.info.run_id]
+        + ["--out", str(workdir / "report")],
+        cwd=workdir,
+        env={**os.environ, **team.env()},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert list((workdir / "report").glob("*.png"))
+    logged = {a.path for a in admin.list_artifacts(parent.info.run_id, "report")}
+    assert logged, "the report is logged into the parent run"
+
+
+def test_a_store_on_postgresql_directly_records_every_point(team, workdir) -> None:
+    uri = team.postgres.create_database("direct")
+    result = run_cli(["task.steps=300", f"tracking.uri={uri}"], workdir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    client = MlflowClient(uri)
+    (run,) = runs_of(client, "minimize")
+    assert run.info.status == "FINISHED"
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 301
+    assert run.data.metrics["loss"] == client.get_metric_history(run.info.run_id, "loss")[-1].value
+
+
+@pytest.mark.parametrize(
+    ("user", "refused"),
+    [
+        (("admin", "not-the-password"), "401"),
+        (None, "401"),
+        (READER, "403"),
+    ],
+    ids=["wrong-password", "no-login", "read-only-user"],
+)
+def test_a_login_that_cannot_record_is_refused_in_one_line(
+    team, admin, workdir, user, refused
+) -> None:
+    if admin.get_experiment_by_name("team-logins") is None:
+        admin.create_experiment("team-logins")  # the team's experiment: the reader may read it
+    started = time.monotonic()
+    result = run_cli(["task.steps=5", "tracking.experiment=team-logins"], workdir, team.env(user))
+    took = time.monotonic() - started
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len([line for line in lines if line.startswith("error:")]) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    error = lines[-1]
+    assert error.startswith(f"error: MLFLOW_TRACKING_URI={team.uri}: ")
+    assert refused in error
+    if refused == "403":
+        assert "runs/create" in error and "permission denied" in error
+    else:
+        assert "MLFLOW_TRACKING_USERNAME" in error
+    assert took < 30  # no minutes of retries
+    experiment = admin.get_experiment_by_name("team-logins")
+    assert admin.search_runs([experiment.experiment_id]) == []  # no run, so none RUNNING
+
+
+def test_a_password_never_reaches_the_store_the_logs_or_the_summary(team, admin, workdir) -> None:
+    secret = ADMIN[1]
+    host = team.uri.removeprefix("http://")
+    result = run_cli(
+        [
+            "-m",
+            "task.steps=3,4",
+            f"tracking.uri=http://{ADMIN[0]}:{secret}@{host}",
+            "tracking.experiment=team-secret",
+        ],
+        workdir,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert secret not in result.stdout and secret not in result.stderr
+    assert "2 jobs: 2 finished" in result.stdout
+    hydra_own = (".hydra", "multirun.yaml")  # Hydra's record of the command line
+    for path in (workdir / "outputs").rglob("*"):
+        if path.is_file() and not any(part in path.parts for part in hydra_own):
+            assert secret not in path.read_text(errors="replace"), path
+    runs = runs_of(admin, "team-secret")
+    assert len(runs) == 3
+    for run in runs:
+        stored = [run.info.run_name, *run.data.params.values(), *run.data.tags.values()]
+        assert not [value for value in stored if secret in value], run.info.run_name
+        for artifact in admin.list_artifacts(run.info.run_id):
+            if artifact.path.endswith((".yaml", ".txt")):
+                text = Path(admin.download_artifacts(run.info.run_id, artifact.path, str(workdir)))
+                assert secret not in text.read_text(), artifact.path
