@@ -69,6 +69,8 @@ def test_parallel_sweep_over_http_lands_every_run_in_its_experiment(server, work
     artifacts = {a.path for a in client.list_artifacts(jobs[0].info.run_id)}
     assert {"config.yaml", "function.png", "loss.png"} <= artifacts
     assert not (workdir / "mlflow.db").exists()  # the server's store was used, not a local one
+    page = f"#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}"
+    assert f"Review it at {server}/{page}" in result.stdout
 
 
 LONG = ["task.steps=10000", "optim.lr=1e-7"]

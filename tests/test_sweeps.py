@@ -129,6 +129,16 @@ def test_sweep_in_process_groups_jobs_under_a_finished_parent(
     assert table_rows(summary_of(client, parent, tmp_path)) == printed
     for run in jobs:  # each row links the job to its run
         assert run.info.run_id in printed[run.data.tags["overrides"]][1]
+    # The summary names its objective; the parent holds the best one and its run.
+    assert re.search(r"^job\s+overrides\s+status\s+loss\s+reason / run$", out, re.M), out
+    best = min(jobs, key=lambda run: run.data.metrics["loss"])
+    assert parent.data.metrics["best_loss"] == best.data.metrics["loss"]
+    assert parent.data.tags["best_run"] == best.info.run_id
+    assert f"best loss: {best.data.metrics['loss']:.6g} (job " in out
+    assert f"), run {best.info.run_id}" in out
+    page = f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}"
+    assert f"Review it with: mlflow ui --backend-store-uri {store_uri}" in out
+    assert f"http://127.0.0.1:5000/{page}" in out
 
 
 @pytest.mark.slow

@@ -148,6 +148,7 @@ class _Sweep:
     store: Any  # live.Store, None when offline
     directory: Path
     name: str
+    objective: Optional[str] = None  # the metric the jobs' objective is (the task's OBJECTIVE)
     pending: list[tuple[Outcome, Path, Any]] = field(default_factory=list)
 
 
@@ -200,7 +201,8 @@ def start(config: DictConfig) -> str | None:
     _share_cores(hydra_cfg.launcher)
     if recording.run_id is not None:
         Path(directory, PARENT_FILE).write_text(recording.run_id, encoding="utf-8")
-    _active.append(_Sweep(recording, store, directory, name))
+    objective = getattr(runner.TASKS.get(config.task.name), "OBJECTIVE", None)
+    _active.append(_Sweep(recording, store, directory, name, objective))
     return recording.run_id
 
 
@@ -255,13 +257,26 @@ def finish(interrupted: bool = False, error: str | None = None) -> list[Outcome]
     )
     if not outcomes:
         reason = reason or "no job ran"
-    summary = f"Sweep {sweep.name!r}: {counts_line(outcomes)}\n{summary_table(outcomes)}"
+    table = summary_table(outcomes, sweep.objective)
+    summary = f"Sweep {sweep.name!r}: {counts_line(outcomes)}\n{table}"
+    best = best_outcome(outcomes)
+    if best is not None and sweep.objective is not None:
+        summary += (
+            f"\nbest {sweep.objective}: {_number(best.objective)} (job {best.job}: "
+            f"{uris.scrub(' '.join(best.overrides))}), run {best.run_id}"
+        )
     if outcomes:
         print(f"\n{summary}", flush=True)
+        where = review_line(sweep)
+        if where:
+            print(where, flush=True)
     reused = [o.run_id for o in outcomes if o.status == "SKIPPED" and o.run_id is not None]
     tags = {"jobs": counts_line(outcomes)}
     if reused:
         tags["sweep.reused_runs"] = ",".join(reused)[:MAX_TAG_LENGTH]
+    if best is not None and sweep.objective is not None:
+        tags[BEST_RUN_TAG] = str(best.run_id)
+        sweep.recording.recorder.log_metrics({f"best_{sweep.objective}": best.objective})
     status = "KILLED" if interrupted else "FAILED" if reason else "FINISHED"
     recorder = sweep.recording.recorder
     recorder.log_text(summary + "\n", "summary.txt")
@@ -275,6 +290,34 @@ def finish(interrupted: bool = False, error: str | None = None) -> list[Outcome]
         log.warning("the sweep's parent run: %s", not_recorded_line(delivery))
     _finished.append(Finished(sweep.directory, outcomes, delivery.recorded or delivery.offline))
     return outcomes
+
+
+BEST_RUN_TAG = "best_run"  # the parent's tag: the run that reached the best objective
+
+
+def best_outcome(outcomes: list[Outcome]) -> Optional[Outcome]:
+    """The job with the lowest finite objective (sweepers minimise it), done or reused."""
+    done = [
+        outcome
+        for outcome in outcomes
+        if outcome.status in ("FINISHED", "SKIPPED")
+        and outcome.run_id is not None
+        and outcome.objective is not None
+        and math.isfinite(outcome.objective)
+    ]
+    return min(done, key=lambda outcome: outcome.objective) if done else None
+
+
+def review_line(sweep: _Sweep) -> Optional[str]:
+    """Where to look at the sweep: the parent run's page in the MLflow UI."""
+    run_id, experiment_id = sweep.recording.run_id, sweep.recording.experiment_id
+    if sweep.store is None or run_id is None or experiment_id is None:
+        return None
+    uri = uris.redact(sweep.store.uri)
+    page = f"#/experiments/{experiment_id}/runs/{run_id}"
+    if uri.startswith(("http://", "https://")):
+        return f"Review it at {uri.rstrip('/')}/{page}"
+    return f"Review it with: mlflow ui --backend-store-uri {uri}   then open http://127.0.0.1:5000/{page}"
 
 
 def pending(outcome: Outcome, output_dir: str | Path, delivery: Any) -> None:
@@ -381,9 +424,13 @@ def counts_line(outcomes: list[Outcome]) -> str:
     return parts[0] + (": " + ", ".join(details) if details else "")
 
 
-def summary_table(outcomes: list[Outcome]) -> str:
-    """An aligned text table: job, overrides, status, objective, and the reason of failures."""
-    rows = [("job", "overrides", "status", "objective", "reason / run")]
+def summary_table(outcomes: list[Outcome], objective: Optional[str] = None) -> str:
+    """An aligned text table: job, overrides, status, objective, and the reason of failures.
+
+    Args:
+        objective: the metric the objective column holds (e.g. ``loss``), for its heading.
+    """
+    rows = [("job", "overrides", "status", objective or "objective", "reason / run")]
     for outcome in outcomes:
         objective = "" if outcome.objective is None else _number(outcome.objective)
         note = outcome.reason or (outcome.run_id or "")
