@@ -173,3 +173,24 @@ def test_the_default_store_is_mlflows_own(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://h:5000")
     assert uris.resolve(None) == ("http://h:5000", "MLFLOW_TRACKING_URI")
     assert uris.resolve("sqlite:///x.db") == ("sqlite:///x.db", "tracking.uri")
+
+
+def test_a_run_given_up_on_still_gets_its_figures_drawn(store_uri, tmp_path) -> None:
+    # The store stayed away past the retry window: the run's end is not uploaded, but the
+    # figure it pickled is drawn before the recording process lets the journal go.
+    import io
+
+    from experiments.recorder.service import Service
+    from experiments.tracking import Tracker
+    from tests.test_sync import figure_journal
+
+    path = figure_journal(tmp_path / "run", store_uri)
+    service = Service(io.BytesIO())
+    tracker = Tracker(store_uri)
+    state = upload.State(tracker.key, None, None, offset=0)
+    watch = service._watch(path, state, tracker, {}, repair=True)
+    watch.finish_id, watch.deadline = 7, time.monotonic() - 1  # the window has passed
+    assert service._step(watch) is False
+    assert watch.done and (tmp_path / "run" / "loss.png").is_file()
+    assert not list((tmp_path / "run").glob(".*.pickle"))
+    assert json.loads(service.channel.getvalue())["recorded"] is False

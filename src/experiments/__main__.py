@@ -41,7 +41,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 def _job(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
-    overrides = list(hydra_cfg.overrides.task)
+    # What the command line said, a password in a URI removed: it names runs and rows.
+    overrides = [uris.scrub(item) for item in hydra_cfg.overrides.task]
     output_dir = hydra_cfg.runtime.output_dir
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     job = hydra_cfg.job.num if in_sweep else 0  # Hydra numbers jobs only in a multirun

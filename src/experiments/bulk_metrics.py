@@ -24,7 +24,7 @@ import os
 from typing import Any, Optional, Sequence
 
 MAX_FLOAT = 1.7976931348623157e308  # how MLflow stores an infinite value
-COLUMNS = {"key", "value", "timestamp", "step", "is_nan", "run_uuid"}
+COLUMNS = ("key", "value", "timestamp", "step", "is_nan", "run_uuid")  # of a point's row
 DIALECTS = ("sqlite", "postgresql")
 
 
@@ -57,7 +57,7 @@ class BulkMetrics:
             from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric
 
             for table in (SqlMetric.__table__, SqlLatestMetric.__table__):
-                if not COLUMNS <= set(table.columns.keys()):
+                if not set(COLUMNS) <= set(table.columns.keys()):
                     return None
             engine = create_sqlalchemy_engine(uri)
         except Exception:  # a version of MLflow this was not written for: use log_batch
@@ -123,12 +123,11 @@ class BulkMetrics:
             return
         # SQLite: the driver's own executemany, without SQLAlchemy's per-row processing
         # (a third of the time); the statement is built from MLflow's table definition.
-        names = list(_ROW_KEYS)
         sql = (
-            f"INSERT INTO {self.metrics.name} ({', '.join(names)}) "
-            f"VALUES ({', '.join('?' for _ in names)}) ON CONFLICT DO NOTHING"
+            f"INSERT INTO {self.metrics.name} ({', '.join(COLUMNS)}) "
+            f"VALUES ({', '.join('?' for _ in COLUMNS)}) ON CONFLICT DO NOTHING"
         )
-        connection.exec_driver_sql(sql, [tuple(row[name] for name in names) for row in rows])
+        connection.exec_driver_sql(sql, [tuple(row[name] for name in COLUMNS) for row in rows])
 
     def _upsert_latest(self) -> Any:
         statement = self._insert(self.latest)
@@ -148,9 +147,6 @@ class BulkMetrics:
             },
             where=newer,
         )
-
-
-_ROW_KEYS = ("key", "value", "timestamp", "step", "is_nan", "run_uuid")
 
 
 def _row(run_id: str, key: str, value: float, timestamp: int, step: int) -> dict[str, Any]:

@@ -55,22 +55,27 @@ def invoke(hydra_main: Callable[[], object]) -> int:
         try:
             _call(hydra_main)
         except NotRecorded as error:
-            print(f"error: {uris.scrub(str(error))}", file=sys.stderr)
+            _report(str(error))
             return NOT_RECORDED_STATUS
         except EXPECTED as error:
-            print(f"error: {uris.scrub(one_line(error))}", file=sys.stderr)
+            _report(one_line(error))
             return 1
         except KeyboardInterrupt as error:
-            print(f"error: {signals.stop_reason(error)}", file=sys.stderr)
+            _report(signals.stop_reason(error) or "interrupted")
             return getattr(error, "exit_status", 130)
         except OSError as error:
             if error.filename is None:
                 raise
-            print(f"error: {uris.scrub(file_error(error, sys.argv[1:]))}", file=sys.stderr)
+            _report(file_error(error, sys.argv[1:]))
             return 1
         finally:
             del os.environ["HYDRA_FULL_ERROR"]
     return 0
+
+
+def _report(line: str) -> None:
+    """The command's one error line (a password in a URI it quotes removed)."""
+    print(f"error: {uris.scrub(line)}", file=sys.stderr)
 
 
 OUTPUT_DIR_KEYS = ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir")

@@ -185,15 +185,12 @@ class LiveRun:
             wait: False returns at once, with a :class:`PendingDelivery` to wait on later
                 (a sweep's next job runs while this one's last records are sent).
         """
-        service = self.service
         if self._pending is not None:  # closed before the task began: still end the run
+            # (after a signal, without waiting long: a recording process still creating
+            # the run uploads the journal, its end included, before it exits)
             self.started(fallback=True, timeout=HURRY_WAIT_S if hurry else None)
         self.writer.append({"type": "end", "status": status, "error": error})
         self.writer.close()
-        if hurry and self.service is None and service is not None and service.gone is None:
-            # The store has not created the run yet: the recording process will, and then
-            # uploads the journal (its end included) before it exits.
-            return Delivery(self.journal, recorded=False, reason=self.unrecorded)
         if self.service is None:
             if self.unrecorded is not None:
                 return Delivery(self.journal, recorded=False, reason=self.unrecorded)

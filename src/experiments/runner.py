@@ -216,7 +216,7 @@ def _run_task(
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
     rec.log_params({k: uris.scrub(v) if isinstance(v, str) else v for k, v in params.items()})
     rec.log_text(uris.scrub(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
-    rec.log_text(uris.scrub(OmegaConf.to_yaml(list(overrides))), "overrides.yaml")
+    rec.log_text(OmegaConf.to_yaml(list(overrides)), "overrides.yaml")
     device = devices.resolve(settings.device)
     rec.set_tags({"device": str(device), "device.name": devices.describe(device)})
     torch.manual_seed(settings.seed)
@@ -305,7 +305,7 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 def run_name_for(task_name: str, overrides: Sequence[str]) -> str:
     """A readable run name: the task, then the overrides that differ from the defaults."""
     shown = [item for item in overrides if not item.startswith(("task=", "hydra."))]
-    return uris.scrub(" ".join([task_name, *shown]))[:250]
+    return " ".join([task_name, *shown])[:250]
 
 
 def base_tags(task_name: str, overrides: Sequence[str]) -> dict[str, str]:
@@ -314,7 +314,7 @@ def base_tags(task_name: str, overrides: Sequence[str]) -> dict[str, str]:
         "task": task_name,
         "torch.version": torch.__version__,
         "experiments.version": experiments.__version__,
-        "overrides": uris.scrub(" ".join(overrides)) or "(none)",
+        "overrides": " ".join(overrides) or "(none)",
         "mlflow.source.name": "experiments",
     }
     commit = git_commit()

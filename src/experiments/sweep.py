@@ -69,8 +69,7 @@ class Outcome:
 
 def started(job: int, overrides: list[str], output_dir: str | Path) -> Outcome:
     """Mark a job RUNNING in its directory (with its process), and return its outcome."""
-    shown = [uris.scrub(item) for item in overrides]
-    outcome = Outcome(job, shown, "RUNNING", host=liveness.host(), pid=os.getpid())
+    outcome = Outcome(job, overrides, "RUNNING", host=liveness.host(), pid=os.getpid())
     outcome.write(output_dir)
     outcome.status = "FAILED"  # until the job says otherwise
     return outcome
@@ -180,7 +179,7 @@ def start(config: DictConfig) -> str | None:
 
     tracking = config.tracking
     hydra_cfg = config.hydra  # HydraConfig is not set yet when a multirun starts
-    overrides = list(hydra_cfg.overrides.task)
+    overrides = [uris.scrub(item) for item in hydra_cfg.overrides.task]  # no password
     name = sweep_name(hydra_cfg.runtime.choices.get("experiment"), overrides)
     experiment = tracking.experiment or config.task.name
     directory = Path(hydra_cfg.sweep.dir)
@@ -192,7 +191,7 @@ def start(config: DictConfig) -> str | None:
     tags = {
         "sweep": "true",
         "sweep.dir": str(hydra_cfg.sweep.dir),
-        "overrides": uris.scrub(" ".join(overrides)),
+        "overrides": " ".join(overrides),
     }
     store = runner.store_of(tracking)
     recording = live.open_run(directory, header, tags, store, runner.live_settings(tracking))
@@ -226,7 +225,7 @@ def sweep_name(experiment: str | None, overrides: list[str]) -> str:
     """The parent run's name: the named sweep, or the command line's overrides."""
     if experiment:
         return f"sweep {experiment}"
-    return uris.scrub(" ".join(["sweep", *overrides]))[:250]
+    return " ".join(["sweep", *overrides])[:250]
 
 
 def finish(interrupted: bool = False, error: str | None = None) -> list[Outcome]:
@@ -263,7 +262,7 @@ def finish(interrupted: bool = False, error: str | None = None) -> list[Outcome]
     if best is not None and sweep.objective is not None:
         summary += (
             f"\nbest {sweep.objective}: {_number(best.objective)} (job {best.job}: "
-            f"{uris.scrub(' '.join(best.overrides))}), run {best.run_id}"
+            f"{' '.join(best.overrides)}), run {best.run_id}"
         )
     if outcomes:
         print(f"\n{summary}", flush=True)
@@ -432,10 +431,9 @@ def summary_table(outcomes: list[Outcome], objective: Optional[str] = None) -> s
     """
     rows = [("job", "overrides", "status", objective or "objective", "reason / run")]
     for outcome in outcomes:
-        objective = "" if outcome.objective is None else _number(outcome.objective)
+        value = "" if outcome.objective is None else _number(outcome.objective)
         note = outcome.reason or (outcome.run_id or "")
-        overrides = uris.scrub(" ".join(outcome.overrides))
-        rows.append((str(outcome.job), overrides, outcome.status, objective, note))
+        rows.append((str(outcome.job), " ".join(outcome.overrides), outcome.status, value, note))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4]

@@ -318,6 +318,9 @@ class Service:
             self._failed(watch, failure)
 
     def _complete(self, watch: Watch, recorded: bool) -> None:
+        # Whatever became of its upload (a store gone past the retry window, a refusal),
+        # the run's pictures are drawn: a later sync uploads them, and never unpickles.
+        self._draw(watch, final=True)
         watch.done = True
         self.watches.pop(str(watch.path), None)
         if watch.finish_id is None:
