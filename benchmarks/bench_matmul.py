@@ -38,8 +38,8 @@ def task_point(size: int, min_run_time: float, output_dir: Path) -> dict[str, fl
     ctx = TaskContext(torch.device("cpu"), recorder, optim=None, seed=0, output_dir=output_dir)
     matmul.run(matmul.MatmulConfig(size=size, min_run_time_s=min_run_time), ctx)
     return {
-        "gflops": recorder.last("gflops"),
-        "spread": recorder.last("time_iqr_ms") / recorder.last("time_ms"),
+        "gflops": recorder.last("result/gflops"),
+        "spread": recorder.last("result/time_iqr_ms") / recorder.last("result/time_ms"),
         "timing_s": recorder.last("timing_s"),
     }
 
@@ -67,10 +67,9 @@ def pipeline_gflops(size: int, min_run_time: float, directory: Path) -> float:
         capture_output=True,
     )
     newest = max((directory / "run").glob("journal*.jsonl"), key=lambda p: p.stat().st_mtime)
-    values = [
-        r for r in journal.records(newest) if r["type"] == "metrics" and "gflops" in r["values"]
-    ]
-    return float(values[-1]["values"]["gflops"])
+    key = "result/gflops"
+    values = [r for r in journal.records(newest) if r["type"] == "metrics" and key in r["values"]]
+    return float(values[-1]["values"][key])
 
 
 def reference_gflops(size: int, min_run_time: float, threads: int) -> float:

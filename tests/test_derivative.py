@@ -46,8 +46,8 @@ def drawn(recorder: MemoryRecorder, name: str, tmp_path: Path) -> int:
 
 
 def values(recorder: MemoryRecorder) -> dict[str, float]:
-    """The derivative metrics, without timings and checks."""
-    return {k: recorder.last(k) for k in recorder.metrics if not k.startswith(("time/", "check/"))}
+    """The derivative values (``result/...``) by name, without timings and checks."""
+    return {k[7:]: recorder.last(k) for k in recorder.metrics if k.startswith("result/")}
 
 
 # The tutorial's examples.
@@ -185,8 +185,8 @@ def test_float32_rounds_the_point_and_passes_its_looser_tolerance(tmp_path) -> N
     double = run_task(tmp_path, expr=expr, at=at, dtype="float64")
     assert 0 < single.last("check/max_rel_err") < derivative.TOLERANCE["float32"]
     assert double.last("check/max_rel_err") < derivative.TOLERANCE["float64"]
-    assert single.last("df_dx") != double.last("df_dx")
-    assert single.last("df_dx") == pytest.approx(double.last("df_dx"), rel=1e-6)
+    assert single.last("result/df_dx") != double.last("result/df_dx")
+    assert single.last("result/df_dx") == pytest.approx(double.last("result/df_dx"), rel=1e-6)
     # sympy is given the point float32 holds, so rounding of -1.2 is not counted as error
     assert derivative.held_point(at, torch.float32)["x"] == float(torch.tensor(-1.2))
 
@@ -307,13 +307,13 @@ def test_runs_are_recorded_in_mlflow(store_uri, client: MlflowClient, tmp_path) 
             run.data.metrics
         )
         assert run.data.metrics["check/max_abs_err"] == 0.0
-    assert {k: first.data.metrics[k] for k in ("f", "df_dx", "d2f_dx2")} == {
-        "f": 25.0,
-        "df_dx": 10.0,
-        "d2f_dx2": 2.0,
+    assert {k: first.data.metrics[k] for k in ("result/f", "result/df_dx", "result/d2f_dx2")} == {
+        "result/f": 25.0,
+        "result/df_dx": 10.0,
+        "result/d2f_dx2": 2.0,
     }
-    assert (second.data.metrics["df_dx"], second.data.metrics["df_dy"]) == (8.0, 16.0)
-    assert second.data.metrics["d2f_dxdy"] == 17.0
+    assert (second.data.metrics["result/df_dx"], second.data.metrics["result/df_dy"]) == (8.0, 16.0)
+    assert second.data.metrics["result/d2f_dxdy"] == 17.0
     assert second.data.params["task.expr"] == PARTIAL
     assert second.data.params["task.at.y"] == "1"
     first_artifacts = {a.path for a in client.list_artifacts(first.info.run_id)}
@@ -330,15 +330,15 @@ def test_a_non_finite_point_fails_the_run_with_the_reason(store_uri, client, tmp
     (run,) = runs_of(client, "derivative")
     assert run.info.status == "FAILED"
     assert run.data.tags["error"].startswith("f is not finite at x=0")
-    assert "f" not in run.data.metrics
+    assert "result/f" not in run.data.metrics
 
 
 @pytest.mark.slow
 def test_the_command_line_sweeps_over_points(workdir: Path, store_uri, client) -> None:
     result = run_cli(["-m", "task=derivative", "task.at.x=1,2,3", "device=cpu"], cwd=workdir)
     assert result.returncode == 0, result.stderr
-    runs = [run for run in runs_of(client, "derivative") if "df_dx" in run.data.metrics]
-    assert sorted(run.data.metrics["df_dx"] for run in runs) == [2.0, 4.0, 6.0]
+    runs = [run for run in runs_of(client, "derivative") if "result/df_dx" in run.data.metrics]
+    assert sorted(run.data.metrics["result/df_dx"] for run in runs) == [2.0, 4.0, 6.0]
     assert all(run.info.status == "FINISHED" for run in runs)
 
 

@@ -160,11 +160,12 @@ def test_run_records_metrics_tags_and_figure(tmp_path):
     ctx = cpu_context(tmp_path)
     result = matmul.run(quick_config(), ctx)
     recorder = ctx.recorder
-    assert result == recorder.last("time_ms")
-    expected = {"time_ms", "time_iqr_ms", "gflops", "cold_ms", "rel_error", "repeats", "timing_s"}
+    assert result == recorder.last("result/time_ms")
+    results = {"time_ms", "time_iqr_ms", "gflops", "cold_ms", "rel_error"}
+    expected = {f"result/{name}" for name in results} | {"repeats", "timing_s"}
     assert expected <= set(recorder.metrics)
-    assert "h2d_ms" not in recorder.metrics and "peak_mem_mb" not in recorder.metrics
-    assert recorder.last("rel_error") < 1e-5
+    assert not {"result/h2d_ms", "result/peak_mem_mb"} & set(recorder.metrics)
+    assert recorder.last("result/rel_error") < 1e-5
     assert recorder.tags["shape"] == "(32x48)@(48x16)"
     assert recorder.tags["dtype"] == "float32"
     assert recorder.tags["threads"] == timing.default_threads()

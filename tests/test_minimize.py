@@ -36,8 +36,8 @@ def test_defaults_reproduce_the_tutorial(store_uri, client, tmp_path) -> None:
     assert xs[0][1] == 10.0
     # the tutorial's first SGD update: x <- x - 0.1 * (6x + 6) = 10 - 6.6
     assert xs[1][1] == pytest.approx(3.4)
-    assert len(history(client, run.info.run_id, "loss")) == 21
-    assert len(history(client, run.info.run_id, "grad_norm")) == 21
+    assert len(history(client, run.info.run_id, "result/loss")) == 21
+    assert len(history(client, run.info.run_id, "result/grad_norm")) == 21
 
 
 def test_run_records_params_tags_timings_and_artifacts(store_uri, client, tmp_path) -> None:
@@ -48,7 +48,8 @@ def test_run_records_params_tags_timings_and_artifacts(store_uri, client, tmp_pa
     assert params["optim._target_"] == "torch.optim.Adam"
     assert params["task.steps"] == "20"
     assert params["task.init.x"] == "10.0"
-    assert params["device"] == "auto"
+    assert params["device"] == "cpu"  # what device=auto resolved to
+    assert not [key for key in params if key.startswith(("tracking.", "skip_existing"))]
     tags = run.data.tags
     assert tags["task"] == "minimize"
     assert tags["device"] == "cpu"
@@ -89,13 +90,13 @@ def test_rosenbrock_in_two_variables_with_lbfgs(store_uri, client, tmp_path) -> 
 def test_tol_stops_early_and_log_every_thins(store_uri, client, tmp_path) -> None:
     run_minimize(store_uri, tmp_path, ["task.steps=500", "task.tol=1e-3", "tracking.log_every=5"])
     (run,) = runs_of(client, "minimize")
-    steps = [step for step, _ in history(client, run.info.run_id, "loss")]
+    steps = [step for step, _ in history(client, run.info.run_id, "result/loss")]
     assert run.data.tags["stop_reason"] == "tol"
-    stopped = int(run.data.metrics["steps_run"])
+    stopped = int(run.data.metrics["result/steps_run"])
     assert stopped < 500
     assert steps[-1] == stopped
     assert all(step % 5 == 0 for step in steps[:-1])
-    assert run.data.metrics["grad_norm"] < 1e-3
+    assert run.data.metrics["result/grad_norm"] < 1e-3
 
 
 def test_divergence_fails_the_run_with_the_reason(store_uri, client, tmp_path) -> None:
@@ -104,7 +105,7 @@ def test_divergence_fails_the_run_with_the_reason(store_uri, client, tmp_path) -
     (run,) = runs_of(client, "minimize")
     assert run.info.status == "FAILED"
     assert run.data.tags["error"].startswith("diverged")
-    assert len(history(client, run.info.run_id, "loss")) > 0  # what it recorded is kept
+    assert len(history(client, run.info.run_id, "result/loss")) > 0  # what it recorded is kept
 
 
 def test_unavailable_device_fails_the_run_and_names_what_exists(store_uri, client, tmp_path):

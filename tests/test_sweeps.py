@@ -123,6 +123,8 @@ def test_sweep_in_process_groups_jobs_under_a_finished_parent(
     assert parent.info.run_name == "sweep task.steps=3,4,5"
     assert_children_of(parent, jobs)
     assert sorted(run.data.params["task.steps"] for run in jobs) == ["3", "4", "5"]
+    # a job is named by what varies in the sweep; the rest is in the parent's name
+    assert sorted(run.info.run_name for run in jobs) == ["steps=3", "steps=4", "steps=5"]
     assert "Sweep 'sweep task.steps=3,4,5': 3 jobs: 3 finished" in out
     printed = table_rows(out)
     assert set(printed) == {"task.steps=3", "task.steps=4", "task.steps=5"}
@@ -130,11 +132,11 @@ def test_sweep_in_process_groups_jobs_under_a_finished_parent(
     for run in jobs:  # each row links the job to its run
         assert run.info.run_id in printed[run.data.tags["overrides"]][1]
     # The summary names its objective; the parent holds the best one and its run.
-    assert re.search(r"^job\s+overrides\s+status\s+loss\s+reason / run$", out, re.M), out
-    best = min(jobs, key=lambda run: run.data.metrics["loss"])
-    assert parent.data.metrics["best_loss"] == best.data.metrics["loss"]
+    assert re.search(r"^job\s+overrides\s+status\s+result/loss\s+reason / run$", out, re.M), out
+    best = min(jobs, key=lambda run: run.data.metrics["result/loss"])
+    assert parent.data.metrics["best/loss"] == best.data.metrics["result/loss"]
     assert parent.data.tags["best_run"] == best.info.run_id
-    assert f"best loss: {best.data.metrics['loss']:.6g} (job " in out
+    assert f"best result/loss: {best.data.metrics['result/loss']:.6g} (job " in out
     assert f"), run {best.info.run_id}" in out
     page = f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}"
     assert f"Review it with: mlflow ui --backend-store-uri {store_uri}" in out
@@ -182,10 +184,10 @@ def test_joblib_with_4_workers_on_a_fresh_store(workdir) -> None:
     names = {e.experiment_id: e.name for e in client.search_experiments()}
     assert names[parent.info.experiment_id] == "minimize"
     for run in jobs:
-        assert names[run.info.experiment_id] == run.data.params["tracking.experiment"]
-    assert sorted(
-        (run.data.params["tracking.experiment"], run.data.params["task.steps"]) for run in jobs
-    ) == [("race_a", "5"), ("race_a", "6"), ("race_b", "5"), ("race_b", "6")]
+        experiment = names[run.info.experiment_id]
+        assert f"tracking.experiment={experiment}" in run.data.tags["overrides"]
+    found = sorted((names[run.info.experiment_id], run.data.params["task.steps"]) for run in jobs)
+    assert found == [("race_a", "5"), ("race_a", "6"), ("race_b", "5"), ("race_b", "6")]
     assert runs_of(client, "Default") == []
 
 
@@ -228,6 +230,14 @@ def test_a_failing_job_in_the_middle(monkeypatch, capfd, store_uri, client, tmp_
     assert failed_status == "FAILED"
     assert failed_note.startswith("diverged: loss=inf")
     assert failed_note == by_lr["50.0"].data.tags["error"]
+    # the comparison report is in the parent with no extra command, a failed job or not
+    report = {item.path for item in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/table.txt", "report/minimize.png", "report/minimize_loss_curves.png"} <= report
+    table = client.download_artifacts(parent.info.run_id, "report/table.txt", str(tmp_path))
+    assert "FAILED" in Path(table).read_text() and "diverged" in Path(table).read_text()
+    local = sorted(p.name for p in Path(parent.data.tags["sweep.dir"], "report").iterdir())
+    assert local == sorted(path.rsplit("/", 1)[-1] for path in report)
+    assert "report: 2 figures logged into the parent run under report/" in captured.out
 
 
 def test_a_job_with_an_invalid_config_is_listed_failed_without_a_run(
@@ -349,7 +359,7 @@ def test_matmul_scaling_command_line_replaces_the_presets_sweep_values(
         ("cpu", "64", "bfloat16"),
         ("cpu", "64", "float32"),
     ]
-    assert all(run.data.metrics["gflops"] > 0 for run in jobs)
+    assert all(run.data.metrics["result/gflops"] > 0 for run in jobs)
 
 
 def test_matmul_scaling_sweeps_both_devices_by_default(monkeypatch, capfd, store_uri) -> None:
@@ -382,8 +392,8 @@ def test_optuna_search_gets_each_jobs_objective(
     assert all(1e-4 <= float(run.data.params["optim.lr"]) <= 1.0 for run in jobs)
     (results,) = (workdir / "outputs" / "multirun").glob("*/*/optimization_results.yaml")
     found = yaml.safe_load(results.read_text())
-    best = min(jobs, key=lambda run: run.data.metrics["loss"])
-    assert found["best_value"] == pytest.approx(best.data.metrics["loss"])
+    best = min(jobs, key=lambda run: run.data.metrics["result/loss"])
+    assert found["best_value"] == pytest.approx(best.data.metrics["result/loss"])
     assert found["best_params"]["optim.lr"] == pytest.approx(float(best.data.params["optim.lr"]))
 
 

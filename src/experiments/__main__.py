@@ -58,6 +58,7 @@ def _job(cfg: DictConfig) -> float | None:
             output_dir,
             parent_run_id=parent.run_id,
             parent_journal=parent.journal_id,
+            run_name=parent.child_name(overrides),
             # In the launching process, the next job runs while this one's last records
             # are sent; the sweep collects how they fared before its summary.
             defer_delivery=in_sweep and sweep.active(),

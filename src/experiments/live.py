@@ -283,6 +283,21 @@ def adopt(path: Path, store: Store, status: str, reason: str) -> Optional[str]:
     return reply.get("run_id")
 
 
+def report(store: Store, parent_run_id: str, out: Path, timeout: float) -> dict[str, Any]:
+    """Have the recording process write a sweep's report into ``out`` and log it into the
+    parent run under ``report/`` (see :mod:`experiments.report`); return its reply."""
+    return client.get().call(
+        "report",
+        timeout=timeout,
+        uri=store.uri,
+        source=store.source,
+        timeout_s=store.timeout_s,
+        env={name: value for name, value in os.environ.items() if name.startswith("MLFLOW_")},
+        parent=parent_run_id,
+        out=str(Path(out).resolve()),
+    )
+
+
 def _earlier_attempt(directory: Path, header: Header) -> Optional[str]:
     """The run of an earlier attempt at the same config in this directory, if any.
 

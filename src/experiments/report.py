@@ -33,11 +33,12 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from experiments import plots
 from experiments import report_figures as figures
 from experiments.errors import ConfigError
+from experiments.names import results
 from experiments.tracking import ERROR_TAG, Tracker, resolve_uri
 
 ARTIFACT_DIR = "report"
 SWEEP_TAG = "sweep"
-KEY_METRICS = {
+KEY_METRICS = {  # results by bare name (see experiments.names), and the check
     "minimize": ("loss",),
     "matmul": ("gflops",),
     "derivative": ("f", "check/max_rel_err"),
@@ -197,15 +198,16 @@ def derivative_table(runs: Sequence[Run]) -> str:
     rows = [("run", "status", "expr", "at", "values", "max abs err", "max rel err")]
     for run in runs:
         params, metrics = run.data.params, run.data.metrics
+        values_of = results(metrics)
         at = " ".join(f"{k[8:]}={v}" for k, v in sorted(params.items()) if k.startswith("task.at."))
-        values = sorted((m for m in metrics if DERIVATIVE_METRIC.match(m)), key=_derivative_order)
+        values = sorted((m for m in values_of if DERIVATIVE_METRIC.match(m)), key=_derivative_order)
         rows.append(
             (
                 run.info.run_name or _id(run),
                 run.info.status,
                 params.get("task.expr", ""),
                 at,
-                " ".join(f"{m}={_format(metrics[m])}" for m in values),
+                " ".join(f"{m}={_format(values_of[m])}" for m in values),
                 _format(metrics.get("check/max_abs_err")),
                 _format(metrics.get("check/max_rel_err")),
             )
@@ -330,7 +332,7 @@ def _all_pages(fetch: Callable[..., list]) -> list:
 
 
 def _key_metric(run: Run) -> str:
-    metrics = run.data.metrics
+    metrics = {**run.data.metrics, **results(run.data.metrics)}
     shown = [key for key in KEY_METRICS.get(_task(run), ()) if key in metrics]
     return " ".join(f"{key.rsplit('/', 1)[-1]}={_format(metrics[key])}" for key in shown)
 

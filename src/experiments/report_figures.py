@@ -24,8 +24,11 @@ from matplotlib.ticker import NullFormatter
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
+from experiments import names
+
 CONVERGED_RTOL = 1e-6
 SIZE_LABEL = "size n (n x n; the cube root of m*k*n otherwise)"
+NOISY_TAG = "noisy"  # a matmul run's tag when its timings spread widely (tasks.matmul)
 MAX_TICKS = 12  # label every swept value up to this many; matplotlib's own ticks beyond
 
 
@@ -38,6 +41,7 @@ class MatmulResult:
     size: float  # n for n x n; the cube root of m*k*n otherwise
     time_ms: float
     gflops: float
+    noisy: bool = False  # its timings spread widely (the run's ``noisy`` tag says why)
 
 
 @dataclass(frozen=True)
@@ -76,13 +80,16 @@ def matmul_results(runs: Iterable[Run]) -> list[MatmulResult]:
     """The runs that recorded a time and a throughput, as :class:`MatmulResult`."""
     found = []
     for run in runs:
-        metrics, params, tags = run.data.metrics, run.data.params, run.data.tags
+        metrics, params, tags = names.results(run.data.metrics), run.data.params, run.data.tags
         size = matmul_size(params)
         if size is None or "time_ms" not in metrics or "gflops" not in metrics:
             continue
         dtype = tags.get("dtype") or params.get("task.dtype", "?")
         device = tags.get("device", "?")
-        found.append(MatmulResult(device, dtype, size, metrics["time_ms"], metrics["gflops"]))
+        noisy = NOISY_TAG in tags
+        found.append(
+            MatmulResult(device, dtype, size, metrics["time_ms"], metrics["gflops"], noisy)
+        )
     return found
 
 
@@ -116,6 +123,14 @@ def matmul_figure(results: Sequence[MatmulResult]) -> Figure:
     for label, members in groups.items():
         time_ax.plot(*_median_line((r.size, r.time_ms) for r in members), "o-", label=label)
         gflops_ax.plot(*_median_line((r.size, r.gflops) for r in members), "o-", label=label)
+    noisy = [r for r in results if r.noisy]
+    if noisy:  # drawn over their line: a point to rerun before trusting it
+        label = "noisy: rerun (its run's noisy tag says why)"
+        for ax, values in (
+            (time_ax, [r.time_ms for r in noisy]),
+            (gflops_ax, [r.gflops for r in noisy]),
+        ):
+            ax.plot([r.size for r in noisy], values, "x", color="red", ms=11, mew=2.2, label=label)
     time_ax.set(title="warm time of one product", ylabel="time (ms)")
     gflops_ax.set(title="throughput", ylabel="GFLOP/s")
     for ax in (time_ax, gflops_ax):
@@ -145,12 +160,12 @@ def minimize_results(client: MlflowClient, runs: Iterable[Run]) -> list[Minimize
     """The runs' loss histories (one MLflow call per run), as :class:`MinimizeResult`."""
     found = []
     for run in runs:
-        history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "loss")}
+        history = {m.step: m.value for m in _loss_history(client, run)}
         if not history:
             continue
         steps = sorted(history)
         losses = [history[step] for step in steps]
-        params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
+        params, tags, metrics = run.data.params, run.data.tags, names.results(run.data.metrics)
         stopped_by_tol = tags.get("stop_reason") == "tol"
         found.append(
             MinimizeResult(
@@ -165,6 +180,14 @@ def minimize_results(client: MlflowClient, runs: Iterable[Run]) -> list[Minimize
             )
         )
     return found
+
+
+def _loss_history(client: MlflowClient, run: Run) -> list:
+    """The run's loss at every recorded step (named ``loss`` in runs before the prefix)."""
+    key = names.result("loss")
+    if key not in run.data.metrics and "loss" in run.data.metrics:
+        key = "loss"
+    return client.get_metric_history(run.info.run_id, key)
 
 
 def steps_to_converge(

@@ -79,6 +79,7 @@ def execute(
     parent_run_id: str | None = None,
     parent_journal: str | None = None,
     defer_delivery: bool = False,
+    run_name: str | None = None,
 ) -> Result:
     """Execute the task that ``cfg`` names and record it as one MLflow run.
 
@@ -96,6 +97,8 @@ def execute(
         defer_delivery: a finished run returns before its last records are confirmed in
             the store; ``Result.pending`` says how they fared (a sweep's next job runs
             meanwhile).
+        run_name: the run's name unless ``tracking.run_name`` sets one; by default the
+            task and the overrides.
 
     Returns:
         The objective, the run that recorded it, and how its records fared.
@@ -115,7 +118,7 @@ def execute(
     experiment = tracking.experiment or task_name
     identity = config_hash(cfg)
     in_sweep = parent_run_id is not None or parent_journal is not None
-    run_name = tracking.run_name or run_name_for(task_name, overrides)
+    run_name = tracking.run_name or run_name or run_name_for(task_name, overrides)
     out = Path(output_dir) if output_dir is not None else adhoc_directory()
     out.mkdir(parents=True, exist_ok=True)
     tags = {**base_tags(task_name, overrides), CONFIG_HASH_TAG: identity}
@@ -213,11 +216,10 @@ def _run_task(
     started: float,
 ) -> float | None:
     # A password typed into a tracking URI never reaches the store (see uris.scrub).
-    params = flatten(OmegaConf.to_container(cfg, resolve=True))
-    rec.log_params({k: uris.scrub(v) if isinstance(v, str) else v for k, v in params.items()})
     rec.log_text(uris.scrub(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
     rec.log_text(OmegaConf.to_yaml(list(overrides)), "overrides.yaml")
     device = devices.resolve(settings.device)
+    rec.log_params(task_params(task, settings, cfg, device))
     rec.set_tags({"device": str(device), "device.name": devices.describe(device)})
     torch.manual_seed(settings.seed)
     ctx = TaskContext(
@@ -235,6 +237,31 @@ def _run_task(
     total_s = time.perf_counter() - started
     rec.log_metrics({"time/setup_s": setup_s, "time/task_s": task_s, "time/total_s": total_s})
     return objective
+
+
+def task_params(
+    task: ModuleType, settings: config.Config, cfg: DictConfig, device: torch.device
+) -> dict[str, Any]:
+    """The params of a run: the settings that affect its task, with the values it used.
+
+    The optimizer's settings only where the task uses an optimizer, no tracking settings
+    (the run's ``config.yaml`` artifact keeps the whole resolved config), the device that
+    ``auto`` resolved to, and what the task resolves itself (its ``resolved_params``: a
+    matmul's shape and thread count).
+    """
+    params = flatten(OmegaConf.to_container(cfg, resolve=True))
+    uses_optimizer = getattr(task, "USES_OPTIMIZER", False)
+    kept = {
+        key: uris.scrub(value) if isinstance(value, str) else value
+        for key, value in params.items()
+        if not key.startswith(("tracking.", "skip_existing"))
+        and (uses_optimizer or not key.startswith("optim."))
+    }
+    kept["device"] = str(device)
+    resolved = getattr(task, "resolved_params", None)
+    if resolved is not None:
+        kept.update({f"task.{key}": value for key, value in resolved(settings.task).items()})
+    return kept
 
 
 def journal_header(tracking: Any, experiment: str, run_name: str, out: Path) -> Header:

@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
@@ -30,9 +32,12 @@ from experiments.errors import ConfigError, RunFailure
 log = logging.getLogger(__name__)
 
 PARENT_FILE = "parent_run_id"
+SWEPT_FILE = "swept_keys.json"  # the keys whose values vary across the sweep's jobs
 OUTCOME_FILE = "outcome.json"
 STOPPED_FILE = "stopped"  # written when a signal stops the sweep: jobs not started stay so
 LOST_JOB = "lost: the job's process ended without reporting (killed, or out of memory?)"
+REPORT_DIR = "report"  # the sweep's report: in the sweep directory and in the parent run
+REPORT_WAIT_S = 120.0  # how long a sweep's end waits for its report
 STOP_WAIT_S = 10.0  # how long an interrupted sweep waits for its running jobs to close
 MAX_TAG_LENGTH = 8000  # MLflow's limit on a tag's value
 STATUSES = ("FINISHED", "FAILED", "KILLED", "UNSYNCED", "SKIPPED", "RUNNING")
@@ -95,6 +100,57 @@ class Parent:
 
     run_id: Optional[str] = None  # None when the sweep is kept offline
     journal_id: Optional[str] = None
+    swept: Optional[list[str]] = None  # the keys the sweep varies, in command-line order
+
+    def child_name(self, overrides: list[str]) -> Optional[str]:
+        """A job's run name: what varies in the sweep (``optim=adam lr=0.1``).
+
+        What is fixed for the whole sweep is in the parent's name. None when this sweep
+        varies nothing the job's overrides show (the runner's default name then).
+        """
+        if not self.swept:
+            return None
+        parser = OverridesParser.create()
+        values = {}
+        for item in overrides:
+            try:
+                override = parser.parse_override(item)
+            except HydraException:
+                continue
+            values[override.key_or_group] = item.split("=", 1)[1]
+        shown = [key for key in self.swept if key in values]
+        if not shown:
+            return None
+        ends = [key.rsplit(".", 1)[-1] for key in shown]
+        # two keys ending alike (task.init.x, task.at.x) keep their whole paths
+        labels = [end if ends.count(end) == 1 else key for key, end in zip(shown, ends)]
+        return " ".join(f"{label}={values[key]}" for label, key in zip(labels, shown))[:250]
+
+
+def swept_keys(overrides: list[str], sweeper_params: Any) -> list[str]:
+    """The keys a sweep varies: its command line's sweeps (``optim.lr=0.1,0.01``), then
+    those of ``hydra.sweeper.params`` the command line did not replace with one value."""
+    parser = OverridesParser.create()
+    swept: list[str] = []
+    fixed: set[str] = set()
+    for item in overrides:
+        try:
+            override = parser.parse_override(item)
+        except HydraException:
+            continue
+        if override.is_sweep_override():
+            swept.append(override.key_or_group)
+        else:
+            fixed.add(override.key_or_group)
+    for key, value in dict(sweeper_params or {}).items():
+        if key in swept or key in fixed:
+            continue
+        try:
+            if parser.parse_override(f"{key}={value}").is_sweep_override():
+                swept.append(str(key))
+        except HydraException:
+            continue
+    return swept
 
 
 def parent_run_id(sweep_dir: str | Path) -> str | None:
@@ -119,7 +175,11 @@ def parent_of(sweep_dir: str | Path) -> Parent:
         journal_id = journal.read_header(Path(sweep_dir, journal.NAME)).journal_id
     except journal.JournalError:
         journal_id = None
-    return Parent(parent_run_id(sweep_dir), journal_id)
+    try:
+        swept = json.loads(Path(sweep_dir, SWEPT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        swept = None
+    return Parent(parent_run_id(sweep_dir), journal_id, swept)
 
 
 def active() -> bool:
@@ -198,6 +258,8 @@ def start(config: DictConfig) -> str | None:
     runner.prepare(config.task.name)  # the jobs' start-up, while the store opens
     recording.started()  # a store that cannot take the parent stops the sweep here
     _share_cores(hydra_cfg.launcher)
+    swept = swept_keys(overrides, hydra_cfg.sweeper.get("params"))
+    Path(directory, SWEPT_FILE).write_text(json.dumps(swept), encoding="utf-8")
     if recording.run_id is not None:
         Path(directory, PARENT_FILE).write_text(recording.run_id, encoding="utf-8")
     objective = getattr(runner.TASKS.get(config.task.name), "OBJECTIVE", None)
@@ -264,6 +326,8 @@ def finish(interrupted: bool = False, error: str | None = None) -> list[Outcome]
             f"\nbest {sweep.objective}: {_number(best.objective)} (job {best.job}: "
             f"{' '.join(best.overrides)}), run {best.run_id}"
         )
+    if outcomes and not interrupted:
+        _report(sweep)
     if outcomes:
         print(f"\n{summary}", flush=True)
         where = review_line(sweep)
@@ -275,7 +339,7 @@ def finish(interrupted: bool = False, error: str | None = None) -> list[Outcome]
         tags["sweep.reused_runs"] = ",".join(reused)[:MAX_TAG_LENGTH]
     if best is not None and sweep.objective is not None:
         tags[BEST_RUN_TAG] = str(best.run_id)
-        sweep.recording.recorder.log_metrics({f"best_{sweep.objective}": best.objective})
+        sweep.recording.recorder.log_metrics({best_metric(sweep.objective): best.objective})
     status = "KILLED" if interrupted else "FAILED" if reason else "FINISHED"
     recorder = sweep.recording.recorder
     recorder.log_text(summary + "\n", "summary.txt")
@@ -292,6 +356,37 @@ def finish(interrupted: bool = False, error: str | None = None) -> list[Outcome]
 
 
 BEST_RUN_TAG = "best_run"  # the parent's tag: the run that reached the best objective
+
+
+def best_metric(objective: str) -> str:
+    """The parent's metric holding the best objective: ``best/loss`` for ``result/loss``."""
+    return "best/" + objective.rsplit("/", 1)[-1]
+
+
+def _report(sweep: _Sweep) -> None:
+    """The sweep's comparison report, in ``<sweep dir>/report`` and the parent's ``report/``."""
+    from experiments import live
+    from experiments.recorder.client import RecorderGone
+
+    run_id = sweep.recording.run_id
+    if sweep.store is None or run_id is None:
+        return  # kept offline: python -m experiments.report --parent makes it after sync
+    try:
+        reply = live.report(sweep.store, run_id, sweep.directory / REPORT_DIR, REPORT_WAIT_S)
+    except (RecorderGone, RunFailure, ConfigError) as failure:
+        log.warning(
+            "the sweep's report was not made: %s; make it with: python -m experiments.report "
+            "--parent %s",
+            (str(failure).strip().splitlines() or [type(failure).__name__])[0],
+            run_id,
+        )
+        return
+    log.info(
+        "report: %d figures logged into the parent run under %s/ in %.2f s",
+        len(reply.get("figures", [])),
+        REPORT_DIR,
+        reply.get("seconds", 0.0),
+    )
 
 
 def best_outcome(outcomes: list[Outcome]) -> Optional[Outcome]:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Optional
 
-from experiments import journal, liveness, startup, upload, uris
+from experiments import journal, liveness, names, startup, upload, uris
 from experiments.errors import ConfigError, TrackingError
 
 log = logging.getLogger("experiments.recorder")
@@ -191,6 +191,24 @@ class Service:
         watch.close_as = (status, reason)
         watch.finish_id = message["id"]
         watch.deadline = time.monotonic() + float(run["retry_s"])
+
+    def _op_report(self, message: dict[str, Any]) -> None:
+        """Write a sweep's comparison report and log it into its parent run under report/."""
+        from experiments import report
+
+        started = time.monotonic()
+        tracker = self._store(message)
+        selection = report.select(tracker.client, parent=message["parent"])
+        built = report.build(tracker.client, selection.runs)
+        out = report.write(built, Path(message["out"]))
+        tracker.client.log_artifacts(message["parent"], str(out), report.ARTIFACT_DIR)
+        self._reply(
+            message,
+            ok=True,
+            figures=sorted(built.figures),
+            tables=sorted(built.tables),
+            seconds=round(time.monotonic() - started, 3),
+        )
 
     def _op_pause(self, message: dict[str, Any]) -> None:
         """Stop all work (a task is timing something) until resumed; reply when idle."""
@@ -401,7 +419,9 @@ def _finished_run(
     if not found:
         return None
     metrics = found[0].data.metrics
-    objective = metrics.get(objective_key) if objective_key is not None else None
+    objective = None
+    if objective_key is not None:  # a run recorded before results had their prefix: bare
+        objective = metrics.get(objective_key, metrics.get(names.legacy_name(objective_key) or ""))
     return {"run_id": found[0].info.run_id, "objective": objective}
 
 

@@ -7,6 +7,12 @@ and ``OBJECTIVE``, the name of the metric holding that objective. A task may als
 ``prepare()``, which the runner calls while the tracking store opens (imports the task
 will need anyway).
 Tasks never import MLflow.
+
+Metric names say where a reviewer finds them. MLflow's UI makes one chart section per
+prefix before the last ``/`` and sorts the sections by name, putting metrics without a
+prefix last. So a task's own results are ``result/<name>`` (``result/loss``), ahead of the
+``time/...`` timings and ``var/...`` paths; ``check/...`` (derivative's check against
+sympy) sorts first, with them.
 """
 
 from __future__ import annotations

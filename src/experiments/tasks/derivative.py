@@ -31,6 +31,7 @@ from experiments.config import (
 from experiments.context import TaskContext
 from experiments.errors import ConfigError, RunFailure
 from experiments.expressions import Expression, parse
+from experiments.names import result
 
 if TYPE_CHECKING:
     import sympy
@@ -69,7 +70,7 @@ class DerivativeConfig:
 
 
 SCHEMA = DerivativeConfig
-OBJECTIVE = "f"  # the metric run() returns: f at the point
+OBJECTIVE = result("f")  # the metric run() returns: f at the point
 
 
 @dataclass
@@ -248,14 +249,14 @@ def run(cfg: DerivativeConfig, ctx: TaskContext) -> float:
     try:
         check_finite(values, point)
     except RunFailure:
-        ctx.recorder.log_metrics({k: v for k, v in values.items() if math.isfinite(v)})
+        ctx.recorder.log_metrics({result(k): v for k, v in values.items() if math.isfinite(v)})
         raise
 
     started = time.perf_counter()
     rows = against_sympy(expression, point, values, cfg.order)
     ctx.recorder.log_metrics({"time/sympy_s": time.perf_counter() - started})
     checked = [row for row in rows if math.isfinite(row.exact)]
-    ctx.recorder.log_metrics(values)
+    ctx.recorder.log_metrics({result(k): v for k, v in values.items()})
     ctx.recorder.log_metrics(
         {
             "check/max_abs_err": max((row.abs_err for row in checked), default=0.0),

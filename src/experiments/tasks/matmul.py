@@ -17,6 +17,7 @@ from experiments import devices
 from experiments.config import check_choice, check_positive, check_positive_int
 from experiments.context import TaskContext
 from experiments.errors import ConfigError
+from experiments.names import result
 from experiments.timing import DTYPES, MatmulTiming, default_threads, measure_matmul
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,17 @@ class MatmulConfig:
 
 
 SCHEMA = MatmulConfig
-OBJECTIVE = "time_ms"  # the metric run() returns: what a sweeper minimises
+OBJECTIVE = result("time_ms")  # the metric run() returns: what a sweeper minimises
+NOISY_TAG = "noisy"  # set, with the likely cause, on a run whose timings spread widely
+NOISY_SPREAD = 0.10  # IQR / median above which a measurement is flagged; ~1 s of timing on
+# an idle machine stays under 5%
+
+
+def resolved_params(cfg: MatmulConfig) -> dict[str, int]:
+    """The shape and thread count a run uses, whichever settings gave them (its params)."""
+    m, k, n = cfg.shape()
+    threads = default_threads() if cfg.threads is None else cfg.threads
+    return {"m": m, "k": k, "n": n, "threads": threads}
 
 
 def run(cfg: MatmulConfig, ctx: TaskContext) -> float:
@@ -101,6 +112,10 @@ def run(cfg: MatmulConfig, ctx: TaskContext) -> float:
             seed=ctx.seed,
         )
     ctx.recorder.log_metrics(metrics(timing))
+    noise = noisy(timing)
+    if noise is not None:
+        ctx.recorder.set_tags({NOISY_TAG: noise})
+        log.warning("noisy measurement: %s", noise)
     ctx.recorder.log_figure(timing_figure(timing), "timing.png")
     log.info(
         "%s %s on %s: %.4g ms (IQR %.2g ms), %.1f GFLOP/s; cold %.4g ms",
@@ -115,21 +130,41 @@ def run(cfg: MatmulConfig, ctx: TaskContext) -> float:
     return timing.median_ms
 
 
+def noisy(timing: MatmulTiming) -> Optional[str]:
+    """Why a measurement should not be trusted as it is, or None when it can be.
+
+    A spread (IQR) over ``NOISY_SPREAD`` of the median means the products did not all run
+    alike: something else used the device while they ran.
+    """
+    if not timing.relative_spread > NOISY_SPREAD:
+        return None
+    cause = (
+        "another process used the CPU, or its clock changed"
+        if timing.device.startswith("cpu")
+        else f"another process used {timing.device}, or its clocks throttled"
+    )
+    return (
+        f"IQR {timing.iqr_ms:.3g} ms is {timing.relative_spread:.0%} of the median "
+        f"{timing.median_ms:.3g} ms (over {NOISY_SPREAD:.0%}): likely {cause} while it was "
+        "timed; rerun it on an idle machine"
+    )
+
+
 def metrics(timing: MatmulTiming) -> dict[str, float]:
     """The run's metrics; ``h2d_ms`` and ``peak_mem_mb`` only where they were measured."""
     values = {
-        "time_ms": timing.median_ms,
-        "time_iqr_ms": timing.iqr_ms,
-        "gflops": timing.gflops,
-        "cold_ms": timing.cold_ms,
-        "rel_error": timing.rel_error,
-        "repeats": timing.repeats,
+        result("time_ms"): timing.median_ms,
+        result("time_iqr_ms"): timing.iqr_ms,
+        result("gflops"): timing.gflops,
+        result("cold_ms"): timing.cold_ms,
+        result("rel_error"): timing.rel_error,
+        "repeats": timing.repeats,  # how it was measured: last in the UI, with no prefix
         "timing_s": timing.timing_s,
     }
     if timing.h2d_ms is not None:
-        values["h2d_ms"] = timing.h2d_ms
+        values[result("h2d_ms")] = timing.h2d_ms
     if timing.peak_mem_mb is not None:
-        values["peak_mem_mb"] = timing.peak_mem_mb
+        values[result("peak_mem_mb")] = timing.peak_mem_mb
     return values
 
 

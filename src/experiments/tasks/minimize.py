@@ -27,6 +27,7 @@ from experiments.config import (
 from experiments.context import TaskContext
 from experiments.errors import ConfigError, RunFailure
 from experiments.expressions import Expression, parse
+from experiments.names import result
 from experiments.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,9 @@ class MinimizeConfig:
 
 
 SCHEMA = MinimizeConfig
-OBJECTIVE = "loss"  # the metric run() returns: what a sweeper minimises
+OBJECTIVE = result("loss")  # the metric run() returns: what a sweeper minimises
+LOSS, GRAD_NORM = OBJECTIVE, result("grad_norm")
+USES_OPTIMIZER = True  # the run records the optim.* settings as params
 
 
 def prepare() -> None:
@@ -82,8 +85,8 @@ class Trajectory:
         self.grad_norm.append(grad_norm)
         self.values.append(values)
         return {
-            "loss": loss,
-            "grad_norm": grad_norm,
+            LOSS: loss,
+            GRAD_NORM: grad_norm,
             **{f"var/{name}": value for name, value in zip(self.names, values)},
         }
 
@@ -105,7 +108,7 @@ def run(cfg: MinimizeConfig, ctx: TaskContext) -> float:
     started = time.perf_counter()
     trajectory, reason = _optimise(expression, params, optimizer, cfg, ctx)
     ctx.recorder.log_metrics({"time/optimize_s": time.perf_counter() - started})
-    ctx.recorder.log_metrics({"steps_run": trajectory.steps[-1]})
+    ctx.recorder.log_metrics({result("steps_run"): trajectory.steps[-1]})
     ctx.recorder.set_tags({"stop_reason": reason})
 
     started = time.perf_counter()
@@ -192,7 +195,7 @@ def _check_finite(
     ctx.recorder.log_metrics({k: v for k, v in point.items() if np.isfinite(v)}, step=step)
     where = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, values))
     raise RunFailure(
-        f"diverged: loss={point['loss']:.4g}, grad_norm={point['grad_norm']:.4g} at step {step} "
+        f"diverged: loss={point[LOSS]:.4g}, grad_norm={point[GRAD_NORM]:.4g} at step {step} "
         f"({where}); try a smaller optim.lr"
     )
 

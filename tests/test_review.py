@@ -1,0 +1,177 @@
+"""What a reviewer sees of a run in MLflow: names, the params that apply, noise flagged.
+
+The browser itself is in ``test_ui.py``; these check what the store holds.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from experiments import names, runner, sweep
+from experiments.report_figures import MatmulResult, matmul_figure
+from experiments.tasks import matmul
+from experiments.timing import MatmulTiming, default_threads
+from tests.conftest import compose_config, runs_of
+
+QUICK_MATMUL = ["task.min_run_time_s=0.05", "task.warmup=1"]
+
+
+def run_task(store_uri: str, tmp_path, overrides: list[str]) -> None:
+    cfg = compose_config([f"tracking.uri={store_uri}", *overrides])
+    runner.run(cfg, overrides=overrides, output_dir=tmp_path / "out")
+
+
+# --- results first ---
+
+
+def test_every_task_result_is_under_the_result_prefix() -> None:
+    from experiments.tasks import TASKS
+
+    for task in TASKS.values():
+        assert task.OBJECTIVE.startswith(names.RESULT), task.__name__
+    assert names.result("loss") == "result/loss"
+    assert names.legacy_name("result/loss") == "loss"
+    assert names.legacy_name("time/total_s") is None
+
+
+def test_results_read_runs_recorded_before_the_prefix_too() -> None:
+    assert names.results({"result/loss": 1.0, "time/total_s": 2.0}) == {"loss": 1.0}
+    assert names.results({"loss": 1.0, "time/total_s": 2.0}) == {"loss": 1.0}
+
+
+# --- params that apply ---
+
+
+def test_a_matmul_run_records_its_own_params_with_the_values_it_used(
+    store_uri, client, tmp_path
+) -> None:
+    run_task(store_uri, tmp_path, ["task=matmul", "task.size=24", *QUICK_MATMUL])
+    (run,) = runs_of(client, "matmul")
+    params = run.data.params
+    assert not [key for key in params if key.startswith(("optim.", "tracking.", "skip_existing"))]
+    # the shape the product had, not the m/k/n defaults that task.size replaced
+    assert (params["task.size"], params["task.m"], params["task.k"], params["task.n"]) == (
+        "24",
+        "24",
+        "24",
+        "24",
+    )
+    assert params["task.threads"] == str(default_threads())  # threads=null: all cores
+    assert params["device"] == "cpu"
+    kept = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
+    text = open(kept, encoding="utf-8").read()
+    assert "optim:" in text and "tracking:" in text  # the whole resolved config is kept
+
+
+def test_a_derivative_run_records_no_optimizer(store_uri, client, tmp_path) -> None:
+    run_task(store_uri, tmp_path, ["task=derivative"])
+    (run,) = runs_of(client, "derivative")
+    assert not [key for key in run.data.params if key.startswith("optim.")]
+    assert run.data.params["task.expr"] == "x**2"
+
+
+# --- names that tell runs apart ---
+
+
+def test_swept_keys_come_from_the_command_line_then_the_sweeper_params() -> None:
+    swept = sweep.swept_keys(
+        ["optim=adam,sgd", "device=cpu", "optim.lr=0.1,0.01"],
+        {"device": "cpu,cuda", "task.size": "256,512", "optim.lr": "1,2"},
+    )
+    # device=cpu on the command line replaces the preset's list: not swept
+    assert swept == ["optim", "optim.lr", "task.size"]
+    assert sweep.swept_keys(["task.steps=3"], None) == []
+    assert sweep.swept_keys(["optim.lr=tag(log, interval(1e-4, 1.0))"], None) == ["optim.lr"]
+
+
+def test_a_job_is_named_by_what_its_sweep_varies() -> None:
+    parent = sweep.Parent(swept=["optim", "optim.lr"])
+    overrides = ["optim=adam", "optim.lr=0.1", "task.steps=50"]
+    assert parent.child_name(overrides) == "optim=adam lr=0.1"
+    both = sweep.Parent(swept=["task.init.x", "task.at.x"])
+    assert both.child_name(["task.init.x=1", "task.at.x=2"]) == "task.init.x=1 task.at.x=2"
+    assert sweep.Parent(swept=[]).child_name(overrides) is None
+    assert sweep.Parent(swept=["seed"]).child_name(overrides) is None
+
+
+# --- noise flagged ---
+
+
+def timing_with(median_ms: float, iqr_ms: float, device: str = "cpu") -> MatmulTiming:
+    return MatmulTiming(
+        m=256,
+        k=256,
+        n=256,
+        dtype="float32",
+        device=device,
+        threads=2,
+        median_ms=median_ms,
+        iqr_ms=iqr_ms,
+        gflops=2 * 256**3 / (median_ms * 1e6),
+        cold_ms=1.0,
+        h2d_ms=None,
+        rel_error=1e-7,
+        peak_mem_mb=None,
+        repeats=100,
+        blocks=10,
+        timing_s=1.0,
+    )
+
+
+def test_a_wide_spread_is_flagged_with_its_likely_cause() -> None:
+    assert matmul.noisy(timing_with(0.62, 0.03)) is None  # 5%: as on an idle machine
+    flagged = matmul.noisy(timing_with(0.62, 0.26))
+    assert flagged is not None
+    assert flagged.startswith("IQR 0.26 ms is 42% of the median 0.62 ms (over 10%)")
+    assert "another process used the CPU" in flagged
+    assert "cuda:0" in matmul.noisy(timing_with(0.62, 0.26, device="cuda:0"))
+
+
+def test_the_report_marks_noisy_points_apart() -> None:
+    results = [
+        MatmulResult("cpu", "float32", size, 1.0 * size, 10.0, noisy=size == 256)
+        for size in (128, 256, 512)
+    ]
+    for ax in matmul_figure(results).axes:
+        marked = [line for line in ax.get_lines() if line.get_label().startswith("noisy")]
+        assert len(marked) == 1 and list(marked[0].get_xdata()) == [256]
+        assert marked[0].get_marker() == "x"
+    quiet = [MatmulResult("cpu", "float32", 128, 1.0, 10.0)]
+    assert not [
+        line
+        for ax in matmul_figure(quiet).axes
+        for line in ax.get_lines()
+        if line.get_label().startswith("noisy")
+    ]
+
+
+@pytest.mark.slow
+def test_a_noisy_run_is_tagged_and_warned_about(store_uri, client, tmp_path, caplog) -> None:
+    """A real matmul timed while this test keeps the CPU busy from other threads."""
+    import threading
+
+    import torch
+
+    stop = threading.Event()
+
+    def hog() -> None:
+        a = torch.randn(384, 384)
+        while not stop.is_set():
+            torch.mm(a, a)
+
+    hogs = [threading.Thread(target=hog) for _ in range(4)]
+    for thread in hogs:
+        thread.start()
+    try:
+        run_task(store_uri, tmp_path, ["task=matmul", "task.size=96", "task.min_run_time_s=0.3"])
+    finally:
+        stop.set()
+        for thread in hogs:
+            thread.join()
+    (run,) = runs_of(client, "matmul")
+    spread = run.data.metrics["result/time_iqr_ms"] / run.data.metrics["result/time_ms"]
+    if spread > matmul.NOISY_SPREAD:
+        assert run.data.tags[matmul.NOISY_TAG].startswith("IQR ")
+        assert any("noisy measurement: IQR" in r.getMessage() for r in caplog.records)
+    else:
+        assert matmul.NOISY_TAG not in run.data.tags
