@@ -44,7 +44,11 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-CLOSED_ASSISTANT = """
+# A reviewer's two choices on a first visit, as MLflow 3.17's UI stores them: its "Model
+# training" side rather than GenAI (where it opens), and its assistant panel closed (it
+# opens by itself and takes a third of the width).
+REVIEWER_SETTINGS = """
+localStorage.setItem('mlflow.workflowType_v1', '"machine_learning"');
 localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');
 localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');
 """
@@ -162,37 +166,27 @@ def sweeps(served) -> dict[str, Sweep]:
 
 
 @pytest.fixture(scope="module")
-def browser_context(server: MlflowServer, sweeps: dict[str, Sweep]):
-    """One browser for the module, set to the UI's "Model training" side."""
+def browser(served):
+    """One headless Chromium for the module."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            context = browser.new_context(viewport=VIEWPORT)
-            context.set_default_timeout(WAIT_MS)
-            # MLflow's assistant panel opens by itself on a first visit and takes a third of
-            # the width; as for a reviewer who closed it once (MLflow 3.17's storage keys).
-            context.add_init_script(CLOSED_ASSISTANT)
-            page = context.new_page()
-            first = sweeps["minimize"]
-            route = f"experiments/{first.experiment_id}/runs"
-            visit(page, server, route, first.parent.info.run_name)
-            # MLflow 3 opens on its GenAI side; these runs are model training (the choice
-            # is kept in the browser's storage, for the pages that follow).
-            page.get_by_role("button", name="Model training").click()
-            page.close()
-            yield context
+            yield browser
         finally:
             browser.close()
 
 
 @pytest.fixture
-def page(browser_context):
-    """A page of its own for each test: the UI keeps state (scroll, panels) within one."""
-    page = browser_context.new_page()
-    yield page
-    page.close()
+def page(browser):
+    """A page in a fresh browser profile for each test: the UI keeps what a reviewer did
+    (rows expanded, scroll, panels) in the browser's storage."""
+    context = browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(WAIT_MS)
+    context.add_init_script(REVIEWER_SETTINGS)
+    yield context.new_page()
+    context.close()
 
 
 @pytest.fixture(scope="module")
@@ -228,6 +222,13 @@ def expect_image(page, path: str) -> None:
     assert image.evaluate("image => image.naturalWidth") > 0, f"{path} did not load"
 
 
+def expand(page, sweep: Sweep) -> None:
+    """Show a sweep's child runs under its parent in the runs list."""
+    parent = page.get_by_role("link", name=sweep.parent.info.run_name, exact=True)
+    # The button that expands a parent sits in the same cell as its name.
+    parent.locator("xpath=ancestor::*[@role='gridcell'][1]").get_by_role("button").click()
+
+
 @pytest.mark.parametrize("task", list(SWEEPS))
 def test_the_runs_table_shows_the_sweep_and_its_children(
     page, server, sweeps, task, shots, record_property
@@ -236,9 +237,7 @@ def test_the_runs_table_shows_the_sweep_and_its_children(
 
     sweep = sweeps[task]
     visit(page, server, f"experiments/{sweep.experiment_id}/runs", sweep.parent.info.run_name)
-    parent = page.get_by_role("link", name=sweep.parent.info.run_name, exact=True)
-    # The button that expands a parent sits in the same cell as its name.
-    parent.locator("xpath=ancestor::*[@role='gridcell'][1]").get_by_role("button").click()
+    expand(page, sweep)
     for child in sweep.children:
         expect(page.get_by_role("link", name=child.info.run_name, exact=True)).to_be_visible()
     if task == "minimize":
@@ -310,7 +309,11 @@ def test_a_child_run_shows_its_objective_chart_before_the_timings(
     if task == "minimize":
         page.locator(f'[data-testid="{CARD}"] .js-plotly-plot g.trace').first.wait_for()
         screenshot(page, shots, "metrics", record_property)
-    tops = chart_tops(page)
+    assert_first(chart_tops(page), title, timings)
+
+
+def assert_first(tops: dict[str, float], title: str, timings: set[str]) -> None:
+    """The chart ``title`` is above every chart in ``timings``."""
     assert title in tops, f"no {title!r} chart among {sorted(tops, key=tops.get)}"
     assert timings <= tops.keys(), f"timing charts {timings - tops.keys()} not shown"
     later = {name: tops[name] for name in timings if tops[name] <= tops[title]}
@@ -318,6 +321,25 @@ def test_a_child_run_shows_its_objective_chart_before_the_timings(
         f"the objective's chart {title!r} is not first: it is at {tops[title]:.0f} px, below "
         f"{later}; charts top to bottom: {sorted(tops, key=tops.get)}"
     )
+
+
+@pytest.mark.parametrize("task", list(SWEEPS))
+def test_the_runs_chart_view_shows_the_objective_before_the_timings(
+    page, server, sweeps, task, shots, record_property
+) -> None:
+    sweep = sweeps[task]
+    timings = {name for name in sweep.best.data.metrics if name.startswith("time/")}
+    # The runs table's chart view (its own URL parameter), children shown: one chart per
+    # metric across the sweep's runs, titled with the whole metric name.
+    route = f"experiments/{sweep.experiment_id}/runs?compareRunsMode=CHART"
+    visit(page, server, route, sweep.parent.info.run_name)
+    expand(page, sweep)
+    # The children's charts replace the parent's own.
+    page.get_by_role("heading", name=min(timings), exact=True).wait_for()
+    if task == "minimize":
+        page.locator(f'[data-testid="{CARD}"] .js-plotly-plot g.trace').first.wait_for()
+        screenshot(page, shots, "charts", record_property)
+    assert_first(chart_tops(page), sweep.objective, timings)
 
 
 @pytest.mark.parametrize("task", list(SWEEPS))
