@@ -29,6 +29,11 @@ from experiments.tasks import TASKS
 from tests.conftest import run_cli
 from tests.services import MlflowServer
 
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # the tests then skip, or fail under CI: see missing_browser()
+    expect = sync_playwright = None
+
 pytestmark = [pytest.mark.ui, pytest.mark.server, pytest.mark.slow]
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; .ci/run installs it
@@ -70,9 +75,7 @@ SWEEPS = {
 
 def missing_browser() -> Optional[str]:
     """Why the browser tests cannot run here (None when they can)."""
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
+    if sync_playwright is None:
         return "playwright is missing: pip install -e '.[dev]'"
     if not CHROMIUM.exists():
         return f"{CHROMIUM} is missing (Debian: apt-get install chromium)"
@@ -111,6 +114,7 @@ def _record(root: Path, store: str, task: str) -> Sweep:
     assert result.returncode == 0, result.stderr[-3000:]
     client = MlflowClient(store)
     experiment = client.get_experiment_by_name(task)
+    assert experiment is not None, f"no experiment {task!r}: {client.search_experiments()}"
     runs = client.search_runs([experiment.experiment_id])
     (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
     children = [run for run in runs if run is not parent]
@@ -168,8 +172,6 @@ def sweeps(served) -> dict[str, Sweep]:
 @pytest.fixture(scope="module")
 def browser(served):
     """One headless Chromium for the module."""
-    from playwright.sync_api import sync_playwright
-
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
@@ -196,8 +198,6 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def visit(page, server: MlflowServer, route: str, shown: str) -> None:
     """Open a route of the UI and wait until the text ``shown`` is visible on it."""
-    from playwright.sync_api import expect
-
     page.goto(f"{server.uri}/#/{route}", wait_until="domcontentloaded")
     expect(page.get_by_text(shown, exact=True).first).to_be_visible()
 
@@ -214,8 +214,6 @@ def screenshot(page, shots: Path, name: str, record_property) -> None:
 
 def expect_image(page, path: str) -> None:
     """The artifact viewer shows the artifact ``path`` as a loaded image."""
-    from playwright.sync_api import expect
-
     image = page.get_by_role("img", name=path, exact=True)  # its alt text is the path
     expect(image).to_be_visible()
     page.wait_for_function("image => image.complete", arg=image.element_handle())
@@ -233,8 +231,6 @@ def expand(page, sweep: Sweep) -> None:
 def test_the_runs_table_shows_the_sweep_and_its_children(
     page, server, sweeps, task, shots, record_property
 ) -> None:
-    from playwright.sync_api import expect
-
     sweep = sweeps[task]
     visit(page, server, f"experiments/{sweep.experiment_id}/runs", sweep.parent.info.run_name)
     expand(page, sweep)
@@ -246,8 +242,6 @@ def test_the_runs_table_shows_the_sweep_and_its_children(
 
 @pytest.mark.parametrize("task", list(SWEEPS))
 def test_a_child_run_page_shows_the_params_its_sweep_varies(page, server, sweeps, task) -> None:
-    from playwright.sync_api import expect
-
     sweep = sweeps[task]
     run = sweep.best
     params = [child.data.params for child in sweep.children]
