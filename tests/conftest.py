@@ -93,3 +93,18 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeo
         text=True,
         timeout=timeout,
     )
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """List the screenshots the browser tests saved (tests record them as a property)."""
+    reports = [report for reports in terminalreporter.stats.values() for report in reports]
+    paths = [
+        value
+        for report in reports
+        for name, value in getattr(report, "user_properties", ())
+        if name == "screenshot"
+    ]
+    if paths:
+        terminalreporter.section("screenshots of MLflow's UI")
+        for path in dict.fromkeys(paths):
+            terminalreporter.write_line(path)

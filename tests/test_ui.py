@@ -1,0 +1,372 @@
+"""What a reviewer sees in MLflow's UI, in a real browser.
+
+The module records a minimize sweep and a matmul sweep into a SQLite store, serves it with
+``mlflow server`` on 127.0.0.1, and opens it in headless Chromium: Debian's ``chromium``,
+driven by playwright (nothing here downloads a browser). The tests assert on what is
+visible, not on the page's source, and read what to expect (run names, params, artifacts)
+back from the store with a plain ``MlflowClient``.
+
+Each view is saved as a screenshot; pytest lists them at the end of its output. With
+``EXPERIMENTS_UI_SCREENSHOTS=DIR`` they are also copied to DIR (``docs`` makes the README's).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Run
+
+from experiments.tasks import TASKS
+from tests.conftest import run_cli
+from tests.services import MlflowServer
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # the tests then skip, or fail under CI: see missing_browser()
+    expect = sync_playwright = None
+
+pytestmark = [pytest.mark.ui, pytest.mark.server, pytest.mark.slow]
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; .ci/run installs it
+# Headless, and nothing of Chromium's own reaching for the network (there may be none:
+# its background connections then stall page loads).
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# A reviewer's two choices on a first visit, as MLflow 3.17's UI stores them: its "Model
+# training" side rather than GenAI (where it opens), and its assistant panel closed (it
+# opens by itself and takes a third of the width).
+REVIEWER_SETTINGS = """
+localStorage.setItem('mlflow.workflowType_v1', '"machine_learning"');
+localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');
+localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');
+"""
+VIEWPORT = {"width": 1400, "height": 900}
+WAIT_MS = 30_000  # the first page load compiles MLflow's UI bundle: seconds
+
+SWEEPS = {
+    "minimize": ["task=minimize", "optim=adam,sgd", "optim.lr=0.1,0.01", "task.steps=20"],
+    # Little timing per point: the UI is under test here, not the measurement.
+    "matmul": [
+        "task=matmul",
+        "device=cpu",
+        "task.size=64,128,256",
+        "task.warmup=1",
+        "task.min_run_time_s=0.05",
+    ],
+}
+
+
+def missing_browser() -> Optional[str]:
+    """Why the browser tests cannot run here (None when they can)."""
+    if sync_playwright is None:
+        return "playwright is missing: pip install -e '.[dev]'"
+    if not CHROMIUM.exists():
+        return f"{CHROMIUM} is missing (Debian: apt-get install chromium)"
+    return None
+
+
+@dataclass
+class Sweep:
+    """A recorded sweep, as the store has it."""
+
+    experiment_id: str
+    parent: Run
+    children: list[Run]  # by name
+    objective: str  # the metric name the task's objective is logged under
+
+    @property
+    def best(self) -> Run:
+        """The child with the lowest objective (both tasks minimise theirs)."""
+        return min(self.children, key=lambda run: run.data.metrics[self.objective])
+
+
+def _logged_objective(task: str, run: Run) -> str:
+    """The metric name holding the task's ``OBJECTIVE``, with any section prefix."""
+    name = TASKS[task].OBJECTIVE
+    found = [key for key in run.data.metrics if key == name or key.endswith("/" + name)]
+    assert found, f"{run.info.run_name}: no metric for objective {name!r} in {run.data.metrics}"
+    return found[0]
+
+
+def _artifacts(client: MlflowClient, run_id: str, path: Optional[str] = None) -> list[str]:
+    return [item.path for item in client.list_artifacts(run_id, path) if not item.is_dir]
+
+
+def _record(root: Path, store: str, task: str) -> Sweep:
+    result = run_cli(["-m", *SWEEPS[task]], cwd=root, env={"MLFLOW_TRACKING_URI": store})
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name(task)
+    assert experiment is not None, f"no experiment {task!r}: {client.search_experiments()}"
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    children = [run for run in runs if run is not parent]
+    assert len(children) > 1
+    if not _artifacts(client, parent.info.run_id, "report"):
+        # Until a sweep logs its report itself, make it the way the README shows.
+        report = subprocess.run(
+            [sys.executable, "-m", "experiments.report", "--parent", parent.info.run_id],
+            cwd=root,
+            env={**os.environ, "MLFLOW_TRACKING_URI": store},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert report.returncode == 0, report.stderr[-3000:]
+    return Sweep(
+        experiment.experiment_id,
+        client.get_run(parent.info.run_id),
+        sorted(children, key=lambda run: run.info.run_name),
+        _logged_objective(task, children[0]),
+    )
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory):
+    """Both sweeps in a SQLite store (recorded directly, as a user's local store), and
+    ``mlflow server`` serving it."""
+    reason = missing_browser()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the browser tests: {reason}")
+        pytest.skip(reason)
+    server = MlflowServer(tmp_path_factory.mktemp("ui"))
+    try:
+        first = _record(server.root, server.backend, "minimize")  # this one makes the store
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            second = pool.submit(_record, server.root, server.backend, "matmul")
+            server.start()  # meanwhile: it takes seconds
+            sweeps = {"minimize": first, "matmul": second.result()}
+        yield server, sweeps
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(served) -> MlflowServer:
+    return served[0]
+
+
+@pytest.fixture(scope="module")
+def sweeps(served) -> dict[str, Sweep]:
+    return served[1]
+
+
+@pytest.fixture(scope="module")
+def browser(served):
+    """One headless Chromium for the module."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A page in a fresh browser profile for each test: the UI keeps what a reviewer did
+    (rows expanded, scroll, panels) in the browser's storage."""
+    context = browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(WAIT_MS)
+    context.add_init_script(REVIEWER_SETTINGS)
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("ui-screenshots")
+
+
+def visit(page, server: MlflowServer, route: str, shown: str) -> None:
+    """Open a route of the UI and wait until the text ``shown`` is visible on it."""
+    page.goto(f"{server.uri}/#/{route}", wait_until="domcontentloaded")
+    expect(page.get_by_text(shown, exact=True).first).to_be_visible()
+
+
+def screenshot(page, shots: Path, name: str, record_property) -> None:
+    path = shots / f"ui-{name}.png"
+    page.screenshot(path=path)
+    record_property("screenshot", str(path))
+    extra = os.environ.get("EXPERIMENTS_UI_SCREENSHOTS")
+    if extra:
+        Path(extra).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(extra) / path.name)
+
+
+def expect_image(page, path: str) -> None:
+    """The artifact viewer shows the artifact ``path`` as a loaded image."""
+    image = page.get_by_role("img", name=path, exact=True)  # its alt text is the path
+    expect(image).to_be_visible()
+    page.wait_for_function("image => image.complete", arg=image.element_handle())
+    assert image.evaluate("image => image.naturalWidth") > 0, f"{path} did not load"
+
+
+def expand(page, sweep: Sweep) -> None:
+    """Show a sweep's child runs under its parent in the runs list."""
+    parent = page.get_by_role("link", name=sweep.parent.info.run_name, exact=True)
+    # The button that expands a parent sits in the same cell as its name.
+    parent.locator("xpath=ancestor::*[@role='gridcell'][1]").get_by_role("button").click()
+
+
+@pytest.mark.parametrize("task", list(SWEEPS))
+def test_the_runs_table_shows_the_sweep_and_its_children(
+    page, server, sweeps, task, shots, record_property
+) -> None:
+    sweep = sweeps[task]
+    visit(page, server, f"experiments/{sweep.experiment_id}/runs", sweep.parent.info.run_name)
+    expand(page, sweep)
+    for child in sweep.children:
+        expect(page.get_by_role("link", name=child.info.run_name, exact=True)).to_be_visible()
+    if task == "minimize":
+        screenshot(page, shots, "runs", record_property)
+
+
+@pytest.mark.parametrize("task", list(SWEEPS))
+def test_a_child_run_page_shows_the_params_its_sweep_varies(page, server, sweeps, task) -> None:
+    sweep = sweeps[task]
+    run = sweep.best
+    params = [child.data.params for child in sweep.children]
+    varied = sorted(key for key in run.data.params if len({p.get(key) for p in params}) > 1)
+    assert varied
+    visit(page, server, f"experiments/{sweep.experiment_id}/runs/{run.info.run_id}", varied[0])
+    for key in varied:
+        row = page.get_by_role("row").filter(has=page.get_by_role("cell", name=key, exact=True))
+        expect(row).to_be_visible()
+        value = run.data.params[key]
+        expect(row.get_by_role("cell", name=value, exact=True)).to_be_visible()
+
+
+CARD = "experiment-view-compare-runs-card"  # a chart's card on the metrics tab (test id)
+SCROLLER = """card => {
+  let box = card.parentElement;
+  while (box && !(box.scrollHeight > box.clientHeight + 1
+                  && ['auto', 'scroll'].includes(getComputedStyle(box).overflowY)))
+    box = box.parentElement;
+  return box || document.scrollingElement;
+}"""
+# Each rendered card's title and the top of the card within the scrolled content.
+CARD_TOPS = f"""box => Array.from(box.querySelectorAll('[data-testid="{CARD}"]')).map(card => [
+  card.querySelector('h4') && card.querySelector('h4').innerText,
+  card.getBoundingClientRect().top - box.getBoundingClientRect().top + box.scrollTop])"""
+
+
+def chart_tops(page) -> dict[str, float]:
+    """Every chart of the metrics tab: its title -> the top of its card in the content.
+
+    Cards out of view are not rendered, so this scrolls down half a view at a time.
+    """
+    box = page.get_by_test_id(CARD).first.evaluate_handle(SCROLLER)
+    tops: dict[str, float] = {}
+    position = 0
+    while True:
+        page.wait_for_timeout(300)  # cards scrolled into view render
+        for title, top in box.evaluate(CARD_TOPS):
+            tops.setdefault(title, top)
+        height, view = box.evaluate("box => [box.scrollHeight, box.clientHeight]")
+        if position + view >= height:
+            return tops
+        position += view // 2
+        box.evaluate("(box, y) => box.scrollTo(0, y)", position)
+
+
+@pytest.mark.parametrize("task", list(SWEEPS))
+def test_a_child_run_shows_its_objective_chart_before_the_timings(
+    page, server, sweeps, task, shots, record_property
+) -> None:
+    sweep = sweeps[task]
+    run = sweep.best
+    title = sweep.objective.rsplit("/", 1)[-1]
+    timings = {name.rsplit("/", 1)[-1] for name in run.data.metrics if name.startswith("time/")}
+    assert timings
+    route = f"experiments/{sweep.experiment_id}/runs/{run.info.run_id}/model-metrics"
+    visit(page, server, route, run.info.run_name)
+    page.get_by_test_id(CARD).first.wait_for()
+    if task == "minimize":
+        page.locator(f'[data-testid="{CARD}"] .js-plotly-plot g.trace').first.wait_for()
+        screenshot(page, shots, "metrics", record_property)
+    assert_first(chart_tops(page), title, timings)
+
+
+def assert_first(tops: dict[str, float], title: str, timings: set[str]) -> None:
+    """The chart ``title`` is above every chart in ``timings``."""
+    assert title in tops, f"no {title!r} chart among {sorted(tops, key=tops.get)}"
+    assert timings <= tops.keys(), f"timing charts {timings - tops.keys()} not shown"
+    later = {name: tops[name] for name in timings if tops[name] <= tops[title]}
+    assert not later, (
+        f"the objective's chart {title!r} is not first: it is at {tops[title]:.0f} px, below "
+        f"{later}; charts top to bottom: {sorted(tops, key=tops.get)}"
+    )
+
+
+@pytest.mark.parametrize("task", list(SWEEPS))
+def test_the_runs_chart_view_shows_the_objective_before_the_timings(
+    page, server, sweeps, task, shots, record_property
+) -> None:
+    sweep = sweeps[task]
+    timings = {name for name in sweep.best.data.metrics if name.startswith("time/")}
+    # The runs table's chart view (its own URL parameter), children shown: one chart per
+    # metric across the sweep's runs, titled with the whole metric name.
+    route = f"experiments/{sweep.experiment_id}/runs?compareRunsMode=CHART"
+    visit(page, server, route, sweep.parent.info.run_name)
+    expand(page, sweep)
+    # The children's charts replace the parent's own.
+    page.get_by_role("heading", name=min(timings), exact=True).wait_for()
+    if task == "minimize":
+        page.locator(f'[data-testid="{CARD}"] .js-plotly-plot g.trace').first.wait_for()
+        screenshot(page, shots, "charts", record_property)
+    assert_first(chart_tops(page), sweep.objective, timings)
+
+
+@pytest.mark.parametrize("task", list(SWEEPS))
+def test_a_child_run_shows_its_plots_as_images(
+    page, server, sweeps, task, shots, record_property
+) -> None:
+    sweep = sweeps[task]
+    run = sweep.best
+    client = MlflowClient(server.backend)
+    plots = [path for path in _artifacts(client, run.info.run_id) if path.endswith(".png")]
+    assert plots
+    route = f"experiments/{sweep.experiment_id}/runs/{run.info.run_id}/artifacts"
+    visit(page, server, route, plots[0])
+    for plot in plots:
+        page.get_by_text(plot, exact=True).click()
+        expect_image(page, plot)
+        if task == "minimize" and plot == plots[-1]:
+            screenshot(page, shots, "artifact", record_property)
+
+
+@pytest.mark.parametrize("task", list(SWEEPS))
+def test_the_sweep_parent_shows_its_report_figures_as_images(
+    page, server, sweeps, task, shots, record_property
+) -> None:
+    sweep = sweeps[task]
+    parent = sweep.parent.info.run_id
+    client = MlflowClient(server.backend)
+    figures = [path for path in _artifacts(client, parent, "report") if path.endswith(".png")]
+    assert figures
+    visit(page, server, f"experiments/{sweep.experiment_id}/runs/{parent}/artifacts", "report")
+    page.get_by_text("report", exact=True).click()  # the folder opens in the file tree
+    for figure in figures:
+        page.get_by_text(figure.rsplit("/", 1)[-1], exact=True).click()
+        expect_image(page, figure)
+        if task == "minimize" and figure == figures[0]:
+            screenshot(page, shots, "report", record_property)
