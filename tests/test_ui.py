@@ -13,6 +13,7 @@ Each view is saved as a screenshot; pytest lists them at the end of its output. 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
+from experiments import names
 from experiments.tasks import TASKS
 from tests.conftest import run_cli
 from tests.services import MlflowServer
@@ -98,11 +100,10 @@ class Sweep:
 
 
 def _logged_objective(task: str, run: Run) -> str:
-    """The metric name holding the task's ``OBJECTIVE``, with any section prefix."""
+    """The metric name holding the task's ``OBJECTIVE`` (``result/...``)."""
     name = TASKS[task].OBJECTIVE
-    found = [key for key in run.data.metrics if key == name or key.endswith("/" + name)]
-    assert found, f"{run.info.run_name}: no metric for objective {name!r} in {run.data.metrics}"
-    return found[0]
+    assert name in run.data.metrics, f"{run.info.run_name}: no {name!r} in {run.data.metrics}"
+    return name
 
 
 def _artifacts(client: MlflowClient, run_id: str, path: Optional[str] = None) -> list[str]:
@@ -328,8 +329,8 @@ def test_the_runs_chart_view_shows_the_objective_before_the_timings(
     route = f"experiments/{sweep.experiment_id}/runs?compareRunsMode=CHART"
     visit(page, server, route, sweep.parent.info.run_name)
     expand(page, sweep)
-    # The children's charts replace the parent's own.
-    page.get_by_role("heading", name=min(timings), exact=True).wait_for()
+    # The children's charts replace the parent's own (best/...): results are theirs.
+    page.get_by_role("heading", name=re.compile("^" + names.RESULT.rstrip("/"))).first.wait_for()
     if task == "minimize":
         page.locator(f'[data-testid="{CARD}"] .js-plotly-plot g.trace').first.wait_for()
         screenshot(page, shots, "charts", record_property)
