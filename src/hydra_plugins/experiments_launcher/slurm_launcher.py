@@ -16,6 +16,7 @@ only where the ``sweeps`` extra (hydra-submitit-launcher) is installed.
 # is in sys.modules, where dataclasses would look its string annotations up.
 import logging
 import os
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,7 @@ if _HydraSlurmLauncher is not None:
                     (list(overrides), "hydra.sweep.dir", index, f"job_id_for_{index}", state)
                 )
             jobs = executor.map_array(self, *zip(*params))
+            check_accounting(jobs[0].job_id)
             wait_for_all(jobs)
             return [
                 result_of(job, index, overrides, sweep_dir)
@@ -104,6 +106,26 @@ if _HydraSlurmLauncher is not None:
         @staticmethod
         def _log_job(index: int, overrides: Sequence[str]) -> None:
             log.info("\t#%d : %s", index, " ".join(filter_overrides(overrides)))
+
+
+def check_accounting(job_id: str) -> None:
+    """Warn when ``sacct`` does not answer: a job that dies would then go unnoticed."""
+    try:
+        subprocess.run(
+            ["sacct", "--noheader", "--jobs", job_id.split("_")[0]],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.SubprocessError) as error:
+        detail = getattr(error, "stderr", None) or str(error)
+        log.warning(
+            "sacct does not answer (%s): without Slurm's accounting, a job that ends without "
+            "a result (scancel, time limit, out of memory) goes unnoticed and the sweep waits "
+            "for it",
+            str(detail).strip().splitlines()[-1] if str(detail).strip() else error,
+        )
 
 
 def wait_for_all(jobs: Sequence[Any]) -> None:
