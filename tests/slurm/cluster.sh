@@ -171,7 +171,7 @@ start() {
 ours() {  # this cluster's slurmstepd and job processes: its SLURM_CONF, and a job id
     local pid environ
     for pid in $(ls /proc | grep -E '^[0-9]+$'); do
-        environ=$(tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null) || continue
+        environ=$( { tr '\0' '\n' <"/proc/$pid/environ"; } 2>/dev/null) || continue
         grep -qx "SLURM_CONF=$dir/slurm.conf" <<<"$environ" || continue
         if grep -q "^SLURM_JOB_ID=" <<<"$environ" || [ "$(cat "/proc/$pid/comm")" = slurmstepd ]; then
             echo "$pid"
