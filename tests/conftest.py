@@ -21,12 +21,6 @@ CONF_DIR = str(Path(experiments.__file__).parent / "conf")
 config.register(schemas())
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The Slurm tests first: they mostly wait on the cluster (a time limit takes a minute
-    or two), so with ``-n 2 --dist loadfile`` that wait overlaps the other files' work."""
-    items.sort(key=lambda item: item.get_closest_marker("slurm") is None)  # stable
-
-
 @pytest.fixture(autouse=True)
 def _own_http_settings():
     """Opening an HTTP store in-process (sync, report) bounds MLflow's waits through the
