@@ -455,6 +455,28 @@ def test_slurm_preset_submits_what_it_documents(workdir) -> None:
     assert parent.info.status == "FAILED"  # never left RUNNING
 
 
+@pytest.mark.parametrize(
+    ("device", "gpus"), [("cpu", None), ("mps", None), ("auto", 1), ("cuda", 1), ("cuda:1", 2)]
+)
+def test_slurm_preset_asks_for_the_gpus_the_device_needs(device, gpus) -> None:
+    # None: no --gpus-per-node line in the job script at all (a CPU sweep needs no GPU).
+    launcher = hydra_node(["experiment=slurm", f"device={device}"]).launcher
+    assert launcher.gpus_per_node == gpus
+    assert (launcher.cpus_per_task, launcher.mem_gb, launcher.timeout_min) == (8, 32, 30)
+
+
+@pytest.mark.slow
+def test_slurm_preset_with_a_bad_device_is_one_line_and_leaves_nothing_running(workdir) -> None:
+    bin_dir = _fake_slurm(workdir / "fake-slurm")
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SBATCH_SCRIPT_COPY": "/dev/null"}
+    result = run_cli(["-m", "experiment=slurm", "device=gpu", "task.steps=5,6"], workdir, env)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if "mlflow.store.db" not in line]
+    assert lines == ["error: device must be one of auto, cpu, cuda, cuda:N or mps, got 'gpu'"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    assert [run.info.status for run in all_runs(client)] == ["FAILED"]  # the parent, closed
+
+
 @pytest.mark.slow
 def test_two_joblib_sweeps_in_one_process_keep_their_own_parents(
     monkeypatch, capfd, store_uri, client

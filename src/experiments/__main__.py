@@ -70,7 +70,9 @@ def _job(cfg: DictConfig) -> float | None:
                 raise
             cli.JobErrors.errors.append(error)  # reported by cli.invoke, as one line
             return None
-        stopped = signals.stop_reason(error) if not isinstance(error, Exception) else None
+        # A signal ends the job KILLED, also where a handler it reached raised an error of
+        # its own (submitit's, on SIGUSR2 near the time limit), as the run itself does.
+        stopped = signals.stop_reason(error)
         outcome.status = "KILLED" if stopped is not None else "FAILED"
         outcome.reason = stopped or cli.one_line(error)
         outcome.write(output_dir)

@@ -142,6 +142,9 @@ def _check_outcomes(closed: sweep.Finished) -> None:
 
 def one_line(error: BaseException) -> str:
     """A single-line description of an expected error, keeping the key and value it names."""
+    checked = _config_error_within(error)
+    if checked is not None:
+        return one_line(checked)  # a resolver's check (${gpus:${device}}), in its own words
     if isinstance(error, MissingConfigException) and _is_plugin(error):
         return (
             f"{_lines(error)[0]}: the launchers and sweepers are an optional extra; "
@@ -167,7 +170,15 @@ def one_line(error: BaseException) -> str:
     return first or type(error).__name__
 
 
-PLUGINS = ("joblib", "submitit_local", "submitit_slurm", "optuna")
+def _config_error_within(error: BaseException) -> ConfigError | None:
+    """The ConfigError that Hydra or OmegaConf wrapped (a resolver raised it), if any."""
+    seen: BaseException | None = error
+    while isinstance(seen, (HydraException, OmegaConfBaseException)):
+        seen = seen.__cause__ or seen.__context__
+    return seen if isinstance(seen, ConfigError) and seen is not error else None
+
+
+PLUGINS = ("joblib", "submitit_local", "submitit_slurm", "experiments_slurm", "optuna")
 
 
 def _is_plugin(error: MissingConfigException) -> bool:

@@ -272,7 +272,7 @@ class Config:
 
 
 def register(task_schemas: dict[str, type]) -> None:
-    """Register the root, optimizer and task schemas, and the ``uid`` resolver."""
+    """Register the root, optimizer and task schemas, and the ``uid`` and ``gpus`` resolvers."""
     store = ConfigStore.instance()
     store.store(name="config_schema", node=Config)
     for name, schema in OPTIM_SCHEMAS.items():
@@ -283,6 +283,16 @@ def register(task_schemas: dict[str, type]) -> None:
     # every job of one sweep (Hydra copies the resolver cache to each job) shares it.
     if not OmegaConf.has_resolver("uid"):
         OmegaConf.register_new_resolver("uid", lambda: uuid.uuid4().hex[:6], use_cache=True)
+    # The GPUs a job on a device asks a cluster for: ${gpus:${device}} in the Slurm preset.
+    if not OmegaConf.has_resolver("gpus"):
+        OmegaConf.register_new_resolver("gpus", _gpus_for)
+
+
+def _gpus_for(spec: str) -> Optional[int]:
+    """None for none: the job script then has no --gpus-per-node line at all."""
+    from experiments.devices import gpus_for  # imports torch: only a launcher asks
+
+    return gpus_for(spec) or None
 
 
 def validate(cfg: DictConfig) -> Config:

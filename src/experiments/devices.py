@@ -19,6 +19,18 @@ def check_spec(spec: str) -> None:
         raise ConfigError(f"device must be one of auto, cpu, cuda, cuda:N or mps, got {spec!r}")
 
 
+def gpus_for(spec: str) -> int:
+    """How many GPUs a job on ``device=spec`` asks a cluster for (the Slurm preset's).
+
+    ``cpu`` and ``mps`` need none; ``auto`` and ``cuda`` one; ``cuda:N`` N + 1, since the
+    job sees only the GPUs it was given, numbered from 0.
+    """
+    check_spec(spec)
+    if spec in ("cpu", "mps"):
+        return 0
+    return int(spec.split(":")[1]) + 1 if ":" in spec else 1
+
+
 def available() -> list[str]:
     """The devices this machine can run on, e.g. ``['cpu', 'cuda:0']``."""
     names = ["cpu"]

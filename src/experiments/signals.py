@@ -8,10 +8,12 @@ named in its ``error`` tag, and the command exits with 128 + the signal's number
 closed (:func:`deferred`), a signal is recorded but not raised, so the closing finishes.
 
 Under submitit on Slurm, SIGUSR2 comes before the time limit or on preemption; submitit's
-own handler for it is kept and called (it requeues the job, or gives up, by raising), after
+own handler for it is kept and called (it requeues the job and exits, or gives up), after
 the reason is recorded, so the run still ends KILLED, naming the time limit or the
-preemption. A signal the process ignores (``nohup``, a worker pool ignoring SIGINT) stays
-ignored. The previous handlers come back when :func:`handling` ends.
+preemption, and whether submitit requeued the job. The SIGTERM with which Slurm then ends
+the job is recorded, not raised, so the run's closing goes on. A signal the process
+ignores (``nohup``, a worker pool ignoring SIGINT) stays ignored. The previous handlers
+come back when :func:`handling` ends.
 """
 
 from __future__ import annotations
@@ -167,12 +169,18 @@ def _chained(previous: Callable[[int, Any], Any]) -> Callable[[int, Any], None]:
         )
         _State.received = (signum, f"{cause} (SIGUSR2)")
         try:
-            previous(signum, frame)
+            # Requeueing, Slurm ends the job with SIGTERM while submitit's `scontrol requeue`
+            # still runs: recorded, not raised, so the run says it was requeued.
+            with deferred():
+                previous(signum, frame)
         except SystemExit:
             _State.received = (signum, f"{cause} (SIGUSR2); submitit requeued the job")
+            _State.raised = True  # Slurm's SIGTERM that ends the requeued job comes next
             raise
         except Exception as error:
+            # Raised as Interrupted: no ``except Exception`` on the way can swallow it.
             _State.received = (signum, f"{cause} (SIGUSR2); not requeued: {error}")
-            raise
+            _State.raised = True
+            raise Interrupted(*_State.received) from error
 
     return handle

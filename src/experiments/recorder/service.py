@@ -9,9 +9,11 @@ a tenth of a second. One thread talks to the store, so no call ever races anothe
 Its standard output carries the replies; anything else that would print there (MLflow's
 own messages) goes to standard error. It ignores SIGINT, SIGTERM and SIGHUP: a terminal's
 Ctrl-C or a cluster's ``scancel`` reaches the run's process, which ends its runs and then
-lets this process finish their uploads. When its standard input closes without a
-goodbye, the process it served is gone: it uploads what that process's journals hold,
-closes their runs (FAILED, lost, with the reason), and exits.
+lets this process finish their uploads. It ignores SIGUSR1 and SIGUSR2 too: Slurm sends
+submitit's warning of a time limit or a preemption to every process of the job, and their
+default action would end this one before the run's end is uploaded. When its standard
+input closes without a goodbye, the process it served is gone: it uploads what that
+process's journals hold, closes their runs (FAILED, lost, with the reason), and exits.
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ IDLE_WAIT_S = 0.1  # how long the loop waits for a request when nothing is left 
 SYNC_EVERY_S = 1.0  # how often a growing journal is made durable (fsync)
 UPLOAD_EVERY_S = 1.0  # a running journal is sent at most this often: one transaction each
 MAX_BACKOFF_S = 5.0
+# Signals meant for the run's process (see the module's docstring).
+IGNORED = tuple(
+    getattr(signal, name)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2")
+    if hasattr(signal, name)
+)
 HURRY_S = 5.0  # after a signal, how long a run's last upload may take
 MAX_PAUSE_S = 300.0  # a pause (a timed region of a task) ends by itself after this long
 
@@ -483,7 +491,7 @@ def _warm_up_drawing() -> None:
 
 def main() -> None:
     """Serve the process that started this one, on this process's stdin and stdout."""
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for signum in IGNORED:
         signal.signal(signum, signal.SIG_IGN)
     startup.begin()
     channel = os.fdopen(os.dup(1), "wb")

@@ -1,0 +1,165 @@
+"""The launcher of ``experiment=slurm``: Hydra's submitit Slurm launcher, waiting for every job.
+
+Hydra's own launcher collects the jobs' results in job order and raises at the first job
+that ended without one (``scancel``, a time limit, the OOM killer), leaving the later jobs
+running without the sweep, so the summary lists them RUNNING. And submitit asks Slurm
+(``sacct``) about a job less and less often, up to every 10 minutes, so a dead job is
+noticed late. This launcher asks Slurm every :data:`SACCT_EVERY_S` seconds, waits until
+every job has ended, and turns each job that left no result into a failed job whose error
+says, in one line, what Slurm says became of it.
+
+It lives in ``hydra_plugins`` because Hydra only loads launchers from there; it is defined
+only where the ``sweeps`` extra (hydra-submitit-launcher) is installed.
+"""
+
+# No ``from __future__ import annotations``: Hydra's plugin scan runs this module before it
+# is in sys.modules, where dataclasses would look its string annotations up.
+import logging
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+
+from experiments.errors import RunFailure
+from experiments.sweep import read_outcomes
+
+try:
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
+        SlurmLauncher as _HydraSlurmLauncher,
+    )
+except ImportError:  # no sweeps extra: nothing to define
+    _HydraSlurmLauncher = None
+
+log = logging.getLogger(__name__)
+
+SACCT_EVERY_S = 10.0  # how often Slurm's accounting is asked which jobs have ended
+POLL_S = 1.0  # how often the jobs' result files are looked for
+
+if _HydraSlurmLauncher is not None:
+
+    @dataclass
+    class ExperimentsSlurmConf(SlurmQueueConf):
+        """``hydra/launcher=experiments_slurm``: submitit_slurm's settings, this launcher."""
+
+        _target_: str = f"{__name__}.SlurmLauncher"
+
+    # Its own option of the launcher group, so that hydra/launcher=submitit_local on the
+    # command line still replaces all of it (the preset's rehearsal without a cluster).
+    ConfigStore.instance().store(
+        group="hydra/launcher",
+        name="experiments_slurm",
+        node=ExperimentsSlurmConf,
+        provider="experiments",
+    )
+
+    class SlurmLauncher(_HydraSlurmLauncher):
+        """``submitit_slurm`` that waits for every job and names the jobs that died."""
+
+        def launch(
+            self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+        ) -> Sequence[JobReturn]:
+            import submitit
+
+            assert self.config is not None and len(job_overrides) > 0
+            executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **self._executor_args())
+            executor.update_parameters(**self._job_parameters())
+            sweep_dir = Path(str(self.config.hydra.sweep.dir))
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            if "mode" in self.config.hydra.sweep:
+                os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
+            params = []
+            for index, overrides in enumerate(job_overrides, start=initial_job_idx):
+                self._log_job(index, overrides)
+                state = Singleton.get_state()
+                params.append(
+                    (list(overrides), "hydra.sweep.dir", index, f"job_id_for_{index}", state)
+                )
+            jobs = executor.map_array(self, *zip(*params))
+            check_accounting(jobs[0].job_id)
+            wait_for_all(jobs)
+            return [
+                result_of(job, index, overrides, sweep_dir)
+                for job, (overrides, _, index, _, _) in zip(jobs, params)
+            ]
+
+        def _executor_args(self) -> dict[str, Any]:
+            args = {"folder": self.params["submitit_folder"]}
+            if "max_num_timeout" in self.params:
+                args[f"{self._EXECUTOR}_max_num_timeout"] = self.params["max_num_timeout"]
+            return args
+
+        def _job_parameters(self) -> dict[str, Any]:
+            shared = set(BaseQueueConf.__dataclass_fields__)
+            return {
+                key if key in shared else f"{self._EXECUTOR}_{key}": value
+                for key, value in self.params.items()
+                if key not in ("submitit_folder", "max_num_timeout")
+            }
+
+        @staticmethod
+        def _log_job(index: int, overrides: Sequence[str]) -> None:
+            log.info("\t#%d : %s", index, " ".join(filter_overrides(overrides)))
+
+
+def check_accounting(job_id: str) -> None:
+    """Warn when ``sacct`` does not answer: a job that dies would then go unnoticed."""
+    try:
+        subprocess.run(
+            ["sacct", "--noheader", "--jobs", job_id.split("_")[0]],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.SubprocessError) as error:
+        detail = getattr(error, "stderr", None) or str(error)
+        log.warning(
+            "sacct does not answer (%s): without Slurm's accounting, a job that ends without "
+            "a result (scancel, time limit, out of memory) goes unnoticed and the sweep waits "
+            "for it",
+            str(detail).strip().splitlines()[-1] if str(detail).strip() else error,
+        )
+
+
+def wait_for_all(jobs: Sequence[Any]) -> None:
+    """Wait until every job has a result or Slurm says it ended (completed, failed, ...).
+
+    A requeued job is pending again, so it is waited for too.
+    """
+    pending = list(jobs)
+    asked = time.monotonic()
+    while pending:
+        if time.monotonic() - asked >= SACCT_EVERY_S:
+            pending[0].watcher.update()  # one sacct call for every job of the sweep
+            asked = time.monotonic()
+        pending = [job for job in pending if not job.done()]
+        if pending:
+            time.sleep(POLL_S)
+
+
+def result_of(job: Any, index: int, overrides: Sequence[str], sweep_dir: Path) -> JobReturn:
+    """The job's own result, or a failed one that says what Slurm says became of it.
+
+    The reason the job itself recorded (in its ``outcome.json``) is added when it left one:
+    a run ended by ``scancel`` or a time limit says so.
+    """
+    from submitit.core.utils import UncompletedJobError
+
+    try:
+        return job.results()[0]
+    except UncompletedJobError:
+        state = job.watcher.get_state(job.job_id, mode="cache")
+        recorded = next((o for o in read_outcomes(sweep_dir) if o.job == index), None)
+        if recorded is not None and recorded.reason:
+            why = f": {recorded.reason}"
+        else:
+            why = f" without a result; its log: {job.paths.stderr}"
+        error = RunFailure(f"job {index} (Slurm job {job.job_id}) ended {state}{why}")
+        return JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=error)

@@ -1,0 +1,272 @@
+"""Sweeps on a real single-node Slurm cluster: launch, scancel, time limit, requeue.
+
+The cluster is ``tests/slurm/cluster.sh``'s (slurmctld, slurmd, slurmdbd with MariaDB for
+``sacct``, munge), started by ``.ci/run`` and named by ``EXPERIMENTS_SLURM_DIR``, or started
+here for this module when that is unset and the machine can (root, Slurm's packages).
+Tests run only against a cluster that script made: its directory holds the ``owner`` file
+naming the cluster, and ``scontrol`` must report that name. With ``CI=true`` a missing
+cluster fails the tests instead of skipping them.
+
+Every sweep runs as the README shows it (``python -m experiments -m experiment=slurm ...``)
+in a directory of its own, and the results are read back with a plain ``MlflowClient``. The
+sweeps start together when the module starts, so the minute a time limit takes is spent
+once, alongside the others.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import runs_of
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
+SCRIPT = Path(__file__).parent / "slurm" / "cluster.sh"
+DIR_VARIABLE = "EXPERIMENTS_SLURM_DIR"
+PACKAGES = ("slurmctld", "slurmd", "slurmdbd", "sbatch", "sacct", "munged", "mariadbd")
+PARENT_TAG = "mlflow.parentRunId"
+LONG = ["task.steps=5000000", "optim.lr=1e-7", "tracking.log_every=100"]
+# A 2-minute limit: Slurm sends submitit's SIGUSR2 signal_delay_s before it, give or take
+# its 30-second checks (it sends once now + delay + 30 s passes the limit): 30 to 60 s into
+# the job, after its start-up. A longer delay would send it at once, before the job's
+# Python has a handler for it, and the job would die of it.
+TIME_LIMIT = ["hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=60"]
+SWEEP_TIMEOUT_S = 400  # the requeue sweep: two attempts of up to a minute each, and a wait
+
+
+def missing() -> Optional[str]:
+    """Why this machine cannot start a cluster of its own (None when it can)."""
+    absent = [name for name in PACKAGES if shutil.which(name) is None]
+    if absent:
+        return (
+            f"{', '.join(absent)} not installed (Debian: apt-get install --no-install-recommends "
+            "slurmctld slurmd slurm-client slurmdbd munge mariadb-server)"
+        )
+    if os.geteuid() != 0:
+        return f"starting a Slurm cluster needs root; or start one and set {DIR_VARIABLE}"
+    return None
+
+
+def unavailable(reason: str) -> None:
+    """Skip, or fail under CI, where the Slurm tests must run."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"the Slurm tests must run in CI: {reason}")
+    pytest.skip(reason)
+
+
+class Cluster:
+    """A cluster that ``tests/slurm/cluster.sh`` started, checked to be that one."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        owner = directory / "owner"
+        if not owner.is_file():
+            pytest.fail(f"{directory} holds no cluster of tests/slurm/cluster.sh (no owner file)")
+        fields = dict(line.split("=", 1) for line in owner.read_text().split())
+        self.name, self.partition = fields["cluster"], fields["partition"]
+        self.env = {"SLURM_CONF": str(directory / "slurm.conf")}
+        shown = self.run("scontrol", "show", "config").stdout
+        if f"ClusterName             = {self.name}\n" not in shown:
+            pytest.fail(f"the cluster at {directory} does not answer as {self.name}")
+
+    def run(self, *command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            command, env={**os.environ, **self.env}, capture_output=True, text=True, check=True
+        )
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """The tests' own cluster: the one ``.ci/run`` started, or one started for this module."""
+    given = os.environ.get(DIR_VARIABLE)
+    if given:
+        yield Cluster(Path(given))
+        return
+    reason = missing()
+    if reason is not None:
+        unavailable(reason)
+    directory = Path(tempfile.mkdtemp(prefix="experiments-slurm-"))
+    started = subprocess.run(["bash", str(SCRIPT), "start", str(directory)], capture_output=True)
+    if started.returncode != 0:
+        subprocess.run(["bash", str(SCRIPT), "stop", str(directory)], capture_output=True)
+        pytest.fail(f"could not start a Slurm cluster: {started.stderr.decode()[-2000:]}")
+    try:
+        yield Cluster(directory)
+    finally:
+        subprocess.run(["bash", str(SCRIPT), "stop", str(directory)], capture_output=True)
+
+
+class Sweep:
+    """``python -m experiments -m experiment=slurm ...`` running in a directory of its own."""
+
+    def __init__(
+        self, cluster: Cluster, directory: Path, args: list[str], store: Optional[str] = None
+    ) -> None:
+        directory.mkdir(parents=True)
+        self.directory = directory
+        self.store = store or f"sqlite:///{directory / 'mlflow.db'}"
+        self.client = MlflowClient(self.store)
+        env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+        # The jobs inherit it (sbatch passes the environment on), as a user's would.
+        env.update(cluster.env, MLFLOW_TRACKING_URI=self.store)
+        command = ["-m", "experiment=slurm", "device=cpu"]
+        command += [f"hydra.launcher.partition={cluster.partition}"]
+        command += ["hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", *args]
+        with open(directory / "out", "w") as out, open(directory / "err", "w") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "experiments", *command],
+                cwd=directory,
+                env=env,
+                stdout=out,
+                stderr=err,
+            )
+
+    def wait(self, timeout: float = SWEEP_TIMEOUT_S) -> tuple[int, str, str]:
+        """The exit status, standard output and standard error, once the sweep ended."""
+        try:
+            status = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise AssertionError(
+                f"the sweep in {self.directory} did not end: {self.logs()}"
+            ) from None
+        return status, (self.directory / "out").read_text(), (self.directory / "err").read_text()
+
+    def split(self) -> tuple:
+        """The sweep's parent run and its jobs' runs, oldest first."""
+        runs = runs_of(self.client, "minimize")
+        parents = [run for run in runs if run.data.tags.get("sweep") == "true"]
+        assert len(parents) == 1, [run.info.run_name for run in runs]
+        return parents[0], [run for run in runs if run.data.tags.get("sweep") != "true"]
+
+    def job_dirs(self, pattern: str = "[0-9]*") -> list[Path]:
+        """The jobs' submitit folders (one per Slurm job: ``<job id>_<index>``)."""
+        return sorted(self.directory.glob(f"outputs/multirun/*/*/.submitit/{pattern}"))
+
+    def logs(self) -> str:
+        """The jobs' own logs, the ends of them, for a failure's message."""
+        found = sorted(self.directory.glob("outputs/multirun/*/*/.submitit/*/*_log.*"))
+        return "\n".join(f"{path.name}: {path.read_text()[-1500:]}" for path in found)
+
+
+@pytest.fixture(scope="module")
+def sweeps(cluster, tmp_path_factory):
+    """Every sweep of this module, started at once (they run side by side on the cluster)."""
+    root = tmp_path_factory.mktemp("slurm")
+    started = {
+        "several": Sweep(cluster, root / "several", ["task.steps=5,6,7"]),
+        "cancel": Sweep(cluster, root / "cancel", ["task.steps=5000000,30", *LONG[1:]]),
+        "time_limit": Sweep(cluster, root / "time_limit", [*LONG, *TIME_LIMIT]),
+        "requeue": Sweep(
+            cluster,
+            root / "requeue",
+            [*LONG, *TIME_LIMIT, "hydra.launcher.max_num_timeout=1", "task.steps=5000001"],
+        ),
+    }
+    yield started
+    for sweep in started.values():
+        if sweep.process.poll() is None:
+            sweep.process.kill()
+
+
+def test_a_sweep_runs_every_job_as_a_finished_child_and_never_twice(cluster, sweeps) -> None:
+    sweep = sweeps["several"]
+    status, out, err = sweep.wait()
+    assert status == 0, err + sweep.logs()
+    assert "Sweep 'sweep slurm': 3 jobs: 3 finished" in out
+    parent, jobs = sweep.split()
+    assert parent.info.status == "FINISHED"
+    assert sorted(run.data.params["task.steps"] for run in jobs) == ["5", "6", "7"]
+    assert {run.data.tags[PARENT_TAG] for run in jobs} == {parent.info.run_id}
+    assert {run.info.status for run in jobs} == {"FINISHED"}
+    # device=cpu asked Slurm for no GPU, without the user saying so.
+    (script,) = sweep.directory.glob("outputs/multirun/*/*/.submitit/*/*_submission.sh")
+    assert "--gpus-per-node" not in script.read_text()
+    assert "#SBATCH --cpus-per-task=1" in script.read_text()
+    # Run again with skip_existing=true: every job is found FINISHED and none runs twice.
+    again = Sweep(
+        cluster, sweep.directory / "again", ["task.steps=5,6,7", "skip_existing=true"], sweep.store
+    )
+    status, out, err = again.wait()
+    assert status == 0, err + again.logs()
+    assert "3 jobs: 3 skipped" in out
+    jobs = [run for run in runs_of(sweep.client, "minimize") if "sweep" not in run.data.tags]
+    assert len(jobs) == 3
+
+
+def wait_for_job(sweep: Sweep, index: int, timeout: float = 180) -> str:
+    """The Slurm id of job ``index`` once its run is recording points."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        journals = list(sweep.directory.glob(f"outputs/multirun/*/*/{index}/journal.jsonl"))
+        folders = sweep.job_dirs(f"*_{index}")
+        if journals and folders and journals[0].stat().st_size > 20_000:
+            return folders[0].name
+        time.sleep(0.5)
+    raise AssertionError(f"job {index} did not start: {sweep.logs()}")
+
+
+def test_scancel_ends_the_jobs_run_killed_and_the_sweep_goes_on_to_its_end(cluster, sweeps) -> None:
+    sweep = sweeps["cancel"]
+    job_id = wait_for_job(sweep, 0)
+    cluster.run("scancel", job_id)
+    cancelled = time.monotonic()
+    status, out, err = sweep.wait()
+    assert time.monotonic() - cancelled < 60  # one of the launcher's sacct calls, and a close
+    assert status == 1, err + sweep.logs()
+    assert "Traceback" not in err
+    last_line = err.strip().splitlines()[-1]
+    assert last_line.startswith(f"error: job 0 (Slurm job {job_id}) ended CANCELLED")
+    assert "2 jobs: 1 finished, 1 killed" in out
+    parent, jobs = sweep.split()
+    statuses = {run.data.params["task.steps"]: run for run in jobs}
+    assert statuses["30"].info.status == "FINISHED"
+    killed = statuses["5000000"]
+    assert killed.info.status == "KILLED", sweep.logs()
+    assert killed.data.tags["error"].startswith("terminated by Slurm (SIGTERM")
+    assert parent.info.status == "FAILED"  # not left RUNNING
+    assert parent.data.tags["error"].startswith(f"job 0 (Slurm job {job_id}) ended CANCELLED")
+
+
+def test_a_job_past_its_time_limit_ends_killed_naming_it(sweeps) -> None:
+    sweep = sweeps["time_limit"]
+    status, out, err = sweep.wait()
+    assert status == 1, err + sweep.logs()
+    assert "Traceback" not in err
+    parent, (run,) = sweep.split()
+    assert run.info.status == "KILLED", sweep.logs()
+    assert run.data.tags["error"].startswith(
+        "Slurm time limit near (SIGUSR2); not requeued: Job not requeued because: "
+        "timed-out too many times"
+    )
+    assert parent.info.status == "FAILED"
+    assert "1 job: 1 killed" in out
+
+
+def test_a_requeued_job_records_a_fresh_run_linked_to_the_first(sweeps) -> None:
+    # max_num_timeout=1: submitit requeues the job once at its time limit, then gives up.
+    sweep = sweeps["requeue"]
+    status, out, err = sweep.wait()
+    assert status == 1, err + sweep.logs()
+    assert "Traceback" not in err
+    parent, (first, second) = sweep.split()
+    assert first.info.status == second.info.status == "KILLED", sweep.logs()
+    assert first.data.tags["error"] == (
+        "Slurm time limit near (SIGUSR2); submitit requeued the job"
+    )
+    assert second.data.tags["error"].startswith("Slurm time limit near (SIGUSR2); not requeued")
+    assert second.data.tags["retry_of"] == first.info.run_id
+    assert {first.data.tags[PARENT_TAG], second.data.tags[PARENT_TAG]} == {parent.info.run_id}
+    assert parent.info.status == "FAILED"
+    assert "1 job: 1 killed" in out  # one job, whatever its attempts
+    assert len(sweep.job_dirs()) == 1  # one Slurm job, run twice
