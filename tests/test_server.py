@@ -70,6 +70,7 @@ def test_parallel_sweep_over_http_lands_every_run_in_its_experiment(server, work
     assert {"config.yaml", "function.png", "loss.png"} <= artifacts
     assert not (workdir / "mlflow.db").exists()  # the server's store was used, not a local one
     page = f"#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}"
+    page += "?workflowType=machine_learning"
     assert f"Review it at {server}/{page}" in result.stdout
 
 

@@ -139,6 +139,7 @@ def test_sweep_in_process_groups_jobs_under_a_finished_parent(
     assert f"best result/loss: {best.data.metrics['result/loss']:.6g} (job " in out
     assert f"), run {best.info.run_id}" in out
     page = f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}"
+    page += "?workflowType=machine_learning"  # MLflow's UI opens on runs, not in GenAI mode
     assert f"Review it with: mlflow ui --backend-store-uri {store_uri}" in out
     assert f"http://127.0.0.1:5000/{page}" in out
 

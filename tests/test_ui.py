@@ -15,8 +15,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,11 +52,16 @@ CHROMIUM_ARGS = [
 # A reviewer's two choices on a first visit, as MLflow 3.17's UI stores them: its "Model
 # training" side rather than GenAI (where it opens), and its assistant panel closed (it
 # opens by itself and takes a third of the width).
-REVIEWER_SETTINGS = """
-localStorage.setItem('mlflow.workflowType_v1', '"machine_learning"');
+PANEL_CLOSED = """
 localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');
 localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');
 """
+REVIEWER_SETTINGS = (
+    PANEL_CLOSED
+    + """
+localStorage.setItem('mlflow.workflowType_v1', '"machine_learning"');
+"""
+)
 VIEWPORT = {"width": 1400, "height": 900}
 WAIT_MS = 30_000  # the first page load compiles MLflow's UI bundle: seconds
 
@@ -92,6 +95,7 @@ class Sweep:
     parent: Run
     children: list[Run]  # by name
     objective: str  # the metric name the task's objective is logged under
+    review: str  # the page the sweep's last line says to open, as a route of the UI
 
     @property
     def best(self) -> Run:
@@ -120,22 +124,18 @@ def _record(root: Path, store: str, task: str) -> Sweep:
     (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
     children = [run for run in runs if run is not parent]
     assert len(children) > 1
-    if not _artifacts(client, parent.info.run_id, "report"):
-        # Until a sweep logs its report itself, make it the way the README shows.
-        report = subprocess.run(
-            [sys.executable, "-m", "experiments.report", "--parent", parent.info.run_id],
-            cwd=root,
-            env={**os.environ, "MLFLOW_TRACKING_URI": store},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert report.returncode == 0, report.stderr[-3000:]
+    # the sweep made its report itself, and said where to look
+    assert _artifacts(client, parent.info.run_id, "report"), "no report/ in the parent run"
+    printed = re.search(
+        r"^Review it with: .* then open http://127\.0\.0\.1:5000/#/(\S+)$", result.stdout, re.M
+    )
+    assert printed, result.stdout[-3000:]
     return Sweep(
         experiment.experiment_id,
         client.get_run(parent.info.run_id),
         sorted(children, key=lambda run: run.info.run_name),
         _logged_objective(task, children[0]),
+        printed.group(1),
     )
 
 
@@ -239,6 +239,28 @@ def test_the_runs_table_shows_the_sweep_and_its_children(
         expect(page.get_by_role("link", name=child.info.run_name, exact=True)).to_be_visible()
     if task == "minimize":
         screenshot(page, shots, "runs", record_property)
+
+
+@pytest.mark.parametrize("task", list(SWEEPS))
+def test_the_page_a_sweep_points_to_opens_on_its_runs_in_a_new_browser(
+    browser, server, sweeps, task
+) -> None:
+    # No mode chosen before (a first visit): the printed URL itself says "runs", not GenAI.
+    context = browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(WAIT_MS)
+    context.add_init_script(PANEL_CLOSED)
+    page = context.new_page()
+    try:
+        sweep = sweeps[task]
+        visit(page, server, sweep.review, sweep.parent.info.run_name)
+        for child in sweep.children:  # the parent's page lists its jobs by name
+            expect(page.get_by_role("link", name=child.info.run_name, exact=True)).to_be_visible()
+        # the side bar of MLflow's "Model training" mode: Runs, Models, Traces
+        side = page.get_by_role("list").get_by_role("link", name="Runs", exact=True)
+        expect(side).to_be_visible()
+        expect(page.get_by_text("Evaluation runs", exact=True)).to_have_count(0)  # GenAI's
+    finally:
+        context.close()
 
 
 @pytest.mark.parametrize("task", list(SWEEPS))

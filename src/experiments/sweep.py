@@ -381,9 +381,11 @@ def _report(sweep: _Sweep) -> None:
             run_id,
         )
         return
+    figures = len(reply.get("figures", []))
     log.info(
-        "report: %d figures logged into the parent run under %s/ in %.2f s",
-        len(reply.get("figures", [])),
+        "report: %d figure%s logged into the parent run under %s/ in %.2f s",
+        figures,
+        "" if figures == 1 else "s",
         REPORT_DIR,
         reply.get("seconds", 0.0),
     )
@@ -408,7 +410,8 @@ def review_line(sweep: _Sweep) -> Optional[str]:
     if sweep.store is None or run_id is None or experiment_id is None:
         return None
     uri = uris.redact(sweep.store.uri)
-    page = f"#/experiments/{experiment_id}/runs/{run_id}"
+    # MLflow 3's UI opens in its GenAI mode unless told otherwise; runs are "machine_learning"
+    page = f"#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
     if uri.startswith(("http://", "https://")):
         return f"Review it at {uri.rstrip('/')}/{page}"
     return f"Review it with: mlflow ui --backend-store-uri {uri}   then open http://127.0.0.1:5000/{page}"
