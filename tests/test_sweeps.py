@@ -241,12 +241,21 @@ def test_a_failing_job_in_the_middle(monkeypatch, capfd, store_uri, client, tmp_
     assert "report: 2 figures logged into the parent run under report/" in captured.out
 
 
+def test_no_report_is_tried_when_no_job_recorded_a_run(monkeypatch, capfd, store_uri) -> None:
+    assert sweep(monkeypatch, store_uri, ["task.steps=0,-1"]) == 1
+    captured = capfd.readouterr()
+    assert "2 jobs: 2 failed" in captured.out
+    said = captured.out + captured.err
+    assert "report: " not in said and "report was not made" not in said
+
+
 def test_a_job_with_an_invalid_config_is_listed_failed_without_a_run(
     monkeypatch, capfd, store_uri, client, tmp_path
 ) -> None:
     status = sweep(monkeypatch, store_uri, ["task.steps=5,0"])
     out = capfd.readouterr().out
     assert status == 1
+    assert "report: 2 figures logged into the parent run" in out  # the job that ran
     parent, jobs = split(runs_of(client, "minimize"))
     assert parent.info.status == "FAILED"
     assert [run.data.params["task.steps"] for run in jobs] == ["5"]  # no run for steps=0

@@ -326,8 +326,8 @@ def finish(interrupted: bool = False, error: str | None = None) -> list[Outcome]
             f"\nbest {sweep.objective}: {_number(best.objective)} (job {best.job}: "
             f"{' '.join(best.overrides)}), run {best.run_id}"
         )
-    if outcomes and not interrupted:
-        _report(sweep)
+    if any(outcome.run_id is not None for outcome in outcomes) and not interrupted:
+        _report(sweep)  # (no job recorded a run: nothing to compare)
     if outcomes:
         print(f"\n{summary}", flush=True)
         where = review_line(sweep)
