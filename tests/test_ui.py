@@ -185,11 +185,17 @@ def browser(served):
 def page(browser):
     """A page in a fresh browser profile for each test: the UI keeps what a reviewer did
     (rows expanded, scroll, panels) in the browser's storage."""
-    context = browser.new_context(viewport=VIEWPORT)
-    context.set_default_timeout(WAIT_MS)
-    context.add_init_script(REVIEWER_SETTINGS)
+    context = new_context(browser, REVIEWER_SETTINGS)
     yield context.new_page()
     context.close()
+
+
+def new_context(browser, settings: str):
+    """A fresh browser profile whose storage holds ``settings`` (a script) on every page."""
+    context = browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(WAIT_MS)
+    context.add_init_script(settings)
+    return context
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +207,12 @@ def visit(page, server: MlflowServer, route: str, shown: str) -> None:
     """Open a route of the UI and wait until the text ``shown`` is visible on it."""
     page.goto(f"{server.uri}/#/{route}", wait_until="domcontentloaded")
     expect(page.get_by_text(shown, exact=True).first).to_be_visible()
+
+
+def screenshot_charts(page, shots: Path, name: str, record_property) -> None:
+    """A screenshot once the charts have drawn (plotly's traces are there)."""
+    page.locator(f'[data-testid="{CARD}"] .js-plotly-plot g.trace').first.wait_for()
+    screenshot(page, shots, name, record_property)
 
 
 def screenshot(page, shots: Path, name: str, record_property) -> None:
@@ -246,9 +258,7 @@ def test_the_page_a_sweep_points_to_opens_on_its_runs_in_a_new_browser(
     browser, server, sweeps, task
 ) -> None:
     # No mode chosen before (a first visit): the printed URL itself says "runs", not GenAI.
-    context = browser.new_context(viewport=VIEWPORT)
-    context.set_default_timeout(WAIT_MS)
-    context.add_init_script(PANEL_CLOSED)
+    context = new_context(browser, PANEL_CLOSED)
     page = context.new_page()
     try:
         sweep = sweeps[task]
@@ -324,8 +334,7 @@ def test_a_child_run_shows_its_objective_chart_before_the_timings(
     visit(page, server, route, run.info.run_name)
     page.get_by_test_id(CARD).first.wait_for()
     if task == "minimize":
-        page.locator(f'[data-testid="{CARD}"] .js-plotly-plot g.trace').first.wait_for()
-        screenshot(page, shots, "metrics", record_property)
+        screenshot_charts(page, shots, "metrics", record_property)
     assert_first(chart_tops(page), title, timings)
 
 
@@ -354,8 +363,7 @@ def test_the_runs_chart_view_shows_the_objective_before_the_timings(
     # The children's charts replace the parent's own (best/...): results are theirs.
     page.get_by_role("heading", name=re.compile("^" + names.RESULT.rstrip("/"))).first.wait_for()
     if task == "minimize":
-        page.locator(f'[data-testid="{CARD}"] .js-plotly-plot g.trace').first.wait_for()
-        screenshot(page, shots, "charts", record_property)
+        screenshot_charts(page, shots, "charts", record_property)
     assert_first(chart_tops(page), sweep.objective, timings)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Mapping
 
 RESULT = "result/"
+NOISY_TAG = "noisy"  # a matmul run's tag when its timings spread widely, saying why
 
 
 def result(name: str) -> str:

@@ -28,7 +28,6 @@ from experiments import names
 
 CONVERGED_RTOL = 1e-6
 SIZE_LABEL = "size n (n x n; the cube root of m*k*n otherwise)"
-NOISY_TAG = "noisy"  # a matmul run's tag when its timings spread widely (tasks.matmul)
 MAX_TICKS = 12  # label every swept value up to this many; matplotlib's own ticks beyond
 
 
@@ -86,7 +85,7 @@ def matmul_results(runs: Iterable[Run]) -> list[MatmulResult]:
             continue
         dtype = tags.get("dtype") or params.get("task.dtype", "?")
         device = tags.get("device", "?")
-        noisy = NOISY_TAG in tags
+        noisy = names.NOISY_TAG in tags
         found.append(
             MatmulResult(device, dtype, size, metrics["time_ms"], metrics["gflops"], noisy)
         )

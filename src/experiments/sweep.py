@@ -110,14 +110,7 @@ class Parent:
         """
         if not self.swept:
             return None
-        parser = OverridesParser.create()
-        values = {}
-        for item in overrides:
-            try:
-                override = parser.parse_override(item)
-            except HydraException:
-                continue
-            values[override.key_or_group] = item.split("=", 1)[1]
+        values = {o.key_or_group: item.split("=", 1)[1] for o, item in _parsed(overrides)}
         shown = [key for key in self.swept if key in values]
         if not shown:
             return None
@@ -130,27 +123,28 @@ class Parent:
 def swept_keys(overrides: list[str], sweeper_params: Any) -> list[str]:
     """The keys a sweep varies: its command line's sweeps (``optim.lr=0.1,0.01``), then
     those of ``hydra.sweeper.params`` the command line did not replace with one value."""
-    parser = OverridesParser.create()
-    swept: list[str] = []
-    fixed: set[str] = set()
-    for item in overrides:
-        try:
-            override = parser.parse_override(item)
-        except HydraException:
-            continue
-        if override.is_sweep_override():
-            swept.append(override.key_or_group)
-        else:
-            fixed.add(override.key_or_group)
-    for key, value in dict(sweeper_params or {}).items():
-        if key in swept or key in fixed:
-            continue
-        try:
-            if parser.parse_override(f"{key}={value}").is_sweep_override():
-                swept.append(str(key))
-        except HydraException:
-            continue
+    given = _parsed(overrides)
+    swept = [o.key_or_group for o, _ in given if o.is_sweep_override()]
+    named = {o.key_or_group for o, _ in given}
+    preset = [f"{key}={value}" for key, value in dict(sweeper_params or {}).items()]
+    swept += [
+        o.key_or_group
+        for o, _ in _parsed(preset)
+        if o.key_or_group not in named and o.is_sweep_override()
+    ]
     return swept
+
+
+def _parsed(items: list[str]) -> list[tuple[Any, str]]:
+    """Each override Hydra's grammar parses, with its text; the others are left out."""
+    parser = OverridesParser.create()
+    found = []
+    for item in items:
+        try:
+            found.append((parser.parse_override(item), item))
+        except HydraException:
+            continue
+    return found
 
 
 def parent_run_id(sweep_dir: str | Path) -> str | None:
@@ -366,6 +360,7 @@ def best_metric(objective: str) -> str:
 def _report(sweep: _Sweep) -> None:
     """The sweep's comparison report, in ``<sweep dir>/report`` and the parent's ``report/``."""
     from experiments import live
+    from experiments.cli import one_line  # the command line's module imports this one
     from experiments.recorder.client import RecorderGone
 
     run_id = sweep.recording.run_id
@@ -377,7 +372,7 @@ def _report(sweep: _Sweep) -> None:
         log.warning(
             "the sweep's report was not made: %s; make it with: python -m experiments.report "
             "--parent %s",
-            (str(failure).strip().splitlines() or [type(failure).__name__])[0],
+            one_line(failure),
             run_id,
         )
         return

@@ -17,7 +17,7 @@ from experiments import devices
 from experiments.config import check_choice, check_positive, check_positive_int
 from experiments.context import TaskContext
 from experiments.errors import ConfigError
-from experiments.names import result
+from experiments.names import NOISY_TAG, result
 from experiments.timing import DTYPES, MatmulTiming, default_threads, measure_matmul
 
 log = logging.getLogger(__name__)
@@ -59,10 +59,13 @@ class MatmulConfig:
             return self.size, self.size, self.size
         return self.m, self.k, self.n
 
+    def threads_used(self) -> int:
+        """``threads``, or every core when it is null."""
+        return default_threads() if self.threads is None else self.threads
+
 
 SCHEMA = MatmulConfig
 OBJECTIVE = result("time_ms")  # the metric run() returns: what a sweeper minimises
-NOISY_TAG = "noisy"  # set, with the likely cause, on a run whose timings spread widely
 NOISY_SPREAD = 0.10  # IQR / median above which a measurement is flagged; ~1 s of timing on
 # an idle machine stays under 5%
 
@@ -70,8 +73,7 @@ NOISY_SPREAD = 0.10  # IQR / median above which a measurement is flagged; ~1 s o
 def resolved_params(cfg: MatmulConfig) -> dict[str, int]:
     """The shape and thread count a run uses, whichever settings gave them (its params)."""
     m, k, n = cfg.shape()
-    threads = default_threads() if cfg.threads is None else cfg.threads
-    return {"m": m, "k": k, "n": n, "threads": threads}
+    return {"m": m, "k": k, "n": n, "threads": cfg.threads_used()}
 
 
 def run(cfg: MatmulConfig, ctx: TaskContext) -> float:
@@ -89,7 +91,7 @@ def run(cfg: MatmulConfig, ctx: TaskContext) -> float:
         RunFailure: the size does not fit in memory, or the product is wrong.
     """
     m, k, n = cfg.shape()
-    threads = default_threads() if cfg.threads is None else cfg.threads
+    threads = cfg.threads_used()
     # Tagged before measuring, so a run that fails still says what it tried.
     ctx.recorder.set_tags(
         {
