@@ -173,12 +173,16 @@ def sweeps(served) -> dict[str, Sweep]:
 @pytest.fixture(scope="module")
 def browser(served):
     """One headless Chromium for the module."""
+    # An assertion waits as long as a page load may take: its own default (5 s) is shorter
+    # than MLflow's first runs query on a busy machine.
+    expect.set_options(timeout=WAIT_MS)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             yield browser
         finally:
             browser.close()
+            expect.set_options(timeout=5_000)
 
 
 @pytest.fixture
