@@ -110,7 +110,12 @@ class Sweep:
     """``python -m experiments -m experiment=slurm ...`` running in a directory of its own."""
 
     def __init__(
-        self, cluster: Cluster, directory: Path, args: list[str], store: Optional[str] = None
+        self,
+        cluster: Cluster,
+        directory: Path,
+        args: list[str],
+        store: Optional[str] = None,
+        path: Optional[Path] = None,
     ) -> None:
         directory.mkdir(parents=True)
         self.directory = directory
@@ -119,6 +124,8 @@ class Sweep:
         env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
         # The jobs inherit it (sbatch passes the environment on), as a user's would.
         env.update(cluster.env, MLFLOW_TRACKING_URI=self.store)
+        if path is not None:  # programs found there first
+            env["PATH"] = f"{path}{os.pathsep}{env['PATH']}"
         command = ["-m", "experiment=slurm", "device=cpu"]
         command += [f"hydra.launcher.partition={cluster.partition}"]
         command += ["hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", *args]
@@ -166,6 +173,12 @@ def sweeps(cluster, tmp_path_factory):
     started = {
         "several": Sweep(cluster, root / "several", ["task.steps=5,6,7"]),
         "cancel": Sweep(cluster, root / "cancel", ["task.steps=5000000,30", *LONG[1:]]),
+        "no_accounting": Sweep(
+            cluster,
+            root / "no_accounting",
+            ["task.steps=5000002,31", *LONG[1:]],
+            path=no_accounting(root / "bin"),
+        ),
         "time_limit": Sweep(cluster, root / "time_limit", [*LONG, *TIME_LIMIT]),
         "requeue": Sweep(
             cluster,
@@ -236,6 +249,44 @@ def test_scancel_ends_the_jobs_run_killed_and_the_sweep_goes_on_to_its_end(clust
     assert killed.data.tags["error"].startswith("terminated by Slurm (SIGTERM")
     assert parent.info.status == "FAILED"  # not left RUNNING
     assert parent.data.tags["error"].startswith(f"job 0 (Slurm job {job_id}) ended CANCELLED")
+
+
+def no_accounting(directory: Path) -> Path:
+    """A directory whose ``sacct`` answers as Slurm's does on a cluster without accounting."""
+    directory.mkdir()
+    sacct = directory / "sacct"
+    sacct.write_text(
+        "#!/bin/sh\necho 'sacct: error: Slurm accounting storage is disabled' >&2\nexit 1\n"
+    )
+    sacct.chmod(0o755)
+    return directory
+
+
+def test_without_accounting_a_cancelled_job_ends_the_sweep_all_the_same(cluster, sweeps) -> None:
+    # sacct fails, as it does where Slurm keeps no accounting; squeue says the job is gone.
+    sweep = sweeps["no_accounting"]
+    job_id = wait_for_job(sweep, 0)
+    cluster.run("scancel", job_id)
+    cancelled = time.monotonic()
+    status, out, err = sweep.wait()
+    assert time.monotonic() - cancelled < 60  # two looks at the queue, and a close
+    assert status == 1, err + sweep.logs()
+    assert "sacct does not answer (sacct: error: Slurm accounting storage is disabled)" in out
+    assert "Traceback" not in err
+    assert "Bypassing sacct error" not in out + err  # submitit's, had it been let ask sacct
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"error: job 0 (Slurm job {job_id}) ended (no accounting: Slurm cannot say how): "
+            "terminated by Slurm (SIGTERM"
+        )
+    ), err
+    assert "2 jobs: 1 finished, 1 killed" in out
+    parent, jobs = sweep.split()
+    statuses = {run.data.params["task.steps"]: run.info.status for run in jobs}
+    assert statuses == {"31": "FINISHED", "5000002": "KILLED"}, sweep.logs()
+    assert parent.info.status == "FAILED"
 
 
 def test_a_job_past_its_time_limit_ends_killed_naming_it(sweeps) -> None:

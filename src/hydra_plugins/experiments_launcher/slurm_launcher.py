@@ -8,6 +8,10 @@ noticed late. This launcher asks Slurm every :data:`SACCT_EVERY_S` seconds, wait
 every job has ended, and turns each job that left no result into a failed job whose error
 says, in one line, what Slurm says became of it.
 
+On a cluster that keeps no accounting (``sacct`` fails), Slurm cannot say how a job ended,
+but ``squeue`` still says which jobs it holds: a job missing from the queue at two
+consecutive looks, with no result, has ended without one. So no sweep waits for a dead job.
+
 It lives in ``hydra_plugins`` because Hydra only loads launchers from there; it is defined
 only where the ``sweeps`` extra (hydra-submitit-launcher) is installed.
 """
@@ -20,7 +24,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence, Set
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
@@ -41,6 +45,7 @@ log = logging.getLogger(__name__)
 
 SACCT_EVERY_S = 10.0  # how often Slurm's accounting is asked which jobs have ended
 POLL_S = 1.0  # how often the jobs' result files are looked for
+LOOKS_GONE = 2  # without accounting: looks at the queue a job must be missing from to be ended
 
 if _HydraSlurmLauncher is not None:
 
@@ -82,10 +87,9 @@ if _HydraSlurmLauncher is not None:
                     (list(overrides), "hydra.sweep.dir", index, f"job_id_for_{index}", state)
                 )
             jobs = executor.map_array(self, *zip(*params))
-            check_accounting(jobs[0].job_id)
-            wait_for_all(jobs)
+            lost = wait_for_all(jobs, accounting=has_accounting(jobs[0].job_id))
             return [
-                result_of(job, index, overrides, sweep_dir)
+                result_of(job, index, overrides, sweep_dir, lost)
                 for job, (overrides, _, index, _, _) in zip(jobs, params)
             ]
 
@@ -108,8 +112,8 @@ if _HydraSlurmLauncher is not None:
             log.info("\t#%d : %s", index, " ".join(filter_overrides(overrides)))
 
 
-def check_accounting(job_id: str) -> None:
-    """Warn when ``sacct`` does not answer: a job that dies would then go unnoticed."""
+def has_accounting(job_id: str) -> bool:
+    """Whether ``sacct`` answers; a warning says what is done instead when it does not."""
     try:
         subprocess.run(
             ["sacct", "--noheader", "--jobs", job_id.split("_")[0]],
@@ -118,48 +122,97 @@ def check_accounting(job_id: str) -> None:
             check=True,
             timeout=60,
         )
+        return True
     except (OSError, subprocess.SubprocessError) as error:
-        detail = getattr(error, "stderr", None) or str(error)
+        detail = str(getattr(error, "stderr", None) or error).strip()
         log.warning(
-            "sacct does not answer (%s): without Slurm's accounting, a job that ends without "
-            "a result (scancel, time limit, out of memory) goes unnoticed and the sweep waits "
-            "for it",
-            str(detail).strip().splitlines()[-1] if str(detail).strip() else error,
+            "sacct does not answer (%s): without Slurm's accounting, a job that leaves the "
+            "queue without a result (scancel, time limit, out of memory) is reported as ended, "
+            "but not how",
+            detail.splitlines()[-1] if detail else type(error).__name__,
         )
+        return False
 
 
-def wait_for_all(jobs: Sequence[Any]) -> None:
+def queued(jobs: Sequence[Any]) -> Optional[set[str]]:
+    """The ids of ``jobs`` that Slurm's queue holds (one per array task), or None when
+    ``squeue`` does not answer (the controller restarting, say)."""
+    arrays = sorted({job.job_id.split("_")[0] for job in jobs})
+    try:
+        listed = subprocess.run(
+            ["squeue", "--noheader", "--array", "--format=%i", "--jobs", ",".join(arrays)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return set(listed.split())
+
+
+def wait_for_all(jobs: Sequence[Any], accounting: bool = True) -> set[str]:
     """Wait until every job has a result or Slurm says it ended (completed, failed, ...).
 
-    A requeued job is pending again, so it is waited for too.
+    A requeued job is pending again, so it is waited for too. Without ``accounting``, a job
+    missing from Slurm's queue at :data:`LOOKS_GONE` consecutive looks has ended: the ids
+    of such jobs without a result are returned.
     """
     pending = list(jobs)
+    missing = {job.job_id: 0 for job in jobs}  # consecutive looks that did not find it
     asked = time.monotonic()
     while pending:
         if time.monotonic() - asked >= SACCT_EVERY_S:
-            pending[0].watcher.update()  # one sacct call for every job of the sweep
+            if accounting:
+                pending[0].watcher.update()  # one sacct call for every job of the sweep
+            else:
+                held = queued(pending)
+                for job in pending if held is not None else ():
+                    missing[job.job_id] = 0 if job.job_id in held else missing[job.job_id] + 1
             asked = time.monotonic()
-        pending = [job for job in pending if not job.done()]
+        if accounting:
+            pending = [job for job in pending if not job.done()]
+        else:  # job.done() would ask sacct, and warn each time it fails
+            pending = [
+                job for job in pending if not has_result(job) and missing[job.job_id] < LOOKS_GONE
+            ]
         if pending:
             time.sleep(POLL_S)
+    return {job.job_id for job in jobs if missing[job.job_id] >= LOOKS_GONE and not has_result(job)}
 
 
-def result_of(job: Any, index: int, overrides: Sequence[str], sweep_dir: Path) -> JobReturn:
+def has_result(job: Any) -> bool:
+    """Whether the job left its result file (what ``job.done()`` looks for first)."""
+    folder = job.paths.folder
+    try:  # refreshes a shared filesystem's view of the folder, as submitit does
+        folder.chmod(folder.stat().st_mode)
+    except OSError:
+        pass
+    return job.paths.result_pickle.exists()
+
+
+def result_of(
+    job: Any, index: int, overrides: Sequence[str], sweep_dir: Path, lost: Set[str] = frozenset()
+) -> JobReturn:
     """The job's own result, or a failed one that says what Slurm says became of it.
 
-    The reason the job itself recorded (in its ``outcome.json``) is added when it left one:
-    a run ended by ``scancel`` or a time limit says so.
+    ``lost`` are the jobs that left the queue of a cluster without accounting, with no
+    result. The reason the job itself recorded (in its ``outcome.json``) is added when it
+    left one: a run ended by ``scancel`` or a time limit says so.
     """
     from submitit.core.utils import UncompletedJobError
 
-    try:
-        return job.results()[0]
-    except UncompletedJobError:
-        state = job.watcher.get_state(job.job_id, mode="cache")
-        recorded = next((o for o in read_outcomes(sweep_dir) if o.job == index), None)
-        if recorded is not None and recorded.reason:
-            why = f": {recorded.reason}"
-        else:
-            why = f" without a result; its log: {job.paths.stderr}"
-        error = RunFailure(f"job {index} (Slurm job {job.job_id}) ended {state}{why}")
-        return JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=error)
+    if job.job_id in lost:  # job.results() would wait for it forever
+        state = "(no accounting: Slurm cannot say how)"
+    else:
+        try:
+            return job.results()[0]
+        except UncompletedJobError:
+            state = job.watcher.get_state(job.job_id, mode="cache")
+    recorded = next((o for o in read_outcomes(sweep_dir) if o.job == index), None)
+    if recorded is not None and recorded.reason:
+        why = f": {recorded.reason}"
+    else:
+        why = f" without a result; its log: {job.paths.stderr}"
+    error = RunFailure(f"job {index} (Slurm job {job.job_id}) ended {state}{why}")
+    return JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=error)
