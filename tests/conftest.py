@@ -108,3 +108,21 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.section("screenshots of MLflow's UI")
         for path in dict.fromkeys(paths):
             terminalreporter.write_line(path)
+
+
+# The test modules that wait longest first (a Slurm cluster's time limits, servers and
+# databases, a browser): with ``--dist loadfile`` each module runs whole on one worker, so
+# one of them left to the end would run alone while the other workers sit idle.
+FIRST = ("slurm", "postgres", "ui", "server")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    def rank(module: str) -> int:
+        marks = {mark.name for item in by_module[module] for mark in item.iter_markers()}
+        return min((FIRST.index(name) for name in marks if name in FIRST), default=len(FIRST))
+
+    by_module: dict[str, list] = {}
+    for item in items:
+        by_module.setdefault(item.nodeid.split("::")[0], []).append(item)
+    order = sorted(by_module, key=rank)  # stable: otherwise in collection order
+    items[:] = [item for module in order for item in by_module[module]]
