@@ -21,6 +21,20 @@ CONF_DIR = str(Path(experiments.__file__).parent / "conf")
 config.register(schemas())
 
 
+STARTED: list[subprocess.Popen] = []  # commands a test started in the background
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left():
+    """A test that fails midway leaves no command it started running on into the next."""
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
 @pytest.fixture(autouse=True)
 def _own_http_settings():
     """Opening an HTTP store in-process (sync, report) bounds MLflow's waits through the

@@ -19,7 +19,7 @@ import pytest
 from mlflow import MlflowClient
 
 from experiments import journal
-from tests.conftest import runs_of
+from tests.conftest import STARTED, runs_of
 
 pytestmark = pytest.mark.slow
 
@@ -32,15 +32,27 @@ def start_cli(
     full_env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI",)}
     full_env.pop("HYDRA_FULL_ERROR", None)
     full_env.update(env or {})
-    return subprocess.Popen(
-        [sys.executable, "-m", "experiments", *args],
-        cwd=cwd,
-        env=full_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=new_session,  # its own process group, to kill all of it at once
-    )
+    # As from a terminal: Ctrl-C reaches it. A suite started in the background of a script
+    # (`make test &`) ignores SIGINT and SIGQUIT, and a command inherits that and keeps it,
+    # as a background job should; so the child gets Python's handler, reset by its exec.
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "experiments", *args],
+            cwd=cwd,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=new_session,  # its own process group, to kill all of it at once
+        )
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    STARTED.append(process)
+    return process
 
 
 def wait_for_points(root: Path, count: int, pattern: str = "**/journal*.jsonl", timeout=120):
@@ -297,3 +309,21 @@ def test_slurm_usr2_through_submitit_ends_the_run_killed_with_the_reason(
     assert run.data.tags["error"].startswith(reason)
     log = workdir / "scontrol.log"
     assert (log.exists() and log.read_text().split() == ["requeue", "4242"]) == requeued
+
+
+def test_a_signal_the_process_ignores_stays_ignored_while_a_run_is_handled() -> None:
+    # A background job of a script starts with SIGINT ignored; `nohup` ignores SIGHUP.
+    from experiments import signals
+
+    before = {signum: signal.getsignal(signum) for signum in signals.HANDLED}
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        with signals.handling():
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            assert signal.getsignal(signal.SIGHUP) not in (signal.SIG_IGN, signal.SIG_DFL)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
