@@ -126,7 +126,8 @@ class Sweep:
         env.update(cluster.env, MLFLOW_TRACKING_URI=self.store)
         if path is not None:  # programs found there first
             env["PATH"] = f"{path}{os.pathsep}{env['PATH']}"
-        command = ["-m", "experiment=slurm", "device=cpu"]
+        command = ["-m", "experiment=slurm"]
+        command += [] if any(arg.startswith("device=") for arg in args) else ["device=cpu"]
         command += [f"hydra.launcher.partition={cluster.partition}"]
         command += ["hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", *args]
         with open(directory / "out", "w") as out, open(directory / "err", "w") as err:
@@ -180,6 +181,7 @@ def sweeps(cluster, tmp_path_factory):
             path=no_accounting(root / "bin"),
         ),
         "time_limit": Sweep(cluster, root / "time_limit", [*LONG, *TIME_LIMIT]),
+        "devices": Sweep(cluster, root / "devices", ["device=cpu,cuda", "task.steps=5"]),
         "requeue": Sweep(
             cluster,
             root / "requeue",
@@ -287,6 +289,27 @@ def test_without_accounting_a_cancelled_job_ends_the_sweep_all_the_same(cluster,
     statuses = {run.data.params["task.steps"]: run.info.status for run in jobs}
     assert statuses == {"31": "FINISHED", "5000002": "KILLED"}, sweep.logs()
     assert parent.info.status == "FAILED"
+
+
+def test_a_device_sweep_asks_each_job_for_its_own_gpus(cluster, sweeps) -> None:
+    # One array per GPU count: the cpu job's asks for none and Slurm takes it; this cluster
+    # has no GPU, so Slurm refuses the cuda job's, and the cpu job is cancelled with it.
+    sweep = sweeps["devices"]
+    status, out, err = sweep.wait(timeout=120)
+    assert status == 1, err + sweep.logs()
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "error: Slurm refused the array of job 1 (gpus_per_node=1): sbatch: error: Invalid "
+        "generic resource (gres) specification; the jobs it had taken were cancelled"
+    )
+    (script,) = sweep.directory.glob("outputs/multirun/*/*/.submitit/*/*_submission.sh")
+    assert "--gpus-per-node" not in script.read_text()  # the cpu job's, which Slurm took
+    job_id = script.parent.name
+    assert cluster.run("squeue", "--noheader", "--jobs", job_id).stdout.strip() == ""
+    runs = runs_of(sweep.client, "minimize")
+    (parent,) = [run for run in runs if run.data.tags.get("sweep") == "true"]
+    assert parent.info.status == "FAILED"
+    assert {run.info.status for run in runs if run is not parent} <= {"KILLED"}
 
 
 def test_a_job_past_its_time_limit_ends_killed_naming_it(sweeps) -> None:

@@ -465,6 +465,20 @@ def test_slurm_preset_submits_what_it_documents(workdir) -> None:
     assert parent.info.status == "FAILED"  # never left RUNNING
 
 
+@pytest.mark.slow
+def test_slurm_preset_asks_each_job_of_a_device_sweep_for_its_own_gpus(workdir) -> None:
+    # The stand-in refuses the first array: the cuda:1 job's, asking for its two GPUs.
+    bin_dir = _fake_slurm(workdir / "fake-slurm")
+    script = workdir / "job.sh"
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SBATCH_SCRIPT_COPY": str(script)}
+    result = run_cli(["-m", "experiment=slurm", "device=cuda:1,cpu", "task.steps=5"], workdir, env)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: Slurm refused the array of job 0 (gpus_per_node=2): sbatch: error: no cluster"
+    )
+    assert "#SBATCH --gpus-per-node=2\n" in script.read_text()
+
+
 @pytest.mark.parametrize(
     ("device", "gpus"), [("cpu", None), ("mps", None), ("auto", 1), ("cuda", 1), ("cuda:1", 2)]
 )

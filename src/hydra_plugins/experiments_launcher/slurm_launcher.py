@@ -67,14 +67,16 @@ if _HydraSlurmLauncher is not None:
     class SlurmLauncher(_HydraSlurmLauncher):
         """``submitit_slurm`` that waits for every job and names the jobs that died."""
 
+        def __init__(self, **params: Any) -> None:
+            super().__init__(**params)
+            self._gpus_cache: dict[tuple, Any] = {}  # see _gpus_of
+
         def launch(
             self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
         ) -> Sequence[JobReturn]:
             import submitit
 
             assert self.config is not None and len(job_overrides) > 0
-            executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **self._executor_args())
-            executor.update_parameters(**self._job_parameters())
             sweep_dir = Path(str(self.config.hydra.sweep.dir))
             sweep_dir.mkdir(parents=True, exist_ok=True)
             if "mode" in self.config.hydra.sweep:
@@ -86,12 +88,59 @@ if _HydraSlurmLauncher is not None:
                 params.append(
                     (list(overrides), "hydra.sweep.dir", index, f"job_id_for_{index}", state)
                 )
-            jobs = executor.map_array(self, *zip(*params))
+            jobs = self._submit(submitit, job_overrides, params)
             lost = wait_for_all(jobs, accounting=has_accounting(jobs[0].job_id))
             return [
                 result_of(job, index, overrides, sweep_dir, lost)
                 for job, (overrides, _, index, _, _) in zip(jobs, params)
             ]
+
+        def _submit(
+            self, submitit: Any, job_overrides: Sequence[Sequence[str]], params: list[tuple]
+        ) -> list[Any]:
+            """One Slurm array per GPU count the jobs' devices need, the jobs in order.
+
+            A sweep over ``device`` asks for each job's GPUs, not the default device's. If
+            Slurm refuses an array, those it took are cancelled before the error goes on.
+            """
+            groups: dict[Any, list[int]] = {}
+            for position, overrides in enumerate(job_overrides):
+                groups.setdefault(self._gpus_of(overrides), []).append(position)
+            jobs: list[Any] = [None] * len(params)
+            submitted: list[Any] = []
+            for gpus, positions in groups.items():
+                # A fresh executor: updating one cannot unset a value (None means "keep").
+                executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **self._executor_args())
+                executor.update_parameters(**{**self._job_parameters(), "gpus_per_node": gpus})
+                try:
+                    array = executor.map_array(self, *zip(*(params[p] for p in positions)))
+                except Exception as error:
+                    cancel(submitted)
+                    if len(groups) == 1:
+                        raise
+                    first = params[positions[0]][2]
+                    cancelled = "; the jobs it had taken were cancelled" if submitted else ""
+                    asked = "none" if gpus is None else gpus
+                    raise RunFailure(
+                        f"Slurm refused the array of job {first} (gpus_per_node={asked}): "
+                        f"{detail_of(error)}{cancelled}"
+                    ) from error
+                submitted += array
+                for position, job in zip(positions, array):
+                    jobs[position] = job
+            return jobs
+
+        def _gpus_of(self, overrides: Sequence[str]) -> Any:
+            """``hydra.launcher.gpus_per_node`` as the job's own config resolves it (its
+            ``device``); one composition per distinct device, preset or launcher setting."""
+            deciding = tuple(o for o in overrides if _decides_resources(o))
+            if deciding not in self._gpus_cache:
+                assert self.config is not None and self.hydra_context is not None
+                config = self.hydra_context.config_loader.load_sweep_config(
+                    self.config, list(overrides)
+                )
+                self._gpus_cache[deciding] = config.hydra.launcher.gpus_per_node
+            return self._gpus_cache[deciding]
 
         def _executor_args(self) -> dict[str, Any]:
             args = {"folder": self.params["submitit_folder"]}
@@ -110,6 +159,30 @@ if _HydraSlurmLauncher is not None:
         @staticmethod
         def _log_job(index: int, overrides: Sequence[str]) -> None:
             log.info("\t#%d : %s", index, " ".join(filter_overrides(overrides)))
+
+
+def _decides_resources(override: str) -> bool:
+    """Whether a job's override may change what its Slurm job asks for."""
+    key = override.split("=", 1)[0].lstrip("+~")
+    return key in ("device", "experiment") or key.startswith("hydra.")
+
+
+def detail_of(error: BaseException) -> str:
+    """The last line Slurm (or submitit) gave for a refused submission."""
+    text = str(getattr(error, "stderr", None) or getattr(error, "output", None) or error)
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def cancel(jobs: Sequence[Any]) -> None:
+    """``scancel`` the arrays of ``jobs`` (a sweep that cannot start all of its jobs)."""
+    arrays = sorted({job.job_id.split("_")[0] for job in jobs})
+    if not arrays:
+        return
+    try:
+        subprocess.run(["scancel", *arrays], capture_output=True, check=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as error:
+        log.warning("could not cancel Slurm jobs %s: %s", ", ".join(arrays), error)
 
 
 def has_accounting(job_id: str) -> bool:
