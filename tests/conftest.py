@@ -131,12 +131,13 @@ FIRST = ("slurm", "postgres", "ui", "server")
 
 
 def pytest_collection_modifyitems(items) -> None:
+    by_module: dict[str, list] = {}
+    for item in items:
+        by_module.setdefault(item.nodeid.split("::")[0], []).append(item)
+
     def rank(module: str) -> int:
         marks = {mark.name for item in by_module[module] for mark in item.iter_markers()}
         return min((FIRST.index(name) for name in marks if name in FIRST), default=len(FIRST))
 
-    by_module: dict[str, list] = {}
-    for item in items:
-        by_module.setdefault(item.nodeid.split("::")[0], []).append(item)
     order = sorted(by_module, key=rank)  # stable: otherwise in collection order
     items[:] = [item for module in order for item in by_module[module]]

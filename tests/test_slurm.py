@@ -231,14 +231,21 @@ def wait_for_job(sweep: Sweep, index: int, timeout: float = 180) -> str:
     raise AssertionError(f"job {index} did not start: {sweep.logs()}")
 
 
-def test_scancel_ends_the_jobs_run_killed_and_the_sweep_goes_on_to_its_end(cluster, sweeps) -> None:
-    sweep = sweeps["cancel"]
+def cancel_job_0(cluster: Cluster, sweep: Sweep) -> tuple[str, str, str]:
+    """``scancel`` job 0 once it runs; its Slurm id, and the sweep's output and errors once
+    the sweep exited 1 within a minute of it (the launcher's looks at Slurm, and a close)."""
     job_id = wait_for_job(sweep, 0)
     cluster.run("scancel", job_id)
     cancelled = time.monotonic()
     status, out, err = sweep.wait()
-    assert time.monotonic() - cancelled < 60  # one of the launcher's sacct calls, and a close
+    assert time.monotonic() - cancelled < 60
     assert status == 1, err + sweep.logs()
+    return job_id, out, err
+
+
+def test_scancel_ends_the_jobs_run_killed_and_the_sweep_goes_on_to_its_end(cluster, sweeps) -> None:
+    sweep = sweeps["cancel"]
+    job_id, out, err = cancel_job_0(cluster, sweep)
     assert "Traceback" not in err
     last_line = err.strip().splitlines()[-1]
     assert last_line.startswith(f"error: job 0 (Slurm job {job_id}) ended CANCELLED")
@@ -267,12 +274,7 @@ def no_accounting(directory: Path) -> Path:
 def test_without_accounting_a_cancelled_job_ends_the_sweep_all_the_same(cluster, sweeps) -> None:
     # sacct fails, as it does where Slurm keeps no accounting; squeue says the job is gone.
     sweep = sweeps["no_accounting"]
-    job_id = wait_for_job(sweep, 0)
-    cluster.run("scancel", job_id)
-    cancelled = time.monotonic()
-    status, out, err = sweep.wait()
-    assert time.monotonic() - cancelled < 60  # two looks at the queue, and a close
-    assert status == 1, err + sweep.logs()
+    job_id, out, err = cancel_job_0(cluster, sweep)
     assert "sacct does not answer (sacct: error: Slurm accounting storage is disabled)" in out
     assert "Traceback" not in err
     assert "Bypassing sacct error" not in out + err  # submitit's, had it been let ask sacct

@@ -24,7 +24,7 @@ def legacy_name(key: str) -> str | None:
 
 def results(metrics: Mapping[str, float]) -> dict[str, float]:
     """A run's results by bare name (``{"loss": ...}``), whichever way it recorded them."""
-    found = {key[len(RESULT) :]: value for key, value in metrics.items() if key.startswith(RESULT)}
+    found = {bare: value for key, value in metrics.items() if (bare := legacy_name(key))}
     if found:
         return found
     return {key: value for key, value in metrics.items() if "/" not in key}  # before the prefix

@@ -89,7 +89,7 @@ if _HydraSlurmLauncher is not None:
                     (list(overrides), "hydra.sweep.dir", index, f"job_id_for_{index}", state)
                 )
             jobs = self._submit(submitit, job_overrides, params)
-            lost = wait_for_all(jobs, accounting=has_accounting(jobs[0].job_id))
+            lost = wait_for_all(jobs, accounting=has_accounting(jobs))
             return [
                 result_of(job, index, overrides, sweep_dir, lost)
                 for job, (overrides, _, index, _, _) in zip(jobs, params)
@@ -167,8 +167,13 @@ def _decides_resources(override: str) -> bool:
     return key in ("device", "experiment") or key.startswith("hydra.")
 
 
+def array_ids(jobs: Sequence[Any]) -> list[str]:
+    """The Slurm arrays the jobs belong to (``12`` for ``12_3``)."""
+    return sorted({job.job_id.split("_")[0] for job in jobs})
+
+
 def detail_of(error: BaseException) -> str:
-    """The last line Slurm (or submitit) gave for a refused submission."""
+    """The last line a failed Slurm command (or submitit) gave."""
     text = str(getattr(error, "stderr", None) or getattr(error, "output", None) or error)
     lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
@@ -176,7 +181,7 @@ def detail_of(error: BaseException) -> str:
 
 def cancel(jobs: Sequence[Any]) -> None:
     """``scancel`` the arrays of ``jobs`` (a sweep that cannot start all of its jobs)."""
-    arrays = sorted({job.job_id.split("_")[0] for job in jobs})
+    arrays = array_ids(jobs)
     if not arrays:
         return
     try:
@@ -185,11 +190,11 @@ def cancel(jobs: Sequence[Any]) -> None:
         log.warning("could not cancel Slurm jobs %s: %s", ", ".join(arrays), error)
 
 
-def has_accounting(job_id: str) -> bool:
+def has_accounting(jobs: Sequence[Any]) -> bool:
     """Whether ``sacct`` answers; a warning says what is done instead when it does not."""
     try:
         subprocess.run(
-            ["sacct", "--noheader", "--jobs", job_id.split("_")[0]],
+            ["sacct", "--noheader", "--jobs", ",".join(array_ids(jobs))],
             capture_output=True,
             text=True,
             check=True,
@@ -197,12 +202,11 @@ def has_accounting(job_id: str) -> bool:
         )
         return True
     except (OSError, subprocess.SubprocessError) as error:
-        detail = str(getattr(error, "stderr", None) or error).strip()
         log.warning(
             "sacct does not answer (%s): without Slurm's accounting, a job that leaves the "
             "queue without a result (scancel, time limit, out of memory) is reported as ended, "
             "but not how",
-            detail.splitlines()[-1] if detail else type(error).__name__,
+            detail_of(error),
         )
         return False
 
@@ -210,7 +214,7 @@ def has_accounting(job_id: str) -> bool:
 def queued(jobs: Sequence[Any]) -> Optional[set[str]]:
     """The ids of ``jobs`` that Slurm's queue holds (one per array task), or None when
     ``squeue`` does not answer (the controller restarting, say)."""
-    arrays = sorted({job.job_id.split("_")[0] for job in jobs})
+    arrays = array_ids(jobs)
     try:
         listed = subprocess.run(
             ["squeue", "--noheader", "--array", "--format=%i", "--jobs", ",".join(arrays)],
