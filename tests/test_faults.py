@@ -197,6 +197,23 @@ def test_sigterm_stops_a_sweep_no_further_job_starts(workdir) -> None:
     assert all("SIGTERM" in run.data.tags["error"] for run in runs)
 
 
+def test_sigterm_while_a_sweep_starts_ends_its_parent_killed(workdir) -> None:
+    # The parent's journal is there before its run is: the signal comes while the store
+    # opens (a fresh SQLite file, its tables created) and the task's modules load.
+    process = start_cli(["-m", "task.steps=5,6"], workdir)
+    deadline = time.monotonic() + 60
+    while not list(workdir.glob("outputs/multirun/*/*/journal.jsonl")):
+        assert time.monotonic() < deadline and process.poll() is None, "no sweep started"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "error: terminated (SIGTERM)"
+    (parent,) = runs_of(store(workdir), "minimize")
+    assert parent.data.tags["sweep"] == "true"
+    assert (parent.info.status, parent.data.tags["error"]) == ("KILLED", "terminated (SIGTERM)")
+
+
 @pytest.mark.parametrize(
     "launcher",
     [

@@ -249,15 +249,21 @@ def start(config: DictConfig) -> str | None:
     }
     store = runner.store_of(tracking)
     recording = live.open_run(directory, header, tags, store, runner.live_settings(tracking))
-    runner.prepare(config.task.name)  # the jobs' start-up, while the store opens
-    recording.started()  # a store that cannot take the parent stops the sweep here
+    objective = getattr(runner.TASKS.get(config.task.name), "OBJECTIVE", None)
+    # Active from here: a signal during the start-up below ends the parent KILLED (finish).
+    _active.append(_Sweep(recording, store, directory, name, objective))
+    try:
+        runner.prepare(config.task.name)  # the jobs' start-up, while the store opens
+        recording.started()  # a store that cannot take the parent stops the sweep here
+    except BaseException:
+        if recording.discarded:  # no parent run exists: nothing to close
+            _active.pop()
+        raise
     _share_cores(hydra_cfg.launcher)
     swept = swept_keys(overrides, hydra_cfg.sweeper.get("params"))
     Path(directory, SWEPT_FILE).write_text(json.dumps(swept), encoding="utf-8")
     if recording.run_id is not None:
         Path(directory, PARENT_FILE).write_text(recording.run_id, encoding="utf-8")
-    objective = getattr(runner.TASKS.get(config.task.name), "OBJECTIVE", None)
-    _active.append(_Sweep(recording, store, directory, name, objective))
     return recording.run_id
 
 
