@@ -208,7 +208,12 @@ def test_sigterm_while_a_sweep_starts_ends_its_parent_killed(workdir) -> None:
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 143, err
-    assert err.strip().splitlines()[-1] == "error: terminated (SIGTERM)"
+    # The command's one line; the recording process, left to finish opening the fresh store
+    # alone after a signal, may log MLflow's "Updating database tables" after it.
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        "error: terminated (SIGTERM)"
+    ], err
+    assert "Traceback" not in err
     (parent,) = runs_of(store(workdir), "minimize")
     assert parent.data.tags["sweep"] == "true"
     assert (parent.info.status, parent.data.tags["error"]) == ("KILLED", "terminated (SIGTERM)")
