@@ -175,7 +175,7 @@ def array_ids(jobs: Sequence[Any]) -> list[str]:
 def detail_of(error: BaseException) -> str:
     """The last line a failed Slurm command (or submitit) gave."""
     text = str(getattr(error, "stderr", None) or getattr(error, "output", None) or error)
-    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
 
 
@@ -244,8 +244,9 @@ def wait_for_all(jobs: Sequence[Any], accounting: bool = True) -> set[str]:
                 pending[0].watcher.update()  # one sacct call for every job of the sweep
             else:
                 held = queued(pending)
-                for job in pending if held is not None else ():
-                    missing[job.job_id] = 0 if job.job_id in held else missing[job.job_id] + 1
+                if held is not None:  # squeue did not answer: no look counts
+                    for job in pending:
+                        missing[job.job_id] = 0 if job.job_id in held else missing[job.job_id] + 1
             asked = time.monotonic()
         if accounting:
             pending = [job for job in pending if not job.done()]
