@@ -28,8 +28,8 @@ import sympy
 import torch
 from torch.utils.benchmark import Timer
 
-from experiments.expressions import parse
-from experiments.tasks import derivative
+from experiments.tasks.derivative import task as derivative
+from experiments.tasks.expressions import parse
 
 HERE = Path(__file__).resolve().parent
 PARTIAL = "x**2*y + 3*x*y**5 + x**3"

@@ -25,11 +25,10 @@ import numpy as np
 import torch
 from torch.utils.benchmark import Timer
 
-from experiments import journal
-from experiments.context import TaskContext
-from experiments.recording import MemoryRecorder
-from experiments.tasks import matmul
-from experiments.timing import default_threads, gflops
+from experiments.record import journal
+from experiments.tasks.context import MemoryRecorder, TaskContext
+from experiments.tasks.matmul import task as matmul
+from experiments.tasks.matmul.timing import default_threads, gflops
 
 
 def task_point(size: int, min_run_time: float, output_dir: Path) -> dict[str, float]:

@@ -64,7 +64,7 @@ def loop_cost(steps: int, repeats: int, root: Path) -> tuple[float, float]:
 
     The two alternate, each run in its own directory; the value is read from the journal.
     """
-    from experiments import journal
+    from experiments.record import journal
 
     def optimize_s(every: int, directory: Path) -> float:
         command = [
@@ -94,9 +94,9 @@ def throughput(points: int, root: Path) -> dict[str, float]:
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    from experiments import live
-    from experiments.journal import Header
-    from experiments.tracking import Tracker
+    from experiments.record import live
+    from experiments.record.journal import Header
+    from experiments.record.store.tracker import Tracker
 
     uri = f"sqlite:///{root / 'throughput.db'}"
     Tracker(uri).experiment_id("throughput")  # create the store first, as a warm one is

@@ -3,9 +3,9 @@
     bash benchmarks/gpu_check.sh                              # cuda, 512..8192, float32 + bfloat16
     bash benchmarks/gpu_check.sh --device cpu --max-size 1024 # a dry run without a GPU
 
-Drives ``experiments.timing`` directly (no Hydra, no MLflow), so it runs wherever torch is
-installed. A point that cannot run (dtype unsupported, size too big) prints its reason and the
-sweep goes on; the exit status is non-zero if any point failed. On an H100 or H200 bfloat16
+Drives ``experiments.tasks.matmul.timing`` directly (no Hydra, no MLflow), so it runs wherever
+torch is installed. A point that cannot run (dtype unsupported, size too big) prints its reason
+and the sweep goes on; the exit status is non-zero if any point failed. On an H100 or H200 bfloat16
 peaks near 790 TFLOP/s at 8192 x 8192; the last line compares the best bfloat16 point with it.
 """
 
@@ -18,7 +18,7 @@ import torch
 
 from experiments import devices
 from experiments.errors import ConfigError, RunFailure
-from experiments.timing import DTYPES, MatmulTiming, measure_matmul
+from experiments.tasks.matmul.timing import DTYPES, MatmulTiming, measure_matmul
 
 BF16_PEAK_TFLOPS = 790.0  # dense bf16 matmul peak of an H100/H200 SXM, from the issue
 TARGET_FRACTION = 0.85
@@ -50,7 +50,9 @@ def row(result: MatmulTiming) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="matmul timing sweep (experiments.timing)")
+    parser = argparse.ArgumentParser(
+        description="matmul timing sweep (experiments.tasks.matmul.timing)"
+    )
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N, cpu or mps")
     parser.add_argument("--min-size", type=int, default=512)
     parser.add_argument("--max-size", type=int, default=8192)

@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
-from experiments.bulk_metrics import BulkMetrics
+from experiments.record.store.bulk import BulkMetrics
 
 # Out of order, repeated, NaN and infinite values, two keys, newest decided by step, then
 # time, then value: what MLflow's "latest metric" rule has to get right.

@@ -18,14 +18,13 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from experiments import __main__ as entry
-from experiments import cli
+from experiments.command import app, exits
 from tests.conftest import all_runs, run_cli, runs_of
 
 
 def invoke(monkeypatch: pytest.MonkeyPatch, args: list[str]) -> int:
     monkeypatch.setattr(sys, "argv", ["experiments", *args])
-    return cli.invoke(entry.hydra_main)
+    return exits.invoke(app.hydra_main)
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -101,7 +100,7 @@ def test_a_bad_store_or_output_directory_is_one_line_naming_the_setting(
 
 
 def test_scrub_removes_passwords_from_every_url_in_a_text() -> None:
-    from experiments.uris import redact, scrub
+    from experiments.record.uris import redact, scrub
 
     text = (
         "tracking.uri=http://ann:s3cret@host:5000 and tracking.uri=http\\://ann\\:s3cret@host"

@@ -9,9 +9,8 @@ import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import OmegaConfBaseException
 
-from experiments import config, optimizers
+from experiments import config, optimizers, tasks
 from experiments.errors import ConfigError
-from experiments.tasks import TASKS
 from tests.conftest import CONF_DIR, compose_config
 
 OPTIMIZERS = sorted(p.stem for p in (Path(CONF_DIR) / "optim").glob("*.yaml"))
@@ -20,7 +19,7 @@ TASK_NAMES = sorted(p.stem for p in (Path(CONF_DIR) / "task").glob("*.yaml"))
 
 def test_every_group_option_is_shipped_and_registered() -> None:
     assert OPTIMIZERS == ["adagrad", "adam", "adamw", "lbfgs", "rmsprop", "sgd"]
-    assert set(TASK_NAMES) == set(TASKS)
+    assert set(TASK_NAMES) == set(tasks.NAMES)
 
 
 @pytest.mark.parametrize("optim", OPTIMIZERS)
@@ -128,7 +127,7 @@ def test_optimizer_target_must_be_a_torch_optimizer(target: str, match: str) -> 
 
 
 def test_flatten_gives_dotted_keys() -> None:
-    from experiments.runner import flatten
+    from experiments.runner.identity import flatten
 
     flat = flatten({"optim": {"lr": 0.1, "betas": [0.9, 0.99]}, "device": "cpu", "empty": {}})
     assert flat == {"optim.lr": 0.1, "optim.betas": [0.9, 0.99], "device": "cpu", "empty": {}}

@@ -18,12 +18,12 @@ from mlflow import MlflowClient
 from omegaconf.errors import OmegaConfBaseException
 
 from experiments import config, runner
-from experiments.context import TaskContext
 from experiments.errors import ConfigError, RunFailure
-from experiments.expressions import FUNCTIONS, Call, parse
-from experiments.recording import MemoryRecorder
-from experiments.tasks import derivative
-from experiments.tasks.derivative import DerivativeConfig
+from experiments.tasks.context import MemoryRecorder, TaskContext
+from experiments.tasks.derivative import autograd
+from experiments.tasks.derivative import task as derivative
+from experiments.tasks.derivative.task import DerivativeConfig
+from experiments.tasks.expressions import FUNCTIONS, Call, parse
 from tests.conftest import CONF_DIR, compose_config, run_cli, runs_of
 
 PRESETS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("derivative_*.yaml"))
@@ -129,8 +129,8 @@ def test_presets_hold_the_tutorials_values() -> None:
     ],
 )
 def test_metric_names_follow_the_order_of_at(names, order, expected) -> None:
-    wanted = derivative.derivatives_to_compute(names, order)
-    assert [derivative.metric_name(wrt) for wrt in wanted] == expected
+    wanted = autograd.derivatives_to_compute(names, order)
+    assert [autograd.metric_name(wrt) for wrt in wanted] == expected
 
 
 def test_order_one_is_the_gradient_only(tmp_path) -> None:

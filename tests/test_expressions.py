@@ -1,4 +1,4 @@
-"""Tests for the safe expression language in ``experiments.expressions``."""
+"""Tests for the safe expression language in ``experiments.tasks.expressions``."""
 
 import builtins
 import dataclasses
@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, assume, given, reject, settings
 from hypothesis import strategies as st
 
 from experiments.errors import ConfigError
-from experiments.expressions import (
+from experiments.tasks.expressions import (
     FUNCTIONS,
     MAX_DEPTH,
     MAX_EXPONENT,

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from experiments import journal
+from experiments.record import journal
 from tests.conftest import STARTED, runs_of
 
 pytestmark = pytest.mark.slow
@@ -109,7 +109,7 @@ def test_a_signal_ends_the_run_killed_with_every_point_recorded(
 
 
 def upload_mark(path: Path) -> Path:
-    from experiments.upload import state_path
+    from experiments.record.marks import state_path
 
     return state_path(path)
 
@@ -214,9 +214,22 @@ def test_sigterm_while_a_sweep_starts_ends_its_parent_killed(workdir) -> None:
         "error: terminated (SIGTERM)"
     ], err
     assert "Traceback" not in err
-    (parent,) = runs_of(store(workdir), "minimize")
+    # The command left its recording process to finish alone (README: after a signal it
+    # waits a few seconds at most): that process may still be opening the store now.
+    parent = closed_run(store(workdir), "minimize")
     assert parent.data.tags["sweep"] == "true"
     assert (parent.info.status, parent.data.tags["error"]) == ("KILLED", "terminated (SIGTERM)")
+
+
+def closed_run(client: MlflowClient, experiment: str, timeout: float = 60.0):
+    """The one run of ``experiment``, once the store has it ended (no longer RUNNING)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = runs_of(client, experiment)
+        if len(found) == 1 and found[0].info.status != "RUNNING":
+            return found[0]
+        assert time.monotonic() < deadline, [(r.info.run_name, r.info.status) for r in found]
+        time.sleep(0.5)
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from experiments import journal
-from experiments.journal import Header, JournalError, Writer
+from experiments.record import journal
+from experiments.record.journal import Header, JournalError, Writer
 
 
 def header(**changes) -> Header:
@@ -126,7 +126,7 @@ def test_a_killed_writer_releases_the_journal(tmp_path) -> None:
     path = tmp_path / journal.NAME
     code = (
         "import sys, time\n"
-        "from experiments.journal import Header, Writer\n"
+        "from experiments.record.journal import Header, Writer\n"
         "w = Writer(__import__('pathlib').Path(sys.argv[1]), "
         "Header(tracking_uri='x', experiment='e', run_name='r'))\n"
         "w.append({'type': 'metrics', 'step': 0, 'values': {'loss': 1.0}})\n"

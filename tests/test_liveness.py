@@ -10,7 +10,8 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from experiments import liveness, runner
+from experiments import runner
+from experiments.record import liveness
 from tests.conftest import compose_config, runs_of
 
 

@@ -10,11 +10,11 @@ import torch
 from hydra.errors import ConfigCompositionException
 from matplotlib.figure import Figure
 
-from experiments import config, devices, timing
-from experiments.context import TaskContext
+from experiments import config, devices
 from experiments.errors import ConfigError, RunFailure
-from experiments.recording import MemoryRecorder
-from experiments.tasks import matmul
+from experiments.tasks.context import MemoryRecorder, TaskContext
+from experiments.tasks.matmul import task as matmul
+from experiments.tasks.matmul import timing
 from tests.conftest import compose_config
 
 QUICK = 0.05  # seconds of timing per point: plenty for correctness, keeps the file fast

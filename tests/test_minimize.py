@@ -9,10 +9,9 @@ import torch
 from mlflow import MlflowClient
 
 from experiments import runner
-from experiments.context import TaskContext
 from experiments.errors import ConfigError, RunFailure
-from experiments.recording import MemoryRecorder
-from experiments.tasks import minimize
+from experiments.tasks.context import MemoryRecorder, TaskContext
+from experiments.tasks.minimize import task as minimize
 from tests.conftest import compose_config, runs_of
 
 

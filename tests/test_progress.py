@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from experiments.progress import Progress
+from experiments.tasks.minimize.progress import Progress
 
 
 class Terminal(io.StringIO):

@@ -15,15 +15,15 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from experiments import journal, live, upload, uris
-from experiments.journal import Header
+from experiments.record import journal, live, marks, uris
+from experiments.record.journal import Header
 from tests.conftest import runs_of
 from tests.test_faults import loss_points, start_cli, sync, wait_for_points
 
 NO_MLFLOW = """
 import sys
-from experiments import __main__ as entry, cli
-from experiments.recorder import client
+from experiments.command import app, exits
+from experiments.record import client
 
 statuses = []
 for args in (
@@ -33,15 +33,18 @@ for args in (
     ["task=matmul", "task.size=64", "task.min_run_time_s=0.05", "task.warmup=1"],
 ):
     sys.argv = ["experiments", *args]
-    statuses.append(cli.invoke(entry.hydra_main))
+    statuses.append(exits.invoke(app.hydra_main))
+# The recording process that served them all, the sweep's report included: its libraries.
+with open(f"/proc/{client.get().pid}/maps") as maps:
+    torch_there = "libtorch" in maps.read()
 client.shutdown()
 loaded = sorted(name for name in sys.modules if name.startswith("mlflow"))
-print(json.dumps({"statuses": statuses, "mlflow": loaded}))
+print(json.dumps({"statuses": statuses, "mlflow": loaded, "torch in the recorder": torch_there}))
 """
 
 
 @pytest.mark.slow
-def test_the_runs_own_process_never_imports_mlflow(workdir) -> None:
+def test_the_runs_process_never_imports_mlflow_nor_the_recording_process_torch(workdir) -> None:
     script = "import json\n" + NO_MLFLOW
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     result = subprocess.run(
@@ -49,7 +52,7 @@ def test_the_runs_own_process_never_imports_mlflow(workdir) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     found = json.loads(result.stdout.strip().splitlines()[-1])
-    assert found == {"statuses": [0, 0, 0, 0], "mlflow": []}
+    assert found == {"statuses": [0, 0, 0, 0], "mlflow": [], "torch in the recorder": False}
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     assert {run.info.status for run in runs_of(client, "minimize")} == {"FINISHED"}
     assert len(runs_of(client, "minimize")) == 4  # a run, and a sweep of two under a parent
@@ -63,7 +66,7 @@ def test_one_recording_process_serves_every_run_of_a_sweep(workdir) -> None:
     journals = journal.find([workdir / "outputs"])
     assert len(journals) == 4  # the parent and three jobs
     writers = {journal.read_header(path).pid for path in journals}
-    uploaders = {json.loads(upload.state_path(path).read_text())["uploader"] for path in journals}
+    uploaders = {json.loads(marks.state_path(path).read_text())["uploader"] for path in journals}
     assert writers == {process.pid}  # the launching process wrote every journal...
     (uploader,) = uploaders  # ...and one other process uploaded them all
     assert not uploader.endswith(f":{process.pid}")
@@ -73,7 +76,7 @@ def test_one_recording_process_serves_every_run_of_a_sweep(workdir) -> None:
 def test_a_run_outlives_its_recording_process(workdir) -> None:
     process = start_cli(["task.steps=30000", "optim.lr=1e-7"], workdir)
     (path,) = wait_for_points(workdir / "outputs", 2000)
-    recorder = children(process.pid, "experiments.recorder")
+    recorder = children(process.pid, "experiments.record.service")
     assert len(recorder) == 1
     os.kill(recorder[0], signal.SIGKILL)
     out, err = process.communicate(timeout=300)
@@ -128,9 +131,8 @@ def test_quiet_keeps_the_recording_process_from_uploading(store_uri, tmp_path) -
 def test_matmul_times_its_products_with_the_pipeline_quiet(tmp_path) -> None:
     import torch
 
-    from experiments.context import TaskContext
-    from experiments.recording import MemoryRecorder
-    from experiments.tasks import matmul
+    from experiments.tasks.context import MemoryRecorder, TaskContext
+    from experiments.tasks.matmul import task as matmul
 
     class Watching(MemoryRecorder):
         """Notes what the task records inside and outside its quiet block."""
@@ -181,14 +183,14 @@ def test_a_run_given_up_on_still_gets_its_figures_drawn(store_uri, tmp_path) -> 
     # figure it pickled is drawn before the recording process lets the journal go.
     import io
 
-    from experiments.recorder.service import Service
-    from experiments.tracking import Tracker
+    from experiments.record.service.loop import Service
+    from experiments.record.store.tracker import Tracker
     from tests.test_sync import figure_journal
 
     path = figure_journal(tmp_path / "run", store_uri)
     service = Service(io.BytesIO())
     tracker = Tracker(store_uri)
-    state = upload.State(tracker.key, None, None, offset=0)
+    state = marks.State(tracker.key, None, None, offset=0)
     watch = service._watch(path, state, tracker, {}, repair=True)
     watch.finish_id, watch.deadline = 7, time.monotonic() - 1  # the window has passed
     assert service._step(watch) is False

@@ -15,13 +15,11 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from experiments import report, runner
-from experiments import report_figures as figures
+from experiments import runner
 from experiments.errors import ConfigError, RunFailure
-from experiments.tasks import TASKS
+from experiments.sweeps.report import assemble, command, figures, selection
 from tests.conftest import compose_config, runs_of
 
-HAS_DERIVATIVE = "derivative" in TASKS
 MINIMIZE_JOBS = [
     [f"optim={optim}", f"optim.lr={lr}", "task.steps=30"]
     for optim in ("sgd", "adam")
@@ -56,9 +54,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
         client = MlflowClient(tracking_uri=uri)
         client.search_experiments()  # creates the schema
         shutil.copy(root / "mlflow.db", root / "empty.db")
-        sweeps = {"minimize": MINIMIZE_JOBS, "matmul": MATMUL_JOBS}
-        if HAS_DERIVATIVE:
-            sweeps["derivative"] = DERIVATIVE_JOBS
+        sweeps = {"minimize": MINIMIZE_JOBS, "matmul": MATMUL_JOBS, "derivative": DERIVATIVE_JOBS}
         parents = {task: run_sweep(client, uri, task, jobs, root) for task, jobs in sweeps.items()}
     return Store(uri, f"sqlite:///{root / 'empty.db'}", client, parents)
 
@@ -88,8 +84,8 @@ def children(store: Store, task: str) -> list:
     return list(found)
 
 
-def build(store: Store, **selection) -> report.Report:
-    return report.build(store.client, report.select(store.client, **selection).runs)
+def build(store: Store, **which) -> assemble.Report:
+    return assemble.build(store.client, selection.select(store.client, **which).runs)
 
 
 def series(ax) -> dict[str, list[float]]:
@@ -207,7 +203,6 @@ def test_steps_to_converge(steps, losses, stopped_at, expected) -> None:
     assert (math.isnan(found) and math.isnan(expected)) or found == expected
 
 
-@pytest.mark.skipif(not HAS_DERIVATIVE, reason="the derivative task is not registered")
 def test_derivative_table_lists_values_and_check_errors(store: Store) -> None:
     built = build(store, parent=store.parents["derivative"])
     assert not built.figures
@@ -222,7 +217,7 @@ def test_derivative_table_lists_values_and_check_errors(store: Store) -> None:
 
 def test_table_lists_every_run_with_status_and_error(store: Store, tmp_path: Path, capsys) -> None:
     parent = store.parents["minimize"]
-    status = report.main(["--parent", parent, "--tracking-uri", store.uri, "--out", str(tmp_path)])
+    status = command.main(["--parent", parent, "--tracking-uri", store.uri, "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert status == 0
     runs = children(store, "minimize")
@@ -241,7 +236,7 @@ def test_table_lists_every_run_with_status_and_error(store: Store, tmp_path: Pat
 def test_report_is_logged_to_the_parent_and_written_to_out(store: Store, tmp_path: Path) -> None:
     parent = store.parents["matmul"]
     assert (
-        report.main(["--parent", parent, "--tracking-uri", store.uri, "--out", str(tmp_path)]) == 0
+        command.main(["--parent", parent, "--tracking-uri", store.uri, "--out", str(tmp_path)]) == 0
     )
     written = sorted(path.name for path in tmp_path.iterdir())
     assert written == ["matmul.png", "table.txt"]
@@ -255,7 +250,7 @@ def test_experiment_report_leaves_out_the_sweep_parent(
     store: Store, tmp_path: Path, capsys
 ) -> None:
     assert (
-        report.main(
+        command.main(
             ["--experiment", "minimize", "--tracking-uri", store.uri, "--out", str(tmp_path)]
         )
         == 0
@@ -270,7 +265,7 @@ def test_default_is_the_latest_sweep_into_outputs_reports(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
-    assert report.main([]) == 0
+    assert command.main([]) == 0
     latest = list(store.parents)[-1]
     assert f"Sweep 'sweep {latest}'" in capsys.readouterr().out
     (written,) = (tmp_path / "outputs" / "reports").iterdir()
@@ -282,11 +277,11 @@ def test_two_reports_in_the_same_second_get_their_own_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(report.time, "strftime", lambda _: "20250101-120000")
-    first = report.default_out("sweep optim=sgd,adam")
+    monkeypatch.setattr(assemble.time, "strftime", lambda _: "20250101-120000")
+    first = assemble.default_out("sweep optim=sgd,adam")
     assert first == Path("outputs/reports/sweep-optim=sgd-adam-20250101-120000")
     first.mkdir(parents=True)
-    assert report.default_out("sweep optim=sgd,adam") == first.with_name(first.name + "-2")
+    assert assemble.default_out("sweep optim=sgd,adam") == first.with_name(first.name + "-2")
 
 
 @pytest.mark.parametrize(
@@ -305,7 +300,7 @@ def test_errors_are_one_line_and_exit_1(store: Store, capsys, args, message: str
     argv = args(store)
     if "--tracking-uri" not in argv:
         argv += ["--tracking-uri", store.uri]
-    assert report.main(argv) == 1
+    assert command.main(argv) == 1
     captured = capsys.readouterr()
     assert captured.out == ""
     (line,) = captured.err.splitlines()

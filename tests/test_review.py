@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from experiments import names, runner, sweep
-from experiments.report_figures import MatmulResult, matmul_figure
-from experiments.tasks import matmul
-from experiments.timing import MatmulTiming, default_threads
+from experiments import names, runner
+from experiments.sweeps import parent as sweep
+from experiments.sweeps.report.figures import MatmulResult, matmul_figure
+from experiments.tasks.matmul import task as matmul
+from experiments.tasks.matmul.timing import MatmulTiming, default_threads
 from tests.conftest import compose_config, runs_of
 
 QUICK_MATMUL = ["task.min_run_time_s=0.05", "task.warmup=1"]
@@ -25,9 +26,9 @@ def run_task(store_uri: str, tmp_path, overrides: list[str]) -> None:
 
 
 def test_every_task_result_is_under_the_result_prefix() -> None:
-    from experiments.tasks import TASKS
+    from experiments import tasks
 
-    for task in TASKS.values():
+    for task in map(tasks.load, tasks.NAMES):
         assert task.OBJECTIVE.startswith(names.RESULT), task.__name__
     assert names.result("loss") == "result/loss"
     assert names.legacy_name("result/loss") == "loss"

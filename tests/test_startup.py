@@ -1,4 +1,4 @@
-"""The command's start-up without the cyclic collector (experiments.startup)."""
+"""The command's start-up without the cyclic collector (experiments.process)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import gc
 
 import pytest
 
-from experiments import startup
+from experiments import process
 
 
 @pytest.fixture
@@ -19,29 +19,29 @@ def collector():
         gc.enable()
     else:
         gc.disable()
-    startup._paused = False
+    process._paused = False
 
 
 def test_begin_pauses_the_collector_and_settle_freezes_and_resumes(collector) -> None:
     gc.enable()
-    startup.begin()
+    process.pause_collector()
     assert not gc.isenabled()
-    startup.settle()
+    process.settle()
     assert gc.isenabled()
     assert gc.get_freeze_count() > 0  # what was loaded is out of the collector's passes
     frozen = gc.get_freeze_count()
-    startup.settle()  # only once: later calls (the next jobs of a sweep) change nothing
+    process.settle()  # only once: later calls (the next jobs of a sweep) change nothing
     assert gc.get_freeze_count() == frozen
 
 
 def test_settle_without_begin_leaves_the_process_alone(collector) -> None:
     gc.enable()
-    startup.settle()
+    process.settle()
     assert gc.isenabled() and gc.get_freeze_count() == 0
 
 
 def test_a_collector_turned_off_by_the_user_stays_off(collector) -> None:
     gc.disable()
-    startup.begin()
-    startup.settle()
+    process.pause_collector()
+    process.settle()
     assert not gc.isenabled() and gc.get_freeze_count() == 0

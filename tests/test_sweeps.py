@@ -20,8 +20,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from mlflow import MlflowClient
 
-from experiments import __main__ as entry
-from experiments import cli, config
+from experiments import config
+from experiments.command import app, exits
 from tests.conftest import CONF_DIR, all_runs, compose_config, run_cli, runs_of
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -36,7 +36,7 @@ def sweep(monkeypatch: pytest.MonkeyPatch, store_uri: str, args: list[str]) -> i
     """
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)
     monkeypatch.setattr(sys, "argv", ["experiments", "-m", *args])
-    return cli.invoke(entry.hydra_main)
+    return exits.invoke(app.hydra_main)
 
 
 def split(runs: list) -> tuple:
@@ -317,7 +317,7 @@ def test_resume_skips_finished_configs_and_reruns_failed_and_missing_ones(
     reused = set(resumed.data.tags["sweep.reused_runs"].split(","))
     assert reused == {before[f"optim.lr={lr} task.steps=50"].info.run_id for lr in ("0.1", "0.2")}
     # a report of the resumed sweep covers its skipped jobs through the runs they reused
-    from experiments import report
+    from experiments.sweeps.report import command as report
 
     selection = report.select(client, parent=resumed.info.run_id)
     assert {run.info.run_id for run in selection.runs} >= reused
@@ -526,14 +526,17 @@ def test_two_joblib_sweeps_in_one_process_keep_their_own_parents(
 def test_parallel_workers_get_their_share_of_the_cores(monkeypatch) -> None:
     from omegaconf import OmegaConf
 
-    from experiments import sweep as sweeps
+    from experiments import process
+    from experiments.sweeps import callback
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    sweeps._share_cores(OmegaConf.create({"n_jobs": 2}))
+    callback._share_cores(OmegaConf.create({"n_jobs": 2}))
     assert os.environ["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
-    os.environ.pop(sweeps._set_by_us.pop())
+    process.restore_env()  # as the sweep's end does
+    assert "OMP_NUM_THREADS" not in os.environ
     monkeypatch.setenv("OMP_NUM_THREADS", "7")  # the user's choice wins
-    sweeps._share_cores(OmegaConf.create({"n_jobs": 2}))
-    assert os.environ["OMP_NUM_THREADS"] == "7" and sweeps._set_by_us == []
-    sweeps._share_cores(OmegaConf.create({"timeout_min": 5}))  # not a worker pool: untouched
+    callback._share_cores(OmegaConf.create({"n_jobs": 2}))
+    process.restore_env()
+    assert os.environ["OMP_NUM_THREADS"] == "7"
+    callback._share_cores(OmegaConf.create({"timeout_min": 5}))  # not a worker pool: untouched
     assert os.environ["OMP_NUM_THREADS"] == "7"

@@ -14,15 +14,17 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from experiments import __main__ as entry
-from experiments import cli, journal, sync, upload
-from experiments.journal import Header, Writer
+from experiments.command import app, exits
+from experiments.record import journal, marks, sync
+from experiments.record.journal import Header, Writer
+from experiments.record.service import figures
+from experiments.record.store import upload
 from tests.conftest import all_runs, runs_of
 
 
 def invoke(monkeypatch: pytest.MonkeyPatch, args: list[str]) -> int:
     monkeypatch.setattr(sys, "argv", ["experiments", *args])
-    return cli.invoke(entry.hydra_main)
+    return exits.invoke(app.hydra_main)
 
 
 def journals(root: Path) -> list[Path]:
@@ -118,7 +120,7 @@ def test_dry_run_changes_nothing(capfd, workdir, store_uri) -> None:
     assert sync.main(["--dry-run"]) == 0
     out = capfd.readouterr().out
     assert "would be uploaded: " in out and "a run named 'kept run'" in out
-    assert not upload.state_path(path).exists()
+    assert not marks.state_path(path).exists()
     assert all_runs(MlflowClient(store_uri)) == []
 
 
@@ -169,7 +171,7 @@ def test_an_unreachable_store_is_one_line_and_nothing_is_marked_uploaded(capfd, 
     assert sync.main(["--timeout-s", "2"]) == 1
     err = [line for line in capfd.readouterr().err.splitlines() if line]
     assert len(err) == 1 and "cannot reach the MLflow server" in err[0], err
-    assert not upload.state_path(path).exists()
+    assert not marks.state_path(path).exists()
 
 
 def test_tracking_uri_sends_journals_to_another_store(capfd, workdir, tmp_path) -> None:
@@ -178,7 +180,7 @@ def test_tracking_uri_sends_journals_to_another_store(capfd, workdir, tmp_path) 
     assert sync.main(["--tracking-uri", other]) == 0
     (run,) = runs_of(MlflowClient(other), "kept")
     assert run.info.status == "FINISHED"
-    assert json.loads(upload.state_path(path).read_text())["tracking_uri"] == other
+    assert json.loads(marks.state_path(path).read_text())["tracking_uri"] == other
 
 
 def figure_journal(directory: Path, uri: str) -> Path:
@@ -188,7 +190,7 @@ def figure_journal(directory: Path, uri: str) -> Path:
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    from experiments.recording import JournalRecorder
+    from experiments.record.recorder import JournalRecorder
 
     directory.mkdir(parents=True)
     path = directory / journal.NAME
@@ -205,7 +207,7 @@ def test_the_live_uploader_draws_a_figure_it_reaches_first(workdir, store_uri, c
     # The recording process's drawing pass may read the journal before the figure's line
     # is there, and its upload pass after: the picture is drawn, then uploaded, not missed.
     path = figure_journal(workdir / "run", store_uri)
-    uploader = upload.Uploader(client, path, upload.State.load(path, store_uri), draws=True)
+    uploader = upload.Uploader(client, path, marks.State.load(path, store_uri), draw=figures.draw)
     uploader.ensure_run()
     assert uploader.pump(final=True)
     assert (workdir / "run" / "loss.png").is_file()

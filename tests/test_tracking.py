@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from experiments import journal, live, liveness, upload
-from experiments.journal import Header, Writer
-from experiments.tracking import Tracker
-from experiments.uris import redact
+from experiments.record import journal, live, liveness, marks
+from experiments.record.journal import Header, Writer
+from experiments.record.store import upload
+from experiments.record.store.tracker import Tracker
+from experiments.record.uris import redact
 from tests.conftest import runs_of
 
 SETTINGS = live.Settings(retry_s=2.0, heartbeat_s=30.0)
@@ -118,7 +119,7 @@ def test_uploading_a_journal_again_duplicates_nothing(store_uri, tmp_path) -> No
     recording.recorder.log_text("x", "x.txt")
     assert recording.close("FINISHED").recorded
     path = recording.journal
-    upload.state_path(path).unlink()  # as if the upload had been cut before its mark was saved
+    marks.state_path(path).unlink()  # as if the upload had been cut before its mark was saved
     again = upload.deliver(tracker.client, path, tracker.key)
     assert again.run_id == recording.run_id
     assert again.counts.points == 1500  # everything was sent again...
@@ -142,9 +143,9 @@ def test_a_run_kept_offline_is_created_by_its_upload_under_its_parent(store_uri,
 
     tracker = Tracker(store_uri)
     upload.deliver(tracker.client, parent.journal, tracker.key)
-    upload.state_path(child.journal).write_text("{}")  # a mark for no store: start over
+    marks.state_path(child.journal).write_text("{}")  # a mark for no store: start over
     first = upload.deliver(tracker.client, child.journal, tracker.key)
-    upload.state_path(child.journal).unlink()  # cut short before its mark was saved
+    marks.state_path(child.journal).unlink()  # cut short before its mark was saved
     second = upload.deliver(tracker.client, child.journal, tracker.key)
     assert first.run_id == second.run_id  # found again by its journal id, not created twice
     runs = {run.info.run_name: run for run in runs_of(client, "offline")}

@@ -23,8 +23,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from experiments import names
-from experiments.tasks import TASKS
+from experiments import names, tasks
 from tests.conftest import run_cli
 from tests.services import MlflowServer
 
@@ -104,7 +103,7 @@ class Sweep:
 
 def _logged_objective(task: str, run: Run) -> str:
     """The metric name holding the task's ``OBJECTIVE`` (``result/...``)."""
-    name = TASKS[task].OBJECTIVE
+    name = tasks.load(task).OBJECTIVE
     assert name in run.data.metrics, f"{run.info.run_name}: no {name!r} in {run.data.metrics}"
     return name
 

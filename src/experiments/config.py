@@ -1,5 +1,7 @@
-"""Typed schemas for every config group, registered in Hydra's ConfigStore.
+"""The root config's typed schema, the value checks every group uses, and registration.
 
+Every config group is backed by a dataclass in Hydra's ConfigStore: the root and
+``tracking`` here, ``optim`` in :mod:`experiments.optimizers`, each task's beside its task.
 Each YAML file under ``conf/`` extends one of these schemas through its defaults list
 (``- /minimize_schema@_here_``), so unknown keys and wrong types fail while Hydra composes
 the config. Range checks live next to the values, in ``__post_init__``: they run when
@@ -68,156 +70,6 @@ def check_choice(key: str, value: str, choices: tuple[str, ...] | dict) -> None:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
 
 
-def check_expression(expr: str, values: dict[str, float], key: str) -> None:
-    """Parse ``task.expr`` and check that the mapping ``key`` gives each variable a value.
-
-    Args:
-        expr: the expression's text.
-        values: the variable -> number mapping (``task.init``, ``task.at``).
-        key: that mapping's config key, for the message.
-    """
-    from experiments.expressions import parse  # imports torch: only tasks need it
-
-    variables = parse(expr).variables
-    missing = [name for name in variables if name not in values]
-    if missing:
-        example = ", ".join(f"{name}: {values.get(name, 0.0)}" for name in variables)
-        raise ConfigError(
-            f"{key} has no value for {', '.join(missing)} used in task.expr {expr!r}; "
-            f"e.g. '{key}={{{example}}}'"
-        )
-
-
-# --- optimizers: one schema per shipped optimizer, with torch's own argument names ---
-
-
-@dataclass
-class OptimConfig:
-    """Fields every optimizer shares; ``_partial_`` lets the task pass the parameters later."""
-
-    _target_: str = MISSING
-    _partial_: bool = True
-    lr: float = 0.001
-
-    def __post_init__(self) -> None:
-        check_positive("optim.lr", self.lr)
-        if hasattr(self, "weight_decay"):
-            check_non_negative("optim.weight_decay", self.weight_decay)
-
-
-@dataclass
-class SGDConfig(OptimConfig):
-    _target_: str = "torch.optim.SGD"
-    lr: float = 0.1
-    momentum: float = 0.0
-    dampening: float = 0.0
-    weight_decay: float = 0.0
-    nesterov: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_non_negative("optim.momentum", self.momentum)
-        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
-            raise ConfigError(
-                "optim.nesterov=true needs optim.momentum > 0 and optim.dampening=0, "
-                f"got momentum={self.momentum}, dampening={self.dampening}"
-            )
-
-
-@dataclass
-class AdamConfig(OptimConfig):
-    _target_: str = "torch.optim.Adam"
-    lr: float = 0.001
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    amsgrad: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if len(self.betas) != 2:
-            raise ConfigError(f"optim.betas must hold two numbers, got {self.betas!r}")
-        for index, beta in enumerate(self.betas):
-            if not 0.0 <= beta < 1.0:
-                raise ConfigError(f"optim.betas[{index}] must be in [0, 1), got {beta!r}")
-        check_positive("optim.eps", self.eps)
-
-
-@dataclass
-class AdamWConfig(AdamConfig):
-    _target_: str = "torch.optim.AdamW"
-    weight_decay: float = 0.01
-
-
-@dataclass
-class RMSpropConfig(OptimConfig):
-    _target_: str = "torch.optim.RMSprop"
-    lr: float = 0.01
-    alpha: float = 0.99
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    momentum: float = 0.0
-    centered: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_non_negative("optim.alpha", self.alpha)
-        check_positive("optim.eps", self.eps)
-        check_non_negative("optim.momentum", self.momentum)
-
-
-@dataclass
-class AdagradConfig(OptimConfig):
-    _target_: str = "torch.optim.Adagrad"
-    lr: float = 0.01
-    lr_decay: float = 0.0
-    weight_decay: float = 0.0
-    initial_accumulator_value: float = 0.0
-    eps: float = 1e-10
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_non_negative("optim.lr_decay", self.lr_decay)
-        check_non_negative("optim.initial_accumulator_value", self.initial_accumulator_value)
-        check_positive("optim.eps", self.eps)
-
-
-@dataclass
-class LBFGSConfig(OptimConfig):
-    _target_: str = "torch.optim.LBFGS"
-    lr: float = 1.0
-    max_iter: int = 20
-    max_eval: Optional[int] = None
-    tolerance_grad: float = 1e-7
-    tolerance_change: float = 1e-9
-    history_size: int = 100
-    line_search_fn: Optional[str] = "strong_wolfe"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_positive_int("optim.max_iter", self.max_iter)
-        if self.max_eval is not None:
-            check_positive_int("optim.max_eval", self.max_eval)
-        check_positive_int("optim.history_size", self.history_size)
-        if self.line_search_fn not in (None, "strong_wolfe"):
-            raise ConfigError(
-                f"optim.line_search_fn must be null or 'strong_wolfe', got {self.line_search_fn!r}"
-            )
-
-
-OPTIM_SCHEMAS: dict[str, type[OptimConfig]] = {
-    "sgd": SGDConfig,
-    "adam": AdamConfig,
-    "adamw": AdamWConfig,
-    "rmsprop": RMSpropConfig,
-    "adagrad": AdagradConfig,
-    "lbfgs": LBFGSConfig,
-}
-
-
-# --- tracking and the root config ---
-
-
 @dataclass
 class TrackingConfig:
     """Where and how runs are recorded."""
@@ -273,6 +125,8 @@ class Config:
 
 def register(task_schemas: dict[str, type]) -> None:
     """Register the root, optimizer and task schemas, and the ``uid`` and ``gpus`` resolvers."""
+    from experiments.optimizers import SCHEMAS as OPTIM_SCHEMAS  # imports torch
+
     store = ConfigStore.instance()
     store.store(name="config_schema", node=Config)
     for name, schema in OPTIM_SCHEMAS.items():

@@ -1,4 +1,11 @@
-"""The one exception type the command line reports as a single line, without a traceback."""
+"""The errors every part raises, and how an error reads in one line.
+
+The command line reports :class:`ConfigError` and :class:`RunFailure` (and their kinds) as a
+single ``error: ...`` line, without a traceback; anything else is a bug and keeps its
+traceback. This module imports nothing of the project: every part may use it.
+"""
+
+from __future__ import annotations
 
 
 class ConfigError(ValueError):
@@ -34,3 +41,17 @@ class StoreUnreachable(ConfigError):
 
     A run refuses to start on it (one line); a job of a sweep runs offline instead.
     """
+
+
+def first_line(error: BaseException | str) -> str:
+    """The first non-empty line of an error's message, or its type's name.
+
+    MLflow's messages run over many lines (a response body, a traceback from the server);
+    a run's ``error`` tag and a warning keep the first. An ``MlflowException`` keeps its
+    text in ``message``.
+    """
+    text = error if isinstance(error, str) else getattr(error, "message", None) or str(error)
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    if lines:
+        return lines[0]
+    return "" if isinstance(error, str) else type(error).__name__

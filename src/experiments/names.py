@@ -1,7 +1,9 @@
-"""Metric names of a task's results: ``result/<name>``, first in MLflow's UI.
+"""The names a reviewer, the report and other runs read: results' metrics, shared tags.
 
-Runs recorded before results had their prefix carry the bare name (``loss``); readers of
-stored runs (the report, ``skip_existing``) fall back to it through :func:`legacy_name`.
+A task's results are metrics named ``result/<name>``, first in MLflow's UI. Runs recorded
+before results had their prefix carry the bare name (``loss``); readers of stored runs (the
+report, ``skip_existing``) fall back to it through :func:`legacy_name`. The tags below are
+set by one part and read by another (the record path, the runner, sweeps, the report).
 """
 
 from __future__ import annotations
@@ -10,6 +12,11 @@ from typing import Mapping
 
 RESULT = "result/"
 NOISY_TAG = "noisy"  # a matmul run's tag when its timings spread widely, saying why
+ERROR_TAG = "error"  # why a run ended FAILED or KILLED
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: a sweep's job names its parent run
+JOURNAL_ID_TAG = "journal.id"  # the journal a run was recorded from (how sync finds it)
+CONFIG_HASH_TAG = "config.hash"  # a run's resolved config, hashed (skip_existing, reruns)
+SWEEP_TAG = "sweep"  # "true" on a sweep's parent run
 
 
 def result(name: str) -> str:

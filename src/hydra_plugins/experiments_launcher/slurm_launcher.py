@@ -31,7 +31,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 
 from experiments.errors import RunFailure
-from experiments.sweep import read_outcomes
+from experiments.sweeps.outcomes import read_outcomes
 
 try:
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf

@@ -1,0 +1,214 @@
+"""The run's side of the recording process: start it, ask it things, hear from it.
+
+Requests and replies are JSON lines over the process's standard input and output:
+``{"id": 3, "op": "start", ...}`` is answered by ``{"id": 3, "ok": true, ...}`` or
+``{"id": 3, "ok": false, "kind": "StoreUnreachable", "error": "..."}``; the process also
+sends events (``{"event": "log", "level": "WARNING", "message": "..."}``), which are logged
+here. A thread reads the replies, so a request can be sent now and its answer collected
+later (:meth:`Recorder.request`). Nothing here imports MLflow.
+
+If the recording process ends unexpectedly, every request fails with
+:class:`RecorderGone`; the runs it was uploading stay in their journals, and the next run
+of this process starts a new one.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import json
+import logging
+import subprocess
+import sys
+import threading
+from typing import IO, Any, Optional
+
+from experiments import errors, signals
+
+log = logging.getLogger("experiments.recorder")
+
+READY_TIMEOUT_S = 120.0
+
+
+class RecorderGone(RuntimeError):
+    """The recording process ended before it answered."""
+
+
+class Pending:
+    """The answer to one request, once it comes."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._reply: Optional[dict[str, Any]] = None
+        self._failure: Optional[BaseException] = None
+
+    def set(self, reply: Optional[dict[str, Any]], failure: Optional[BaseException]) -> None:
+        self._reply, self._failure = reply, failure
+        self._event.set()
+
+    def result(self, timeout: Optional[float] = None) -> dict[str, Any]:
+        """The reply; raises what the recording process reported, or :class:`RecorderGone`."""
+        if not self._event.wait(timeout):
+            raise RecorderGone(f"the recording process did not answer within {timeout:.0f} s")
+        if self._failure is not None:
+            raise self._failure
+        assert self._reply is not None
+        if not self._reply.get("ok", False):
+            raise _error(self._reply)
+        return self._reply
+
+
+class Recorder:
+    """A recording process serving this process (see :mod:`experiments.record.service`)."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "experiments.record.service"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self._stdin: IO[bytes] = self.process.stdin
+        self._ids = itertools.count(1)
+        self._pending: dict[int, Pending] = {}
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._used = False
+        self.gone: Optional[str] = None
+        self._reader = threading.Thread(
+            target=self._read, args=(self.process.stdout,), name="recorder replies", daemon=True
+        )
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def request(self, op: str, **fields: Any) -> Pending:
+        """Send a request now; collect its answer later with ``.result()``."""
+        pending = Pending()
+        self._used = True
+        with self._lock:
+            if self.gone is not None:
+                pending.set(None, RecorderGone(self.gone))
+                return pending
+            number = next(self._ids)
+            self._pending[number] = pending
+            try:
+                self._stdin.write((json.dumps({"id": number, "op": op, **fields}) + "\n").encode())
+                self._stdin.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                self._pending.pop(number, None)
+                pending.set(None, RecorderGone(self._gone_reason()))
+        return pending
+
+    def call(self, op: str, timeout: Optional[float] = None, **fields: Any) -> dict[str, Any]:
+        """Send a request and wait for its answer."""
+        return self.request(op, **fields).result(timeout)
+
+    def close(self, timeout: float = 120.0) -> None:
+        """Say goodbye and wait (up to ``timeout``) for the process to finish and exit.
+
+        A process still uploading after that goes on alone: it ignores the signals that
+        stop this one, finishes what the journals hold and exits.
+        """
+        if not self._used:  # started early for nothing (a bad setting): no need to wait
+            self.process.kill()
+            self.process.wait()
+            return
+        if self.gone is None:
+            try:
+                self.call("bye", timeout=timeout)
+            except (RecorderGone, errors.RunFailure):
+                pass
+            try:
+                self._stdin.close()
+            except OSError:
+                pass
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log.info("the recording process (pid %s) finishes its uploads alone", self.pid)
+
+    def _read(self, stream: IO[bytes]) -> None:
+        for line in stream:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if "event" in message:
+                self._event(message)
+                continue
+            with self._lock:
+                pending = self._pending.pop(message.get("id"), None)
+            if pending is not None:
+                pending.set(message, None)
+        with self._lock:
+            self.gone = self._gone_reason()
+            waiting, self._pending = list(self._pending.values()), {}
+        for pending in waiting:
+            pending.set(None, RecorderGone(self.gone))
+        self._ready.set()
+
+    def _event(self, message: dict[str, Any]) -> None:
+        if message["event"] == "ready":
+            self._ready.set()
+        elif message["event"] == "log":
+            level = logging.getLevelName(message.get("level", "WARNING"))
+            log.log(level if isinstance(level, int) else logging.WARNING, message["message"])
+
+    def _gone_reason(self) -> str:
+        code = self.process.poll()
+        if code is None:
+            try:
+                code = self.process.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                code = None
+        how = f" (exit status {code})" if code is not None else ""
+        return f"the recording process (pid {self.process.pid}) ended unexpectedly{how}"
+
+
+def _error(reply: dict[str, Any]) -> Exception:
+    kinds = {
+        "ConfigError": errors.ConfigError,
+        "StoreUnreachable": errors.StoreUnreachable,
+        "TrackingError": errors.TrackingError,
+    }
+    return kinds.get(reply.get("kind", ""), errors.TrackingError)(reply.get("error", "failed"))
+
+
+_current: Optional[Recorder] = None
+_current_lock = threading.Lock()
+
+
+def get() -> Recorder:
+    """This process's recording process, started if there is none (or it ended)."""
+    global _current
+    with _current_lock:
+        if _current is None or _current.gone is not None:
+            _current = Recorder()
+        return _current
+
+
+def start_early() -> None:
+    """Start the recording process now, while this process goes on importing torch."""
+    get()
+
+
+SIGNALLED_EXIT_WAIT_S = 2.0
+
+
+def shutdown() -> None:
+    """End this process's recording process, after it finished every upload.
+
+    After a signal, this process does not wait long: its runs already waited (briefly) for
+    their last records, and what is left the recording process finishes alone.
+    """
+    global _current
+    with _current_lock:
+        current, _current = _current, None
+    if current is not None:
+        current.close(timeout=120.0 if signals.received() is None else SIGNALLED_EXIT_WAIT_S)
+
+
+atexit.register(shutdown)

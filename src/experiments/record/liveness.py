@@ -1,0 +1,185 @@
+"""Whether a run's process is still alive, and closing the runs whose process is gone.
+
+Every run records where it runs (tags ``host``, ``pid``, ``pid.started``) and a
+``heartbeat`` tag, refreshed while it runs. A RUNNING run is *lost* when its process is
+gone (same host: that pid is not alive, or is another process now) or, seen from another
+host, when its heartbeat is older than ``tracking.lost_after_s``. Lost runs are closed
+FAILED with an ``error`` tag that says so, where, and when the run was last seen. Runs
+without a heartbeat tag were not started by this package and are never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Mapping, Sequence
+
+from experiments.names import ERROR_TAG
+
+log = logging.getLogger(__name__)
+
+HOST_TAG = "host"
+PID_TAG = "pid"
+STARTED_TAG = "pid.started"
+HEARTBEAT_TAG = "heartbeat"
+OUTPUT_DIR_TAG = "output_dir"
+LOST_PREFIX = "lost:"
+
+
+def host() -> str:
+    """This machine's name, as runs record it."""
+    return socket.gethostname()
+
+
+def process_started(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), where the system says (Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        with open("/proc/stat", "rb") as handle:
+            boot = next(int(line.split()[1]) for line in handle if line.startswith(b"btime"))
+    except (OSError, IndexError, StopIteration, ValueError):
+        return None
+    return round(boot + int(fields[19]) / os.sysconf("SC_CLK_TCK"), 2)
+
+
+def identity_tags() -> dict[str, str]:
+    """The tags that say which process on which host records a run."""
+    tags = {HOST_TAG: host(), PID_TAG: str(os.getpid())}
+    started = process_started(os.getpid())
+    if started is not None:
+        tags[STARTED_TAG] = f"{started:.2f}"
+    return tags
+
+
+def heartbeat(ms: int | None = None) -> str:
+    """A heartbeat tag value: the time in UTC, ISO 8601 to the second."""
+    moment = time.time() if ms is None else ms / 1000
+    return datetime.fromtimestamp(moment, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_heartbeat(text: str | None) -> int | None:
+    """Milliseconds since the epoch from a heartbeat tag value, or None if it is not one."""
+    if not text:
+        return None
+    try:
+        moment = datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+    return int(moment.timestamp() * 1000)
+
+
+def process_alive(pid: int, started: float | None = None) -> bool:
+    """Whether process ``pid`` on this host is alive and is the process that started then.
+
+    A zombie (ended, not yet reaped by its parent) is not alive; a pid reused by another
+    process since (its start time differs from ``started``) is not the same process.
+    """
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, under another user
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            state = handle.read().rsplit(b")", 1)[1].split()[0]
+        if state in (b"Z", b"X"):
+            return False
+    except (OSError, IndexError):
+        pass  # no /proc: the signal test above is all there is
+    if started is not None:
+        now_started = process_started(pid)
+        if now_started is not None and abs(now_started - started) > 0.05:
+            return False
+    return True
+
+
+def lost_reason(
+    tags: Mapping[str, str], now_ms: int, lost_after_s: float
+) -> tuple[str, int] | None:
+    """Why a RUNNING run with these tags is lost, and when it was last seen; None if it is not.
+
+    Args:
+        tags: the run's tags.
+        now_ms: the time now, in milliseconds since the epoch.
+        lost_after_s: a heartbeat older than this, seen from another host, means lost.
+    """
+    last_seen = parse_heartbeat(tags.get(HEARTBEAT_TAG))
+    if last_seen is None:
+        return None  # not a run of this package: leave it alone
+    where, pid = tags.get(HOST_TAG, "?"), tags.get(PID_TAG, "?")
+    seen = tags.get(HEARTBEAT_TAG)
+    if where == host() and pid.isdigit():
+        started = tags.get(STARTED_TAG)
+        if process_alive(int(pid), float(started) if _is_number(started) else None):
+            return None
+        reason = f"{LOST_PREFIX} process {pid} on {where} is gone (last seen {seen})"
+    else:
+        age_s = (now_ms - last_seen) / 1000
+        if age_s <= lost_after_s:
+            return None
+        reason = (
+            f"{LOST_PREFIX} no heartbeat from process {pid} on {where} for {age_s / 60:.0f} min "
+            f"(last seen {seen})"
+        )
+    directory = tags.get(OUTPUT_DIR_TAG)
+    if directory:
+        reason += f"; its records are kept in {directory}: python -m experiments.sync {directory}"
+    return reason, last_seen
+
+
+@dataclass
+class LostRun:
+    """A RUNNING run found lost (and closed, unless it was a dry run)."""
+
+    run_id: str
+    name: str
+    reason: str
+
+
+def close_lost_runs(
+    client: Any, experiment_ids: Sequence[str], lost_after_s: float, dry_run: bool = False
+) -> list[LostRun]:
+    """Close every lost RUNNING run of the experiments: FAILED, the reason in ``error``.
+
+    One query for the RUNNING runs, then two calls per lost run. The end time recorded is
+    the last heartbeat.
+    """
+    from mlflow.entities import RunStatus
+
+    if not experiment_ids:
+        return []
+    running = client.search_runs(
+        list(experiment_ids), filter_string="attributes.status = 'RUNNING'", max_results=1000
+    )
+    now = int(time.time() * 1000)
+    closed = []
+    for run in running:
+        found = lost_reason(run.data.tags, now, lost_after_s)
+        if found is None:
+            continue
+        reason, last_seen = found
+        closed.append(LostRun(run.info.run_id, run.info.run_name or "", reason))
+        if dry_run:
+            continue
+        client.set_tag(run.info.run_id, ERROR_TAG, reason[:5000])
+        client.set_terminated(
+            run.info.run_id, status=RunStatus.to_string(RunStatus.FAILED), end_time=last_seen
+        )
+        log.warning("closed lost run %s (%s): %s", run.info.run_id, run.info.run_name, reason)
+    return closed
+
+
+def _is_number(text: str | None) -> bool:
+    try:
+        float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return True

@@ -1,0 +1,129 @@
+"""The runner's recorder: what a task records, appended to the run's journal.
+
+A task records through the :class:`~experiments.tasks.context.Recorder` interface; this
+implementation appends each record to the run's journal (:mod:`.journal`), from where the
+recording process uploads it. It imports nothing of MLflow and nothing of the tasks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import time
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+
+if TYPE_CHECKING:
+    from experiments.record.journal import Writer
+
+# MLflow refuses longer values; a value that long is cut, and says so.
+MAX_PARAM_LENGTH = 6000
+MAX_TAG_LENGTH = 8000
+FIGURE_DPI = 90
+_SPECIAL = {"nan": '"NaN"', "inf": '"Infinity"', "-inf": '"-Infinity"'}  # as journals spell them
+
+
+class JournalRecorder:
+    """Appends what a task records to the run's journal; cheap enough for a task's loop.
+
+    A metric record is formatted directly (about 3 µs, a third of ``json.dumps``): the
+    loop of a run that records every step pays little more than one that records none.
+    Files (texts, figures) are written into the run's directory and journaled by name.
+
+    Args:
+        writer: the run's journal (``journal.Writer``).
+        directory: the run's output directory.
+        quiet: the live run's ``quiet`` (keeps the recording process idle); none offline.
+        defer_figures: leave drawing figures to the recording process (a live run).
+    """
+
+    def __init__(
+        self,
+        writer: Writer,
+        directory: Path,
+        quiet: Optional[Callable[[], AbstractContextManager[None]]] = None,
+        defer_figures: bool = False,
+    ) -> None:
+        self._append = writer.append
+        self._write = writer.write_line
+        self.directory = Path(directory)
+        self._quiet = quiet
+        self._defer_figures = defer_figures
+        self._names: dict[str, str] = {}  # metric name -> its JSON string
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        values = {str(key): _cut(value, MAX_PARAM_LENGTH) for key, value in params.items()}
+        self._append({"type": "params", "params": values})
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        names = self._names
+        fields = []
+        for key, value in metrics.items():
+            name = names.get(key)
+            if name is None:
+                name = names[key] = json.dumps(str(key))
+            number = float(value)
+            text = repr(number) if -math.inf < number < math.inf else _SPECIAL[str(number)]
+            fields.append(f"{name}:{text}")
+        stamp = int(time.time() * 1000)
+        self._write(
+            f'{{"type":"metrics","step":{0 if step is None else int(step)},'
+            f'"values":{{{",".join(fields)}}},"time":{stamp}}}\n'.encode()
+        )
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        values = {str(key): _cut(value, MAX_TAG_LENGTH) for key, value in tags.items()}
+        self._append({"type": "tags", "tags": values})
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        path = self._file(name)
+        if not self._defer_figures:
+            figure.savefig(path, dpi=FIGURE_DPI)
+            self.log_artifact(path, Path(name).parent)
+            return
+        # Drawing a figure takes a tenth of a second or more: the recording process does it
+        # (see record.service.figures) from the figure pickled here, next to where the
+        # PNG goes, in a few milliseconds.
+        pickled = path.with_name(f".{path.name}.pickle")
+        pickled.write_bytes(pickle.dumps(figure, protocol=pickle.HIGHEST_PROTOCOL))
+        folder = str(Path(name).parent)
+        self._append(
+            {
+                "type": "artifact",
+                "file": str(path.relative_to(self.directory)),
+                "dir": folder if folder != "." else None,
+                "figure": str(pickled.relative_to(self.directory)),
+            }
+        )
+
+    def log_text(self, text: str, name: str) -> None:
+        path = self._file(name)
+        path.write_text(text, encoding="utf-8")
+        self.log_artifact(path, Path(name).parent)
+
+    def log_artifact(self, path: str | Path, artifact_dir: str | Path | None = None) -> None:
+        """Record a file; ``artifact_dir`` is its directory among the run's artifacts."""
+        path = Path(path)
+        try:
+            file = str(path.resolve().relative_to(self.directory.resolve()))
+        except ValueError:
+            file = str(path.resolve())
+        folder = str(artifact_dir) if artifact_dir not in (None, "", Path(".")) else None
+        self._append({"type": "artifact", "file": file, "dir": folder})
+
+    def quiet(self) -> AbstractContextManager[None]:
+        return self._quiet() if self._quiet is not None else nullcontext()
+
+    def _file(self, name: str) -> Path:
+        path = self.directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def _cut(value: Any, limit: int) -> str:
+    text = "null" if value is None else str(value)
+    if len(text) > limit:
+        return text[: limit - 15] + "...(truncated)"
+    return text

@@ -1,0 +1,69 @@
+"""``python -m experiments.record.service``: the recording process (started by ``client``).
+
+Its process-wide set-up is made here, first thing: the signals meant for the run's process
+are ignored, the collector is paused while MLflow loads, standard output becomes the reply
+channel alone (anything else that would print there, MLflow's own messages, goes to
+standard error, passwords scrubbed), and its warnings go to the process it serves.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+
+from experiments import process
+from experiments.record import uris
+from experiments.record.service import figures
+from experiments.record.service.loop import Service
+
+# Signals meant for the run's process (see experiments.record.service).
+IGNORED = tuple(
+    getattr(signal, name)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2")
+    if hasattr(signal, name)
+)
+
+
+class _Events(logging.Handler):
+    """Sends this process's warnings to the process it serves, which logs them."""
+
+    def __init__(self, service: Service) -> None:
+        super().__init__(logging.WARNING)
+        self.service = service
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.service.send(
+            {"event": "log", "level": record.levelname, "message": record.getMessage()}
+        )
+
+
+def main() -> None:
+    """Serve the process that started this one, on this process's stdin and stdout."""
+    for signum in IGNORED:
+        signal.signal(signum, signal.SIG_IGN)
+    process.pause_collector()
+    channel = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # whatever else prints goes to standard error, not into the replies
+    sys.stdout = sys.stderr = uris.ScrubbedStream(sys.stderr)  # MLflow prints URLs
+    process.scrub_log_records()
+    service = Service(channel)
+    logger = logging.getLogger("experiments")
+    logger.addHandler(_Events(service))
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    import mlflow  # noqa: F401  (the point of this process: imported while the run starts)
+
+    service.send({"event": "ready"})
+    figures.warm_up()
+    # What is loaded by now lives as long as the process: out of the collector's sight,
+    # it is not walked again and again by its full passes (0.2 s of a run's close).
+    process.settle()
+    service.serve(sys.stdin.buffer)
+    channel.close()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

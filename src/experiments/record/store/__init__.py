@@ -1,0 +1,12 @@
+"""The store side of the record path: everything that talks to MLflow.
+
+Only the recording process and the commands that read or write a store themselves
+(``experiments.sync``, ``experiments.report``) import these modules; a run's own process
+never does, so it never imports MLflow.
+
+- ``tracker``: opening a store (a server's health, SQLite's first migration under a lock),
+  its experiments, creating runs, closing lost ones.
+- ``upload``: a journal into a run, resumably and idempotently (``Uploader``, ``deliver``).
+- ``bulk``: metric points into a SQLite or PostgreSQL store, one statement per table.
+- ``failures``: whether a failed store call is worth retrying, and how it reads.
+"""

@@ -1,0 +1,320 @@
+"""The uploader: turns a run's journal into MLflow calls, resumably and idempotently.
+
+One :class:`Uploader` per journal. Each :meth:`Uploader.pump` reads the records written
+since the last one, sends them in as few ``log_batch`` calls as MLflow allows (params,
+tags and metric points together, up to 1,000 entries a call), then the artifacts, then the
+run's end, and only then moves its mark forward. The mark (the journal's byte offset and
+the run it goes to) is saved next to the journal, so an upload cut short starts again where
+it was; what it sends twice is harmless (a metric point is the same key, step, time and
+value, which the store keeps once; params and tags are set to the same value again).
+
+The same uploader serves a live run (driven by the recording process), a run whose store
+went away, and ``python -m experiments.sync``. It raises the store's errors; the caller
+decides how long to retry (:func:`.failures.is_transient` tells which are worth it).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from experiments.names import ERROR_TAG, JOURNAL_ID_TAG, PARENT_TAG
+from experiments.record import journal
+from experiments.record.liveness import LOST_PREFIX
+from experiments.record.marks import State
+
+log = logging.getLogger(__name__)
+
+MAX_ENTRIES = 1000  # MLflow's log_batch limits
+MAX_PARAMS_OR_TAGS = 100
+
+
+@dataclass
+class Counts:
+    """What one uploader sent."""
+
+    points: int = 0
+    params: int = 0
+    tags: int = 0
+    artifacts: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+class Uploader:
+    """Sends one journal into one run of a store.
+
+    Args:
+        client: an ``MlflowClient`` on the store.
+        path: the journal.
+        state: where the journal stands with this store (:meth:`State.load`).
+        repair: the run may have been closed as lost meanwhile (an upload after the fact):
+            check, and remove that note when the journal ends it otherwise.
+        bulk: a :class:`.bulk.BulkMetrics` for the store: metric points go in one
+            statement per table instead of ``log_batch`` (None: ``log_batch``).
+        draw: the live run's own recording process draws a figure the uploader reaches
+            before it was drawn (``draw(journal, artifact record)``); None: a figure never
+            drawn is a missing artifact (an upload after the fact never unpickles).
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        path: Path,
+        state: State,
+        repair: bool = False,
+        bulk: Optional[Any] = None,
+        draw: Optional[Callable[[Path, dict[str, Any]], None]] = None,
+    ) -> None:
+        self.client = client
+        self.repair = repair
+        self.bulk = bulk
+        self.draw = draw
+        self.path = path
+        self.state = state
+        self.header = journal.read_header(path)
+        self.counts = Counts()
+        self.base = path.parent
+        self.last_time: int = self.header.time
+
+    @property
+    def run_id(self) -> Optional[str]:
+        return self.state.run_id
+
+    def pending(self) -> bool:
+        """Whether the journal holds bytes the store has not received yet."""
+        try:
+            return self.path.stat().st_size > self.state.offset
+        except OSError:
+            return False
+
+    def pump(self, final: bool = False) -> bool:
+        """Send the next records; True when they were all the journal held when read.
+
+        A journal still being written may have grown meanwhile: the caller decides when to
+        come back for more.
+
+        Args:
+            final: the writer is gone: a cut last line is skipped, not waited for.
+
+        Raises:
+            Whatever the store raised; the mark stays before the records that were not sent.
+        """
+        chunk = journal.read(self.path, self.state.offset, final=final)
+        for warning in chunk.skipped:
+            if warning not in self.counts.skipped:
+                log.warning("%s", warning)
+                self.counts.skipped.append(warning)
+        if self.state.run_id is None:
+            self.ensure_run(chunk.records)
+        self._send(chunk.records)
+        self.state.offset = chunk.end
+        self.state.save(self.path)
+        return chunk.at_end
+
+    def ensure_run(self, records: list[dict[str, Any]] | None = None) -> str:
+        """The run this journal goes to: recorded in it, found by its journal id, or created.
+
+        A journal whose run the store created while it was written names the run in its
+        ``run`` line. Otherwise (a run kept offline) the run is looked up by the journal's id
+        tag, so an upload cut short after creating it does not create a second one, and
+        created with the journal's name, start time and parent when not found.
+        """
+        if self.state.run_id is not None:
+            return self.state.run_id
+        known = next(
+            (r for r in (records or journal.records(self.path)) if r.get("type") == "run"), None
+        )
+        if known is not None and self._exists(known["run_id"]):
+            self.state.run_id = known["run_id"]
+            self.state.experiment_id = known.get("experiment_id")
+        else:
+            self.state.experiment_id = self._experiment_id()
+            found = self.client.search_runs(
+                [self.state.experiment_id],
+                filter_string=f"tags.`{JOURNAL_ID_TAG}` = '{self.header.journal_id}'",
+                max_results=1,
+            )
+            if found:
+                self.state.run_id = found[0].info.run_id
+            else:
+                self.state.run_id = self._create_run()
+        self.state.save(self.path)
+        return self.state.run_id
+
+    def close(self, status: str, reason: str, end_ms: int) -> None:
+        """End a run whose journal has no end line (its process is gone)."""
+        self._end({"status": status, "error": reason, "time": end_ms})
+        self.state.save(self.path)
+
+    def _exists(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_run(run_id)
+        except MlflowException as error:
+            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return False
+            raise
+        return True
+
+    def _experiment_id(self) -> str:
+        from mlflow.exceptions import MlflowException
+
+        name = self.header.experiment
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(name)
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    def _create_run(self) -> str:
+        tags = {JOURNAL_ID_TAG: self.header.journal_id}
+        parent = self.header.parent_run_id or self._parent_from_journal()
+        if parent is not None:
+            tags[PARENT_TAG] = parent
+        run = self.client.create_run(
+            self.state.experiment_id,
+            start_time=self.header.time,
+            tags=tags,
+            run_name=self.header.run_name,
+        )
+        return run.info.run_id
+
+    def _parent_from_journal(self) -> Optional[str]:
+        """The run of the parent journal (a sweep kept offline), once that was uploaded."""
+        if self.header.parent_journal is None:
+            return None
+        found = self.client.search_runs(
+            [self.state.experiment_id],
+            filter_string=f"tags.`{JOURNAL_ID_TAG}` = '{self.header.parent_journal}'",
+            max_results=1,
+        )
+        return found[0].info.run_id if found else None
+
+    def _send(self, records: list[dict[str, Any]]) -> None:
+        params: list[tuple[str, str]] = []  # a param set twice to two values is refused
+        tags: dict[str, str] = {}  # a tag set twice keeps its last value
+        metrics: list[tuple[str, float, int, int]] = []  # key, value, time, step
+        artifacts: list[dict[str, Any]] = []
+        end = None
+        for record in records:
+            kind = record["type"]
+            self.last_time = record.get("time", self.last_time)
+            if kind == "metrics":
+                stamp, step = record["time"], record.get("step", 0)
+                metrics.extend(
+                    (key, journal.metric_value(value), stamp, step)
+                    for key, value in record["values"].items()
+                )
+            elif kind == "params":
+                params.extend(record["params"].items())
+            elif kind == "tags":
+                tags.update(record["tags"])
+            elif kind == "artifact":
+                artifacts.append(record)
+            elif kind == "end":
+                end = record
+        self._log_batches(params, tags, metrics)
+        for artifact in artifacts:
+            self._log_artifact(artifact)
+        if end is not None:
+            self._end(end)
+
+    def _log_batches(
+        self,
+        params: list[tuple[str, str]],
+        tags: dict[str, str],
+        points: list[tuple[str, float, int, int]],
+    ) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        param_items = [Param(k, v) for k, v in dict.fromkeys(params)]
+        tag_items = [RunTag(k, v) for k, v in tags.items()]
+        metrics: list[Metric] = []
+        if self.bulk is not None and points:
+            self.bulk.write(self.state.run_id, points)
+            self.counts.points += len(points)
+        else:
+            metrics = [Metric(*point) for point in points]
+        while param_items or tag_items or metrics:
+            some_params = param_items[:MAX_PARAMS_OR_TAGS]
+            some_tags = tag_items[:MAX_PARAMS_OR_TAGS]
+            room = MAX_ENTRIES - len(some_params) - len(some_tags)
+            some_metrics = metrics[:room]
+            self.client.log_batch(
+                self.state.run_id,
+                metrics=some_metrics,
+                params=some_params,
+                tags=some_tags,
+                synchronous=True,
+            )
+            param_items = param_items[len(some_params) :]
+            tag_items = tag_items[len(some_tags) :]
+            metrics = metrics[len(some_metrics) :]
+            self.counts.params += len(some_params)
+            self.counts.tags += len(some_tags)
+            self.counts.points += len(some_metrics)
+
+    def _log_artifact(self, record: dict[str, Any]) -> None:
+        path = Path(record["file"])
+        path = path if path.is_absolute() else self.base / path
+        if not path.is_file() and self.draw is not None and "figure" in record:
+            self.draw(self.path, record)
+        if not path.is_file():
+            warning = f"{self.path}: artifact {path} is missing; not uploaded"
+            log.warning("%s", warning)
+            self.counts.skipped.append(warning)
+            return
+        self.client.log_artifact(self.state.run_id, str(path), record.get("dir"))
+        self.counts.artifacts += 1
+
+    def _end(self, record: dict[str, Any]) -> None:
+        run_id = self.state.run_id
+        if record.get("error"):
+            self.client.set_tag(run_id, ERROR_TAG, str(record["error"])[:5000])
+        elif self.repair:
+            # A run closed as lost while its records could not reach the store, then
+            # uploaded later: the journal knows better, so the lost note goes.
+            current = self.client.get_run(run_id).data.tags.get(ERROR_TAG, "")
+            if current.startswith(LOST_PREFIX):
+                self.client.delete_tag(run_id, ERROR_TAG)
+        self.client.set_terminated(run_id, status=record["status"], end_time=record["time"])
+        self.state.ended = True
+
+
+def deliver(
+    client: Any,
+    path: Path,
+    tracking_uri: str,
+    close: tuple[str, str] | None = None,
+    repair: bool = True,
+    bulk: Optional[Any] = None,
+) -> Uploader:
+    """Upload everything a journal holds that the store lacks, for a run no one writes now.
+
+    Args:
+        client: an ``MlflowClient`` on the store.
+        path: the journal.
+        tracking_uri: the store's URI (the upload mark is kept per store).
+        close: ``(status, reason)`` to end the run with when the journal has no end line
+            (its process is gone); None leaves such a run as it is.
+        repair, bulk: see :class:`Uploader`.
+
+    Returns:
+        The uploader, whose ``counts`` say what was sent.
+    """
+    uploader = Uploader(client, path, State.load(path, tracking_uri), repair=repair, bulk=bulk)
+    uploader.ensure_run()
+    while not uploader.pump(final=True):
+        pass
+    if close is not None and not uploader.state.ended:
+        status, reason = close
+        last = journal.last_record(path) or {}
+        uploader.close(status, reason, int(last.get("time", uploader.last_time)))
+    return uploader

@@ -1,0 +1,30 @@
+"""The runner: one run end to end, the layer between the sweeps and the tasks.
+
+It validates a composed config, opens the run's record (``experiments.record``), hands the
+task its context and recorder, and ends the run FINISHED, FAILED or KILLED in a ``finally``.
+It needs no Hydra: tests and scripts call :func:`run` or :func:`execute` with a composed
+config.
+
+- ``execution``: :func:`execute` and what it returns (:class:`Result`).
+- ``identity``: what a run says about itself (params, first tags, name, config hash).
+- ``store``: where it is recorded, in the record path's terms.
+
+It imports the tasks, the record path and the shared modules; never the sweeps or the
+command line.
+"""
+
+from experiments.runner.execution import Result, execute, prepare, run
+from experiments.runner.identity import config_hash
+from experiments.runner.store import journal_header, live_settings, not_recorded_line, store_of
+
+__all__ = [
+    "Result",
+    "config_hash",
+    "execute",
+    "journal_header",
+    "live_settings",
+    "not_recorded_line",
+    "prepare",
+    "run",
+    "store_of",
+]

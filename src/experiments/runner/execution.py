@@ -1,0 +1,290 @@
+"""One run, end to end: validate the config, open the run's record, execute the task.
+
+:func:`run` works on a composed config and needs no Hydra, so tests can call it directly;
+the command line (``experiments.command``) is the thin Hydra entry point around it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Optional, Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from experiments import config, devices, optimizers, process, record, signals, tasks
+from experiments.errors import first_line
+from experiments.names import CONFIG_HASH_TAG, PARENT_TAG
+from experiments.record import uris
+from experiments.record.journal import Header
+from experiments.runner.identity import base_tags, config_hash, run_name_for, task_params
+from experiments.runner.store import (
+    adhoc_directory,
+    journal_header,
+    live_settings,
+    not_recorded_line,
+    store_of,
+)
+from experiments.tasks.context import Recorder, TaskContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Result:
+    """What one run produced.
+
+    Attributes:
+        objective: the task's objective (e.g. the final loss), for sweepers.
+        run_id: the MLflow run that recorded it.
+        skipped: True when ``skip_existing`` found this config already FINISHED, in the run
+            ``run_id``, and nothing was run again.
+        delivery: how the run's records fared on their way to the store (None if skipped,
+            or still ``pending`` with ``defer_delivery``).
+    """
+
+    objective: float | None
+    run_id: Optional[str]
+    skipped: bool = False
+    delivery: Optional[record.Delivery] = None
+    pending: Optional[record.PendingDelivery] = None
+
+    @property
+    def recorded(self) -> bool:
+        """Whether the store holds the whole run (a skipped run was recorded before)."""
+        return self.delivery is None or self.delivery.recorded
+
+
+@dataclass
+class Plan:
+    """A run as its config decides it, before anything is recorded.
+
+    Attributes:
+        settings: the validated config.
+        cfg: the composed config it came from.
+        overrides: the command-line overrides that produced it.
+        task: the task's module.
+        directory: the run's own directory (its journal, its files).
+        header: its journal's header (where it goes, who writes it).
+        tags: its first tags.
+        skip: what ``skip_existing`` looks for (None: run whatever the store holds).
+        in_sweep: a job of a sweep (a store that does not answer keeps it offline).
+    """
+
+    settings: config.Config
+    cfg: DictConfig
+    overrides: Sequence[str]
+    task: ModuleType
+    directory: Path
+    header: Header
+    tags: dict[str, str]
+    skip: Optional[dict]
+    in_sweep: bool
+
+
+def run(
+    cfg: DictConfig, overrides: Sequence[str] = (), output_dir: str | Path | None = None
+) -> float | None:
+    """Execute the task that ``cfg`` names as one MLflow run; return its objective.
+
+    See :func:`execute`, which this calls.
+    """
+    return execute(cfg, overrides, output_dir).objective
+
+
+def execute(
+    cfg: DictConfig,
+    overrides: Sequence[str] = (),
+    output_dir: str | Path | None = None,
+    parent_run_id: str | None = None,
+    parent_journal: str | None = None,
+    defer_delivery: bool = False,
+    run_name: str | None = None,
+) -> Result:
+    """Execute the task that ``cfg`` names and record it as one MLflow run.
+
+    Everything the run records goes to its journal in ``output_dir`` first, and from there
+    to the store (see ``experiments.record``); a signal ends the run KILLED.
+
+    Args:
+        cfg: a composed config (the root of ``conf/config.yaml``), without the hydra node.
+        overrides: the command-line overrides that produced it; they name the run.
+        output_dir: the run's local directory (Hydra's output directory); a new directory
+            under ``outputs/adhoc`` when None.
+        parent_run_id: the sweep's parent run, when this run is a job of a sweep.
+        parent_journal: the journal id of the sweep's parent run (how a sweep kept offline
+            finds its parent when uploaded).
+        defer_delivery: a finished run returns before its last records are confirmed in
+            the store; ``Result.pending`` says how they fared (a sweep's next job runs
+            meanwhile).
+        run_name: the run's name unless ``tracking.run_name`` sets one; by default the
+            task and the overrides.
+
+    Returns:
+        The objective, the run that recorded it, and how its records fared.
+
+    Raises:
+        ConfigError: a bad setting; raised before any run is started when the config itself
+            is bad, inside the run (which ends FAILED) when this machine cannot honour it.
+        RunFailure: the task could not finish (divergence, out of memory); the run is FAILED.
+        signals.Interrupted: a signal stopped the run; it ended KILLED.
+    """
+    started = time.perf_counter()
+    planned = plan(cfg, overrides, output_dir, parent_run_id, parent_journal, run_name)
+    tracking = planned.settings.tracking
+    with signals.handling():
+        recording = record.open_run(
+            planned.directory,
+            planned.header,
+            planned.tags,
+            store_of(tracking),
+            live_settings(tracking),
+            planned.skip,
+        )
+        end = _End()
+        try:
+            prepare(planned.settings.task.name)  # the task's own start-up, while the store opens
+            skipped = _wait_for_the_run(recording, planned, defer_delivery)
+            if skipped is not None:
+                return skipped
+            objective = _run_task(planned, recording.recorder, started)
+            end.status = "FINISHED"
+        except BaseException as failure:
+            end.failed(failure)
+            raise
+        finally:
+            if not recording.discarded:  # a run refused or skipped before it began is not
+                delivery = _close(recording, end, defer_delivery)
+        signals.raise_deferred()
+    if isinstance(delivery, record.PendingDelivery):
+        return Result(objective, recording.run_id, pending=delivery)
+    if delivery.recorded:
+        header = planned.header
+        log.info(
+            "run %r FINISHED in experiment %s (%s)",
+            header.run_name,
+            header.experiment,
+            header.tracking_uri,
+        )
+    return Result(objective, recording.run_id, delivery=delivery)
+
+
+def plan(
+    cfg: DictConfig,
+    overrides: Sequence[str] = (),
+    output_dir: str | Path | None = None,
+    parent_run_id: str | None = None,
+    parent_journal: str | None = None,
+    run_name: str | None = None,
+) -> Plan:
+    """Validate ``cfg`` and decide the run it describes (see :func:`execute`'s arguments).
+
+    Raises:
+        ConfigError: a bad setting (nothing is recorded).
+    """
+    settings = config.validate(cfg)
+    optimizers.build(cfg.optim)  # a bad optimizer setting is refused before any run starts
+    task_name = settings.task.name
+    task = tasks.load(task_name)
+    tracking = settings.tracking
+    identity = config_hash(cfg)
+    name = tracking.run_name or run_name or run_name_for(task_name, overrides)
+    out = Path(output_dir) if output_dir is not None else adhoc_directory()
+    out.mkdir(parents=True, exist_ok=True)
+    tags = {**base_tags(task_name, overrides), CONFIG_HASH_TAG: identity}
+    if parent_run_id is not None:
+        tags[PARENT_TAG] = parent_run_id
+    header = journal_header(tracking, tracking.experiment or task_name, name, out)
+    header.config_hash, header.parent_run_id = identity, parent_run_id
+    header.parent_journal = parent_journal
+    skip = None
+    if settings.skip_existing:
+        skip = {"config_hash": identity, "key": getattr(task, "OBJECTIVE", None)}
+    in_sweep = parent_run_id is not None or parent_journal is not None
+    return Plan(settings, cfg, overrides, task, out, header, tags, skip, in_sweep)
+
+
+def prepare(task_name: str) -> None:
+    """What a task's start-up imports anyway (its ``prepare``), done while a store opens."""
+    prepare_task = getattr(tasks.find(task_name), "prepare", None)
+    if prepare_task is not None:
+        prepare_task()
+    process.settle()  # the command's start-up ends here (see experiments.process)
+
+
+def _wait_for_the_run(
+    recording: record.LiveRun, planned: Plan, defer_delivery: bool
+) -> Optional[Result]:
+    """Collect the store's answer to the run's creation; a Result when it was skipped.
+
+    A job of a sweep whose parent this process created knows its store answers: it need
+    not wait for its run's creation (collected when it ends) unless it may skip.
+    """
+    if defer_delivery and planned.skip is None:
+        return None
+    skipped = recording.started(fallback=planned.in_sweep)
+    if skipped is not None:
+        log.info("skipped: this config already FINISHED as run %s", skipped["run_id"])
+        return Result(skipped["objective"], skipped["run_id"], skipped=True)
+    if recording.unrecorded is not None:
+        # One job of a sweep: keep it in its journal and let the sweep go on.
+        log.warning("%s; this job is kept offline in %s", recording.unrecorded, planned.directory)
+    return None
+
+
+def _run_task(planned: Plan, rec: Recorder, started: float) -> float | None:
+    settings, cfg = planned.settings, planned.cfg
+    # A password typed into a tracking URI never reaches the store (see uris.scrub).
+    rec.log_text(uris.scrub(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
+    rec.log_text(OmegaConf.to_yaml(list(planned.overrides)), "overrides.yaml")
+    device = devices.resolve(settings.device)
+    rec.log_params(task_params(planned.task, settings, cfg, device))
+    rec.set_tags({"device": str(device), "device.name": devices.describe(device)})
+    torch.manual_seed(settings.seed)
+    ctx = TaskContext(
+        device=device,
+        recorder=rec,
+        optim=cfg.optim,
+        seed=settings.seed,
+        output_dir=planned.directory,
+        log_every=settings.tracking.log_every,
+    )
+    setup_s = time.perf_counter() - started
+    objective = planned.task.run(settings.task, ctx)
+    task_s = time.perf_counter() - started - setup_s
+    # total: until the results are handed over; the run's end sends what is left
+    total_s = time.perf_counter() - started
+    rec.log_metrics({"time/setup_s": setup_s, "time/task_s": task_s, "time/total_s": total_s})
+    return objective
+
+
+@dataclass
+class _End:
+    """How the run ends: FINISHED, FAILED with the error's first line, or KILLED."""
+
+    status: str = "FAILED"
+    error: Optional[str] = None
+    hurry: bool = False  # a signal: the last records get a few seconds, no more
+
+    def failed(self, failure: BaseException) -> None:
+        stop = signals.stop_reason(failure)
+        if stop is not None:
+            self.status, self.error, self.hurry = "KILLED", stop, True
+        else:
+            self.error = first_line(failure)
+
+
+def _close(
+    recording: record.LiveRun, end: _End, defer: bool
+) -> record.Delivery | record.PendingDelivery:
+    wait = not (defer and end.status == "FINISHED")
+    with signals.deferred():
+        delivery = recording.close(end.status, end.error, hurry=end.hurry, wait=wait)
+    if isinstance(delivery, record.Delivery) and not delivery.recorded:
+        if end.status != "FINISHED" and not delivery.offline:
+            log.warning("%s", not_recorded_line(delivery))
+    return delivery

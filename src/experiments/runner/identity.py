@@ -1,0 +1,119 @@
+"""What a run says about itself: its params, its first tags, its name and its config's hash.
+
+These are decided before the task starts (the params once the device is resolved), from the
+composed config and the overrides that produced it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import experiments
+from experiments import config
+from experiments.record import uris
+
+IDENTITY_EXCLUDED = ("tracking", "skip_existing")
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """A run's identity for ``skip_existing``: a hash of its resolved config.
+
+    Where results are recorded (``tracking``) and ``skip_existing`` itself are not part of
+    what was computed, so they are left out.
+    """
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    for key in IDENTITY_EXCLUDED:
+        tree.pop(key, None)
+    text = json.dumps(tree, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def task_params(
+    task: ModuleType, settings: config.Config, cfg: DictConfig, device: torch.device
+) -> dict[str, Any]:
+    """The params of a run: the settings that affect its task, with the values it used.
+
+    The optimizer's settings only where the task uses an optimizer, no tracking settings
+    (the run's ``config.yaml`` artifact keeps the whole resolved config), the device that
+    ``auto`` resolved to, and what the task resolves itself (its ``resolved_params``: a
+    matmul's shape and thread count).
+    """
+    params = flatten(OmegaConf.to_container(cfg, resolve=True))
+    uses_optimizer = getattr(task, "USES_OPTIMIZER", False)
+    kept = {
+        key: uris.scrub(value) if isinstance(value, str) else value
+        for key, value in params.items()
+        if not key.startswith(("tracking.", "skip_existing"))
+        and (uses_optimizer or not key.startswith("optim."))
+    }
+    kept["device"] = str(device)
+    resolved = getattr(task, "resolved_params", None)
+    if resolved is not None:
+        kept.update({f"task.{key}": value for key, value in resolved(settings.task).items()})
+    return kept
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten nested mappings to dotted keys: ``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}``.
+
+    Lists are kept whole as values (``optim.betas: [0.9, 0.999]``).
+    """
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, dotted))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def run_name_for(task_name: str, overrides: Sequence[str]) -> str:
+    """A readable run name: the task, then the overrides that differ from the defaults."""
+    shown = [item for item in overrides if not item.startswith(("task=", "hydra."))]
+    return " ".join([task_name, *shown])[:250]
+
+
+def base_tags(task_name: str, overrides: Sequence[str]) -> dict[str, str]:
+    """Tags every run carries, known before the task starts."""
+    tags = {
+        "task": task_name,
+        "torch.version": torch.__version__,
+        "experiments.version": experiments.__version__,
+        "overrides": " ".join(overrides) or "(none)",
+        "mlflow.source.name": "experiments",
+    }
+    commit = git_commit()
+    if commit is not None:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The commit of the checkout this package runs from, or None when installed elsewhere."""
+    root = Path(experiments.__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None

@@ -1,0 +1,282 @@
+"""A sweep's life in the launching process: its parent run opened, then closed with a summary.
+
+Hydra calls :class:`SweepCallback` in the process that launches the jobs. It opens the
+parent run and writes its id into the sweep directory, where every job finds it, in this
+process, in a joblib worker (which may outlive one sweep) or on another host
+(:mod:`.parent`). Each job writes its outcome into its own directory (:mod:`.outcomes`).
+Hydra does not call ``on_multirun_end`` when a job failed, so the command line also calls
+:func:`finish`, which is safe to call twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from experiments import process, record, tasks
+from experiments.errors import ConfigError, RunFailure, first_line
+from experiments.names import SWEEP_TAG
+from experiments.record import uris
+from experiments.record.client import RecorderGone
+from experiments.record.recorder import MAX_TAG_LENGTH
+from experiments.runner import journal_header, live_settings, not_recorded_line, prepare, store_of
+from experiments.sweeps.outcomes import Outcome, counts_line, read_outcomes
+from experiments.sweeps.parent import PARENT_FILE, SWEPT_FILE, sweep_name, swept_keys
+from experiments.sweeps.stopping import LOST_JOB, close_abandoned, stop_jobs
+from experiments.sweeps.summary import (
+    BEST_RUN_TAG,
+    best_metric,
+    best_outcome,
+    number,
+    review_line,
+    summary_table,
+)
+
+log = logging.getLogger(__name__)
+
+REPORT_DIR = "report"  # the sweep's report: in the sweep directory and in the parent run
+REPORT_WAIT_S = 120.0  # how long a sweep's end waits for its report
+
+
+def active() -> bool:
+    """Whether this process has opened a sweep that is not finished yet."""
+    return bool(_active)
+
+
+@dataclass
+class Finished:
+    """A sweep this process closed: where, its jobs, and whether its parent is all recorded."""
+
+    directory: Path
+    outcomes: list[Outcome]
+    parent_recorded: bool
+
+
+def finished() -> list[Finished]:
+    """Every sweep this process finished, in order."""
+    return list(_finished)
+
+
+@dataclass
+class _Sweep:
+    recording: record.LiveRun  # the parent run
+    store: Optional[record.Store]  # None when offline
+    directory: Path
+    name: str
+    objective: Optional[str] = None  # the metric the jobs' objective is (the task's OBJECTIVE)
+    pending: list[tuple[Outcome, Path, Any]] = field(default_factory=list)
+
+
+_active: list[_Sweep] = []
+_finished: list[Finished] = []
+
+
+class SweepCallback(Callback):
+    """Opens the sweep's parent run before any job starts and closes it at the end."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        start(config)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        finish()
+
+
+def start(config: DictConfig) -> str | None:
+    """Open the parent run of the sweep ``config`` describes and export its id to jobs.
+
+    The parent is recorded like any run: a journal in the sweep directory, uploaded while
+    the sweep goes on, with its own heartbeat.
+
+    Returns:
+        The parent run's id (None when the sweep is kept offline).
+    """
+    tracking = config.tracking
+    hydra_cfg = config.hydra  # HydraConfig is not set yet when a multirun starts
+    overrides = [uris.scrub(item) for item in hydra_cfg.overrides.task]  # no password
+    name = sweep_name(hydra_cfg.runtime.choices.get("experiment"), overrides)
+    experiment = tracking.experiment or config.task.name
+    directory = Path(hydra_cfg.sweep.dir)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None  # the launcher fails on it next, and the command says so in one line
+    header = journal_header(tracking, experiment, name, directory)
+    tags = {
+        SWEEP_TAG: "true",
+        "sweep.dir": str(hydra_cfg.sweep.dir),
+        "overrides": " ".join(overrides),
+    }
+    store = store_of(tracking)
+    recording = record.open_run(directory, header, tags, store, live_settings(tracking))
+    objective = getattr(tasks.find(config.task.name), "OBJECTIVE", None)
+    # Active from here: a signal during the start-up below ends the parent KILLED (finish).
+    _active.append(_Sweep(recording, store, directory, name, objective))
+    try:
+        prepare(config.task.name)  # the jobs' start-up, while the store opens
+        recording.started()  # a store that cannot take the parent stops the sweep here
+    except BaseException:
+        if recording.discarded:  # no parent run exists: nothing to close
+            _active.pop()
+        raise
+    _share_cores(hydra_cfg.launcher)
+    swept = swept_keys(overrides, hydra_cfg.sweeper.get("params"))
+    Path(directory, SWEPT_FILE).write_text(json.dumps(swept), encoding="utf-8")
+    if recording.run_id is not None:
+        Path(directory, PARENT_FILE).write_text(recording.run_id, encoding="utf-8")
+    return recording.run_id
+
+
+def _share_cores(launcher: DictConfig) -> None:
+    """Give each parallel worker its share of the cores, unless the user chose already.
+
+    Every torch process otherwise starts one thread per core: n workers on n cores then
+    fight over them, and OpenMP's spinning threads make the sweep slower than running its
+    jobs one after another. Workers start after this, so they inherit the setting.
+    """
+    workers = launcher.get("n_jobs") if "n_jobs" in launcher else None
+    if workers is None or "OMP_NUM_THREADS" in os.environ:
+        return
+    cores = os.cpu_count() or 1
+    workers = cores if workers < 1 else workers  # joblib's -1: one worker per core
+    process.set_env("OMP_NUM_THREADS", str(max(1, cores // workers)))  # until the sweep ends
+
+
+def finish(interrupted: bool = False, error: str | None = None) -> list[Outcome]:
+    """Close the active sweep's parent run, print and record the summary of its jobs.
+
+    The parent ends FINISHED when every job finished (or was skipped as already done),
+    FAILED when any failed, left no outcome, or the sweep stopped with ``error``, and
+    KILLED when the sweep was interrupted: then the jobs still running in other processes
+    of this host are sent SIGTERM, jobs not started yet will not start, and the runs of
+    jobs whose process is gone are closed KILLED too, with what their journals hold. The
+    runs that skipped jobs point to are listed in the parent's ``sweep.reused_runs`` tag,
+    so a report of the sweep covers them too.
+    """
+    if not _active:
+        return []
+    sweep = _active.pop()
+    process.restore_env()
+    _settle(sweep)
+    _close_jobs(sweep, interrupted, error)
+    outcomes = read_outcomes(sweep.directory)
+    best = best_outcome(outcomes) if sweep.objective is not None else None
+    summary = _summary(sweep, outcomes, best)
+    if any(outcome.run_id is not None for outcome in outcomes) and not interrupted:
+        _report(sweep)  # (no job recorded a run: nothing to compare)
+    if outcomes:
+        print(f"\n{summary}", flush=True)
+        store_uri = sweep.store.uri if sweep.store is not None else None
+        where = review_line(store_uri, sweep.recording.run_id, sweep.recording.experiment_id)
+        if where:
+            print(where, flush=True)
+    _record_summary(sweep, outcomes, best, summary)
+    reason = _reason(outcomes, error)
+    status = "KILLED" if interrupted else "FAILED" if reason else "FINISHED"
+    delivery = sweep.recording.close(
+        status, reason[:MAX_TAG_LENGTH] if reason else None, hurry=interrupted
+    )
+    if not delivery.recorded and not delivery.offline:
+        log.warning("the sweep's parent run: %s", not_recorded_line(delivery))
+    _finished.append(Finished(sweep.directory, outcomes, delivery.recorded or delivery.offline))
+    return outcomes
+
+
+def _close_jobs(sweep: _Sweep, interrupted: bool, error: str | None) -> None:
+    """After a signal, stop this host's running jobs; otherwise close the runs of the dead."""
+    parent_journal = sweep.recording.journal
+    if interrupted:
+        reason = error or "the sweep was interrupted"
+        stop_jobs(sweep.directory, parent_journal, sweep.store, reason)
+    else:
+        close_abandoned(sweep.directory, parent_journal, sweep.store, "FAILED", LOST_JOB)
+
+
+def _reason(outcomes: list[Outcome], error: str | None) -> str | None:
+    """Why the parent run did not finish (None: it did)."""
+    failed = [outcome for outcome in outcomes if outcome.status == "FAILED"]
+    if failed:
+        return f"{len(failed)} of {len(outcomes)} jobs failed: {failed[0].reason}"
+    return error or (None if outcomes else "no job ran")
+
+
+def _summary(sweep: _Sweep, outcomes: list[Outcome], best: Optional[Outcome]) -> str:
+    """The summary printed at the end: counts, the table of jobs, the best objective."""
+    table = summary_table(outcomes, sweep.objective)
+    summary = f"Sweep {sweep.name!r}: {counts_line(outcomes)}\n{table}"
+    if best is not None and best.objective is not None:
+        summary += (
+            f"\nbest {sweep.objective}: {number(best.objective)} (job {best.job}: "
+            f"{' '.join(best.overrides)}), run {best.run_id}"
+        )
+    return summary
+
+
+def _record_summary(
+    sweep: _Sweep, outcomes: list[Outcome], best: Optional[Outcome], summary: str
+) -> None:
+    """Into the parent run: the summary, the counts, the runs reused, the best objective."""
+    recorder = sweep.recording.recorder
+    tags = {"jobs": counts_line(outcomes)}
+    reused = [o.run_id for o in outcomes if o.status == "SKIPPED" and o.run_id is not None]
+    if reused:
+        tags["sweep.reused_runs"] = ",".join(reused)[:MAX_TAG_LENGTH]
+    if best is not None and sweep.objective is not None:
+        tags[BEST_RUN_TAG] = str(best.run_id)
+        recorder.log_metrics({best_metric(sweep.objective): best.objective})
+    recorder.log_text(summary + "\n", "summary.txt")
+    recorder.set_tags(tags)
+
+
+def _report(sweep: _Sweep) -> None:
+    """The sweep's comparison report, in ``<sweep dir>/report`` and the parent's ``report/``."""
+    run_id = sweep.recording.run_id
+    if sweep.store is None or run_id is None:
+        return  # kept offline: python -m experiments.report --parent makes it after sync
+    try:
+        reply = record.call(
+            sweep.store,
+            "experiments.sweeps.report.assemble:publish",
+            REPORT_WAIT_S,
+            parent=run_id,
+            out=str((sweep.directory / REPORT_DIR).resolve()),
+        )
+    except (RecorderGone, RunFailure, ConfigError) as failure:
+        log.warning(
+            "the sweep's report was not made: %s; make it with: python -m experiments.report "
+            "--parent %s",
+            first_line(failure),
+            run_id,
+        )
+        return
+    figures = len(reply.get("figures", []))
+    log.info(
+        "report: %d figure%s logged into the parent run under %s/ in %.2f s",
+        figures,
+        "" if figures == 1 else "s",
+        REPORT_DIR,
+        reply.get("seconds", 0.0),
+    )
+
+
+def pending(outcome: Outcome, output_dir: str | Path, delivery: Any) -> None:
+    """A job of this process whose last records are still on their way to the store."""
+    if _active:
+        _active[-1].pending.append((outcome, Path(output_dir), delivery))
+
+
+def _settle(sweep: _Sweep) -> None:
+    """Wait for the deliveries of the jobs that did not wait; mark those that failed."""
+    for outcome, directory, delivery in sweep.pending:
+        done = delivery.wait()
+        if not done.recorded:
+            outcome.status, outcome.reason = "UNSYNCED", not_recorded_line(done)
+            outcome.write(directory)
+            log.warning("job %s: %s", outcome.job, outcome.reason)
+    sweep.pending.clear()

@@ -1,0 +1,107 @@
+"""Closing what a sweep's jobs left open: after a signal, and when a job's process died.
+
+After a signal, the running jobs of this host (joblib workers, submitit_local jobs) get
+SIGTERM and end their runs KILLED themselves; jobs not started yet see the ``stopped`` file
+and do not start. A job whose process is gone without closing its run (killed, out of
+memory) has its journal uploaded and its run closed, with the reason, by the recording
+process (``record.adopt``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+from experiments import record
+from experiments.errors import ConfigError, RunFailure
+from experiments.record import journal, liveness
+from experiments.record.client import RecorderGone
+from experiments.sweeps.outcomes import OUTCOME_FILE, Outcome, read_outcomes
+from experiments.sweeps.parent import STOPPED_FILE
+
+log = logging.getLogger(__name__)
+
+LOST_JOB = "lost: the job's process ended without reporting (killed, or out of memory?)"
+STOP_WAIT_S = 10.0  # how long an interrupted sweep waits for its running jobs to close
+
+
+def stop_jobs(
+    directory: Path, parent_journal: Path, store: record.Store | None, reason: str
+) -> None:
+    """Stop the running jobs of an interrupted sweep that run on this host; close the rest.
+
+    Jobs still starting see the ``stopped`` file and do not start. Running jobs in other
+    processes of this host (joblib workers, submitit_local jobs) get SIGTERM and end their
+    runs KILLED themselves; the runs of jobs whose process is gone are closed here.
+
+    Args:
+        directory: the sweep's directory.
+        parent_journal: the parent run's journal (left alone).
+        store: where the runs go (None: kept offline, ``sync`` closes them later).
+        reason: why the sweep stopped, the runs' ``error``.
+    """
+    Path(directory, STOPPED_FILE).write_text(reason, encoding="utf-8")
+    for outcome in read_outcomes(directory):
+        if outcome.status == "RUNNING" and outcome.host == liveness.host():
+            if outcome.pid not in (None, os.getpid()) and not outcome.gone():
+                try:
+                    os.kill(outcome.pid, signal.SIGTERM)
+                except OSError:
+                    pass
+    deadline = time.monotonic() + STOP_WAIT_S
+    while time.monotonic() < deadline and any(
+        o.status == "RUNNING" and o.host == liveness.host() and not o.gone()
+        for o in read_outcomes(directory)
+    ):
+        time.sleep(0.1)
+    close_abandoned(directory, parent_journal, store, "KILLED", reason, this_host_only=True)
+
+
+def close_abandoned(
+    directory: Path,
+    parent_journal: Path,
+    store: record.Store | None,
+    status: str,
+    reason: str,
+    this_host_only: bool = False,
+) -> None:
+    """Close what jobs whose process is gone left open: their runs and their outcomes.
+
+    Args:
+        directory, parent_journal, store: see :func:`stop_jobs`.
+        status, reason: how the runs end.
+        this_host_only: leave the journals of other hosts alone (after an interruption,
+            jobs on a cluster go on without the launching process).
+    """
+    for path in journal.find([directory]):
+        if path == parent_journal or journal.ended(path) or journal.held(path) is not False:
+            continue
+        if this_host_only and journal.read_header(path).host != liveness.host():
+            continue
+        _close_run(path, store, status, reason)
+    for outcome in read_outcomes(directory):
+        if outcome.status == "RUNNING" and outcome.gone():
+            outcome.status, outcome.reason = status, reason
+            assert outcome.directory is not None
+            outcome.write(outcome.directory)
+
+
+def _close_run(path: Path, store: record.Store | None, status: str, reason: str) -> None:
+    """A job's process is gone without closing its run: upload what it recorded, end it."""
+    if store is None:
+        return  # kept offline: sync closes it later
+    try:
+        run_id = record.adopt(path, store, status, reason)
+    except (RecorderGone, RunFailure, ConfigError) as failure:
+        log.warning("could not close the run of %s: %s (sync will)", path, failure)
+        return
+    outcome_file = Path(path.parent, OUTCOME_FILE)
+    if outcome_file.exists():
+        outcome = Outcome(**json.loads(outcome_file.read_text(encoding="utf-8")))
+        if outcome.status == "RUNNING":
+            outcome.run_id = run_id
+            outcome.write(path.parent)

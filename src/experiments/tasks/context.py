@@ -1,0 +1,106 @@
+"""What a task is handed: its :class:`TaskContext`, and in it a :class:`Recorder`.
+
+Tasks never import MLflow, nor the runner or the record path: they receive a context
+(device, seed, output directory, the ``optim`` node) and record through its ``recorder``,
+whose methods are the whole interface. The runner hands them one that writes the run's
+journal (``experiments.record.recorder``); tests and scripts without MLflow may use
+:class:`MemoryRecorder`, which keeps everything in plain Python containers.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Protocol
+
+import torch
+
+
+class Recorder(Protocol):
+    """The recording interface every task receives."""
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Record constant parameters (strings, numbers)."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Record metric values, optionally at a step; buffered, cheap to call in a loop."""
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Record descriptive tags (device name, dtype, ...)."""
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        """Record a matplotlib figure as a PNG artifact called ``name`` (e.g. ``loss.png``)."""
+
+    def log_text(self, text: str, name: str) -> None:
+        """Record a text artifact called ``name`` (e.g. ``table.txt``)."""
+
+    def log_artifact(self, path: str | Path) -> None:
+        """Record a file as an artifact."""
+
+    def quiet(self) -> AbstractContextManager[None]:
+        """A block the task times: nothing else of the pipeline runs meanwhile.
+
+        ``with ctx.recorder.quiet(): ...`` keeps the recording process idle (no upload, no
+        heartbeat) so that it does not compete for the CPU with what the block measures.
+        """
+
+
+@dataclass
+class MemoryRecorder:
+    """A recorder that keeps everything in memory; for tests and for scripts without MLflow."""
+
+    params: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, list[tuple[int | None, float]]] = field(default_factory=dict)
+    tags: dict[str, Any] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
+    texts: dict[str, str] = field(default_factory=dict)
+    artifacts: list[Path] = field(default_factory=list)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self.params.update(params)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        for key, value in metrics.items():
+            self.metrics.setdefault(key, []).append((step, float(value)))
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self.tags.update(tags)
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        self.figures[name] = figure
+
+    def log_text(self, text: str, name: str) -> None:
+        self.texts[name] = text
+
+    def log_artifact(self, path: str | Path) -> None:
+        self.artifacts.append(Path(path))
+
+    def quiet(self) -> AbstractContextManager[None]:
+        return nullcontext()
+
+    def last(self, key: str) -> float:
+        """The last recorded value of metric ``key``."""
+        return self.metrics[key][-1][1]
+
+
+@dataclass
+class TaskContext:
+    """What the runner hands to a task besides the task's own config.
+
+    Attributes:
+        device: the resolved device to run on.
+        recorder: where params, metrics, tags and figures go.
+        optim: the composed ``optim`` config node; build it with
+            ``experiments.optimizers.build(ctx.optim)``.
+        seed: the seed torch was seeded with.
+        output_dir: the run's own directory (Hydra's output directory), for local files.
+        log_every: record per-step metrics every this many steps (and the last step).
+    """
+
+    device: torch.device
+    recorder: Recorder
+    optim: Any
+    seed: int
+    output_dir: Path
+    log_every: int = 1

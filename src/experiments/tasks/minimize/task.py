@@ -1,0 +1,226 @@
+"""Minimise an expression with any ``torch.optim`` optimizer (the tutorial's 最適化 section).
+
+Defaults reproduce the tutorial: ``3*x**2 + 6*x - 9`` from x = 10 with SGD at lr 0.1 ends at
+x = -1.0000 after 20 steps. Each step records the state it starts from (step 0 is the
+start); one more point after the last step records where the optimizer ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+from experiments import optimizers
+from experiments.config import (
+    check_choice,
+    check_number_mapping,
+    check_positive,
+    check_positive_int,
+    open_mapping,
+)
+from experiments.errors import ConfigError, RunFailure
+from experiments.names import result
+from experiments.tasks.context import TaskContext
+from experiments.tasks.expressions import Expression, check_expression, parse
+from experiments.tasks.minimize import plots
+from experiments.tasks.minimize.progress import Progress
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("float32", "float64")
+MAX_STEPS = 10_000_000
+
+
+@dataclass
+class MinimizeConfig:
+    """Settings of ``task=minimize``; see ``conf/task/minimize.yaml``."""
+
+    name: str = "minimize"
+    expr: str = "3*x**2 + 6*x - 9"
+    init: Dict[str, float] = field(default_factory=lambda: open_mapping({"x": 10.0}))
+    steps: int = 20
+    tol: Optional[float] = None
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        check_positive_int("task.steps", self.steps)
+        if self.steps > MAX_STEPS:
+            raise ConfigError(f"task.steps must be at most {MAX_STEPS:,}, got {self.steps}")
+        if self.tol is not None:
+            check_positive("task.tol", self.tol)
+        check_choice("task.dtype", self.dtype, DTYPES)
+        self.init = check_number_mapping("task.init", dict(self.init))
+        check_expression(self.expr, self.init, "task.init")
+
+
+SCHEMA = MinimizeConfig
+OBJECTIVE = result("loss")  # the metric run() returns: what a sweeper minimises
+LOSS, GRAD_NORM = OBJECTIVE, result("grad_norm")
+USES_OPTIMIZER = True  # the run records the optim.* settings as params
+
+
+def prepare() -> None:
+    """What this task's start-up imports, done while the run's store opens."""
+    optimizers.warm_up()
+
+
+@dataclass
+class Trajectory:
+    """The recorded state of each step: loss, gradient norm and every variable."""
+
+    names: list[str]
+    steps: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    grad_norm: list[float] = field(default_factory=list)
+    values: list[list[float]] = field(default_factory=list)
+
+    def add(self, step: int, loss: float, grad_norm: float, values: list[float]) -> dict:
+        self.steps.append(step)
+        self.loss.append(loss)
+        self.grad_norm.append(grad_norm)
+        self.values.append(values)
+        return {
+            LOSS: loss,
+            GRAD_NORM: grad_norm,
+            **{f"var/{name}": value for name, value in zip(self.names, values)},
+        }
+
+
+def run(cfg: MinimizeConfig, ctx: TaskContext) -> float:
+    """Minimise ``cfg.expr`` from ``cfg.init``; record the path; return the final loss."""
+    expression = parse(cfg.expr)
+    names = [name for name in cfg.init if name in expression.variables]
+    unused = [name for name in cfg.init if name not in expression.variables]
+    if unused:
+        log.warning("task.init sets %s, which task.expr does not use", ", ".join(unused))
+    dtype = getattr(torch, cfg.dtype)
+    params = {
+        name: torch.tensor(cfg.init[name], dtype=dtype, device=ctx.device, requires_grad=True)
+        for name in names
+    }
+    optimizer = optimizers.build(ctx.optim)(list(params.values()))
+
+    started = time.perf_counter()
+    trajectory, reason = _optimise(expression, params, optimizer, cfg, ctx)
+    ctx.recorder.log_metrics({"time/optimize_s": time.perf_counter() - started})
+    ctx.recorder.log_metrics({result("steps_run"): trajectory.steps[-1]})
+    ctx.recorder.set_tags({"stop_reason": reason})
+
+    started = time.perf_counter()
+    _plot(expression, trajectory, ctx)
+    ctx.recorder.log_metrics({"time/plot_s": time.perf_counter() - started})
+    final = ", ".join(f"{n}={v:.4f}" for n, v in zip(names, trajectory.values[-1]))
+    log.info(
+        "minimize: %s after %d steps, loss %.6g", final, trajectory.steps[-1], trajectory.loss[-1]
+    )
+    return trajectory.loss[-1]
+
+
+def _optimise(
+    expression: Expression,
+    params: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    cfg: MinimizeConfig,
+    ctx: TaskContext,
+) -> tuple[Trajectory, str]:
+    trajectory = Trajectory(list(params))
+    first: dict[str, torch.Tensor] = {}
+
+    def closure() -> torch.Tensor:
+        # Some optimizers (L-BFGS) evaluate several times per step; the first evaluation
+        # is at the point the step starts from, which is what the step records.
+        optimizer.zero_grad()
+        loss = expression.evaluate(params)
+        loss.backward()
+        if not first:
+            first["loss"] = loss.detach()
+            first["grad_norm"] = _grad_norm(params)
+        return loss
+
+    progress = Progress(cfg.steps, "minimize")
+    try:
+        for step in range(cfg.steps):
+            first.clear()
+            snapshot = [float(p.detach()) for p in params.values()]
+            optimizer.step(closure)
+            loss, grad_norm = float(first["loss"]), float(first["grad_norm"])
+            point = trajectory.add(step, loss, grad_norm, snapshot)
+            _check_finite(point, step, snapshot, trajectory.names, ctx)
+            if step % ctx.log_every == 0:
+                ctx.recorder.log_metrics(point, step=step)
+            progress.update(step + 1, loss=loss)
+            if cfg.tol is not None and grad_norm < cfg.tol:
+                # converged at the point this step started from; the step has moved on from
+                # it already, so the final point recorded is the one after this update
+                return _finish(trajectory, params, expression, step + 1, ctx), "tol"
+    finally:
+        progress.close()
+    return _finish(trajectory, params, expression, cfg.steps, ctx), "steps"
+
+
+def _finish(
+    trajectory: Trajectory,
+    params: dict[str, torch.Tensor],
+    expression: Expression,
+    step: int,
+    ctx: TaskContext,
+) -> Trajectory:
+    """Record the point the optimizer ended at, after its last update."""
+    for param in params.values():
+        param.grad = None
+    loss = expression.evaluate(params)
+    loss.backward()
+    values = [float(p.detach()) for p in params.values()]
+    point = trajectory.add(step, float(loss.detach()), float(_grad_norm(params)), values)
+    _check_finite(point, step, values, trajectory.names, ctx)
+    ctx.recorder.log_metrics(point, step=step)
+    return trajectory
+
+
+def _grad_norm(params: dict[str, torch.Tensor]) -> torch.Tensor:
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params.values()]
+    return torch.linalg.vector_norm(torch.stack(grads))
+
+
+def _check_finite(
+    point: dict, step: int, values: list[float], names: list[str], ctx: TaskContext
+) -> None:
+    if all(np.isfinite(list(point.values()))):
+        return
+    ctx.recorder.log_metrics({k: v for k, v in point.items() if np.isfinite(v)}, step=step)
+    where = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, values))
+    raise RunFailure(
+        f"diverged: loss={point[LOSS]:.4g}, grad_norm={point[GRAD_NORM]:.4g} at step {step} "
+        f"({where}); try a smaller optim.lr"
+    )
+
+
+def _plot(expression: Expression, trajectory: Trajectory, ctx: TaskContext) -> None:
+    path = np.asarray(trajectory.values, dtype=float)
+    names = trajectory.names
+    f = _numpy_function(expression)
+    if len(names) == 1:
+        figure = plots.curve_with_path(f, names[0], path[:, 0], trajectory.loss, expression.text)
+        ctx.recorder.log_figure(figure, "function.png")
+    elif len(names) == 2:
+        figure = plots.contour_with_path(f, names, path, expression.text)
+        ctx.recorder.log_figure(figure, "contour.png")
+    figure = plots.loss_curve(trajectory.steps, trajectory.loss, trajectory.grad_norm)
+    ctx.recorder.log_figure(figure, "loss.png")
+
+
+def _numpy_function(expression: Expression) -> plots.Function:
+    def f(values: dict[str, np.ndarray]) -> np.ndarray:
+        tensors = {
+            name: torch.as_tensor(array, dtype=torch.float64) for name, array in values.items()
+        }
+        with torch.no_grad(), np.errstate(all="ignore"):
+            result = expression.evaluate(tensors)
+        return np.broadcast_to(result.numpy(), next(iter(values.values())).shape)
+
+    return f
