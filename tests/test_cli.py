@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from mlflow import MlflowClient
 
 from experiments.command import app, exits
@@ -198,34 +199,44 @@ def test_sweep_runs_every_job_and_exits_non_zero_when_one_fails(workdir) -> None
 
 
 @pytest.mark.slow
-def test_help_lists_groups_and_cfg_prints_the_config(workdir) -> None:
+def test_help_lists_groups_and_the_console_script_prints_the_config(workdir) -> None:
     help_text = run_cli(["--help"], cwd=workdir)
     assert help_text.returncode == 0
     assert "optim: adagrad, adam, adamw, lbfgs, rmsprop, sgd" in help_text.stdout
     assert "task: " in help_text.stdout and "minimize" in help_text.stdout
     assert "_schema" not in help_text.stdout
-    shown = run_cli(["--cfg", "job", "optim=adam", "optim.lr=0.3"], cwd=workdir)
-    assert shown.returncode == 0
+    # The console script pip installed next to this Python is the same program.
+    script = Path(sys.executable).with_name("experiments")
+    shown = subprocess.run(
+        [str(script), "--cfg", "job", "optim=adam", "optim.lr=0.3"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert shown.returncode == 0, shown.stderr
     assert "_target_: torch.optim.Adam" in shown.stdout and "lr: 0.3" in shown.stdout
     assert not (workdir / "mlflow.db").exists()  # printing the config runs nothing
 
 
 @pytest.mark.slow
 def test_two_sweeps_in_the_same_second_do_not_share_a_directory(workdir) -> None:
+    # The shipped sweep directory with its time of day fixed: two sweeps started at once
+    # are then certain to fall in the same second, and only the uid can keep them apart.
+    shipped = yaml.safe_load((Path(app.__file__).parents[1] / "conf" / "config.yaml").read_text())
+    pattern = shipped["hydra"]["sweep"]["dir"]
+    assert "${now:%H-%M-%S}" in pattern and "${uid:}" in pattern
+    same_second = pattern.replace("${now:%H-%M-%S}", "12-00-00")
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     args = [sys.executable, "-m", "experiments", "-m", "task.steps=2,3"]
+    args.append(f"hydra.sweep.dir={same_second}")
     procs = [
         subprocess.Popen(
-            args, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            args, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         for _ in range(2)
     ]
-    assert [p.wait(timeout=300) for p in procs] == [0, 0]
-    sweeps = list((workdir / "outputs" / "multirun").glob("*/*"))
+    assert [p.wait(timeout=300) for p in procs] == [0, 0], [p.stderr.read() for p in procs]
+    sweeps = list((workdir / "outputs" / "multirun").glob("*/12-00-00-*"))
     assert len(sweeps) == 2
     assert sorted(len(list(s.glob("*/.hydra"))) for s in sweeps) == [2, 2]
-
-
-def test_console_script_is_declared() -> None:
-    text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
-    assert 'experiments = "experiments.__main__:main"' in text

@@ -308,10 +308,24 @@ def test_a_device_sweep_asks_each_job_for_its_own_gpus(cluster, sweeps) -> None:
     assert "--gpus-per-node" not in script.read_text()  # the cpu job's, which Slurm took
     job_id = script.parent.name
     assert cluster.run("squeue", "--noheader", "--jobs", job_id).stdout.strip() == ""
+    assert accounted_state(cluster, job_id).startswith("CANCELLED"), "Slurm did not cancel it"
     runs = runs_of(sweep.client, "minimize")
     (parent,) = [run for run in runs if run.data.tags.get("sweep") == "true"]
     assert parent.info.status == "FAILED"
+    # The cpu job may have started before it was cancelled: then its run ended KILLED.
     assert {run.info.status for run in runs if run is not parent} <= {"KILLED"}
+
+
+def accounted_state(cluster: Cluster, job_id: str, wait_s: float = 30.0) -> str:
+    """What Slurm's accounting says became of a job (slurmdbd records it a moment later)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        states = cluster.run(
+            "sacct", "--noheader", "--parsable2", "--format=State", "--jobs", job_id
+        ).stdout.split()
+        if (states and states[0] not in ("PENDING", "RUNNING")) or time.monotonic() > deadline:
+            return states[0] if states else ""
+        time.sleep(1)
 
 
 def test_a_job_past_its_time_limit_ends_killed_naming_it(sweeps) -> None:

@@ -167,9 +167,27 @@ def test_a_record_the_store_refuses_keeps_the_run_going_and_says_so(store_uri, t
     assert journal.ended(recording.journal)  # everything is still in the journal
 
 
-def test_passwords_stay_out_of_journals() -> None:
-    assert redact("http://alice:s3cret@host:5000/x") == "http://alice@host:5000/x"
-    assert redact("https://host") == "https://host"
+def test_passwords_stay_out_of_journals(workdir, monkeypatch) -> None:
+    # A run of the command with a password in its tracking URI, kept offline (no server
+    # needed): its journal and every file of its run go without the password.
+    from experiments.command import app, exits
+
+    secret = "s3cret-5b07"
+    uri = f"http://alice:{secret}@127.0.0.1:9/mlflow"
+    args = ["experiments", f"tracking.uri={uri}", "tracking.offline=true", "task.steps=3"]
+    monkeypatch.setattr("sys.argv", args)
+    assert exits.invoke(app.hydra_main) == 0
+    (path,) = journal.find([workdir / "outputs" / "runs"])
+    assert (
+        journal.read_header(path).tracking_uri == redact(uri) == "http://alice@127.0.0.1:9/mlflow"
+    )
+    records = list(journal.records(path))
+    assert records[-1]["type"] == "end"  # the whole run, params, tags and artifacts included
+    hydra_own = path.parent / ".hydra"  # Hydra's record of the command line keeps it
+    files = [f for f in path.parent.rglob("*") if f.is_file() and hydra_own not in f.parents]
+    assert {f.name for f in files} >= {path.name, "config.yaml", "overrides.yaml"}
+    for file in files:
+        assert secret not in file.read_text(errors="replace"), file
 
 
 def test_a_running_run_beats_while_the_task_is_silent(store_uri, tmp_path) -> None:
