@@ -1,30 +1,38 @@
-# make run ARGS="task=minimize optim.lr=0.1"   set up .venv if needed, then run the pipeline
-# make test                                   set up .venv if needed, then run the test suite
+# make run ARGS="task=minimize optim.lr=0.1"   set up .venv for runs if needed, then run the pipeline
+# make test                                   add the tests' extras to .venv if needed, then run the tests
+# make lint                                   ruff check and ruff format --check
 # TORCH picks the torch requirement: the CPU build by default; TORCH=torch for a CUDA build.
-# WORKERS: test processes in parallel (pytest-xdist; each test file stays in one of them,
-# in the order tests/conftest.py gives: the modules that wait longest first).
+# WORKERS: test processes in parallel (pytest-xdist; the modules whose tests share a server or
+# a cluster run whole on one worker each, first: see tests/conftest.py).
 VENV ?= .venv
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 ARGS ?=
 WORKERS ?= 2
 
-.PHONY: setup run test lint
+.PHONY: setup setup-tests run test lint
 
 setup: $(VENV)/.installed
+setup-tests: $(VENV)/.installed-tests
 
+# What a run needs: torch, the package, and the sweeps' launchers and sweeper.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q "$(TORCH)"
-	$(VENV)/bin/pip install -q -e ".[dev,sweeps,server]"
+	$(VENV)/bin/pip install -q -e ".[sweeps]"
+	touch $@
+
+# And what the tests need: pytest and its plugins, ruff, playwright, the server's drivers.
+$(VENV)/.installed-tests: $(VENV)/.installed
+	$(VENV)/bin/pip install -q -e ".[sweeps,server,dev]"
 	touch $@
 
 run: setup
 	$(VENV)/bin/python -m experiments $(ARGS)
 
-test: setup
-	$(VENV)/bin/python -m pytest -n $(WORKERS) --dist loadfile --no-loadscope-reorder
+test: setup-tests
+	$(VENV)/bin/python -m pytest -n $(WORKERS) --dist loadscope --no-loadscope-reorder
 
-lint: setup
+lint: setup-tests
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

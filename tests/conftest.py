@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -58,9 +59,29 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite store with no runs, its tables made by MLflow itself, once a session.
+
+    Making MLflow's tables in a new SQLite file (its ~50 schema migrations) takes about 2 s;
+    a copy of the file, a few milliseconds. Tests about a store that does not exist yet (its
+    first opening, by several processes at once) use a path of their own instead.
+    """
+    path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def store_uri(workdir: Path) -> str:
-    """The tracking URI of a SQLite store in the test's directory."""
+def store_uri(workdir: Path, empty_store: Path) -> str:
+    """The tracking URI of a SQLite store in the test's directory (a copy of ``empty_store``)."""
+    shutil.copyfile(empty_store, workdir / "mlflow.db")
+    return f"sqlite:///{workdir / 'mlflow.db'}"
+
+
+@pytest.fixture
+def new_store_uri(workdir: Path) -> str:
+    """The tracking URI of a SQLite store in the test's directory that does not exist yet."""
     return f"sqlite:///{workdir / 'mlflow.db'}"
 
 
@@ -124,10 +145,35 @@ def pytest_terminal_summary(terminalreporter) -> None:
             terminalreporter.write_line(path)
 
 
-# The test modules that wait longest first (a Slurm cluster's time limits, servers and
-# databases, a browser): with ``--dist loadfile`` each module runs whole on one worker, so
-# one of them left to the end would run alone while the other workers sit idle.
+# Modules whose tests share something costly set up once for the module (a server, a
+# PostgreSQL cluster, a Slurm cluster's sweeps, a browser, a store of sweeps): each runs whole
+# on one worker. Every other test goes to whichever worker is free.
+SHARED = {
+    "tests/test_report.py",
+    "tests/test_server.py",
+    "tests/test_slurm.py",
+    "tests/test_team.py",
+    "tests/test_ui.py",
+}
+# Of those, the ones that wait longest come first (a Slurm cluster's time limits, servers
+# and databases, a browser): one of them left to the end would run alone while the other
+# workers sit idle.
 FIRST = ("slurm", "postgres", "ui", "server")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's scheduling by scope, where a scope is a module of ``SHARED`` or a test.
+
+    (xdist's own ``--dist loadgroup`` rewrites node ids in a way pytest 9.2 ignores.)
+    """
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedModulesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in SHARED else nodeid
+
+    return SharedModulesTogether(config, log)
 
 
 def pytest_collection_modifyitems(items) -> None:

@@ -171,6 +171,7 @@ def test_readme_command_uses_the_default_store_in_the_working_directory(workdir)
     assert list((workdir / "outputs" / "runs").glob("*/*/.hydra/config.yaml"))
 
 
+@pytest.mark.usefixtures("store_uri")  # an empty store here: its making is not the point
 @pytest.mark.slow
 def test_sweep_runs_every_job_and_exits_non_zero_when_one_fails(workdir) -> None:
     result = run_cli(["-m", "optim=sgd,adam", "optim.lr=0.1,50", "task.steps=200"], cwd=workdir)
@@ -219,6 +220,7 @@ def test_help_lists_groups_and_the_console_script_prints_the_config(workdir) -> 
     assert not (workdir / "mlflow.db").exists()  # printing the config runs nothing
 
 
+@pytest.mark.usefixtures("store_uri")  # an empty store here: its making is not the point
 @pytest.mark.slow
 def test_two_sweeps_in_the_same_second_do_not_share_a_directory(workdir) -> None:
     # The shipped sweep directory with its time of day fixed: two sweeps started at once

@@ -114,6 +114,7 @@ def upload_mark(path: Path) -> Path:
     return state_path(path)
 
 
+@pytest.mark.usefixtures("store_uri")  # an empty store here: its making is not the point
 def test_sigkill_of_the_task_is_closed_at_once_by_its_recording_process(workdir) -> None:
     process = start_cli(LONG, workdir)
     (path,) = wait_for_points(workdir / "outputs", 3000)
@@ -135,6 +136,7 @@ def test_sigkill_of_the_task_is_closed_at_once_by_its_recording_process(workdir)
     assert synced.returncode == 0 and "1 already synced" in synced.stdout
 
 
+@pytest.mark.usefixtures("store_uri")  # an empty store here: its making is not the point
 def test_sigkill_of_both_processes_leaves_the_journal_for_the_next_run_and_sync(workdir) -> None:
     process = start_cli(LONG, workdir, new_session=True)
     (path,) = wait_for_points(workdir / "outputs", 3000)
@@ -182,6 +184,7 @@ def sync(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.usefixtures("store_uri")  # an empty store here: its making is not the point
 def test_sigterm_stops_a_sweep_no_further_job_starts(workdir) -> None:
     process = start_cli(["-m", "task.steps=5000000,5000001,5000002", "optim.lr=1e-7"], workdir)
     wait_for_points(workdir / "outputs", 1000, "multirun/*/*/0/journal.jsonl")
@@ -232,6 +235,7 @@ def closed_run(client: MlflowClient, experiment: str, timeout: float = 60.0):
         time.sleep(0.5)
 
 
+@pytest.mark.usefixtures("store_uri")  # an empty store here: its making is not the point
 @pytest.mark.parametrize(
     "launcher",
     [

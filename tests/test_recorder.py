@@ -43,6 +43,7 @@ print(json.dumps({"statuses": statuses, "mlflow": loaded, "torch in the recorder
 """
 
 
+@pytest.mark.usefixtures("store_uri")  # an empty store here: its making is not the point
 @pytest.mark.slow
 def test_the_runs_process_never_imports_mlflow_nor_the_recording_process_torch(workdir) -> None:
     script = "import json\n" + NO_MLFLOW
@@ -58,6 +59,7 @@ def test_the_runs_process_never_imports_mlflow_nor_the_recording_process_torch(w
     assert len(runs_of(client, "minimize")) == 4  # a run, and a sweep of two under a parent
 
 
+@pytest.mark.usefixtures("store_uri")  # an empty store here: its making is not the point
 @pytest.mark.slow
 def test_one_recording_process_serves_every_run_of_a_sweep(workdir) -> None:
     process = start_cli(["-m", "task.steps=2,3,4"], workdir)
@@ -72,6 +74,7 @@ def test_one_recording_process_serves_every_run_of_a_sweep(workdir) -> None:
     assert not uploader.endswith(f":{process.pid}")
 
 
+@pytest.mark.usefixtures("store_uri")  # an empty store here: its making is not the point
 @pytest.mark.slow
 def test_a_run_outlives_its_recording_process(workdir) -> None:
     process = start_cli(["task.steps=30000", "optim.lr=1e-7"], workdir)

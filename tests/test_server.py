@@ -21,8 +21,8 @@ pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def shared_server(tmp_path_factory: pytest.TempPathFactory):
-    running = MlflowServer(tmp_path_factory.mktemp("server"))
+def shared_server(tmp_path_factory: pytest.TempPathFactory, empty_store):
+    running = MlflowServer(tmp_path_factory.mktemp("server"), store_from=empty_store)
     running.start()
     yield running
     running.stop()
@@ -47,7 +47,7 @@ def test_parallel_sweep_over_http_lands_every_run_in_its_experiment(server, work
         [
             "-m",
             "hydra/launcher=joblib",
-            "hydra.launcher.n_jobs=4",
+            "hydra.launcher.n_jobs=2",
             "optim.lr=0.01,0.02,0.03,0.04",
             "task.steps=5",
             "tracking.experiment=parallel",

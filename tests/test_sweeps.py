@@ -144,6 +144,7 @@ def test_sweep_in_process_groups_jobs_under_a_finished_parent(
     assert f"http://127.0.0.1:5000/{page}" in out
 
 
+@pytest.mark.usefixtures("store_uri")  # an empty store here: its making is not the point
 @pytest.mark.slow
 def test_sweep_as_a_subprocess_groups_jobs_under_a_finished_parent(workdir, tmp_path) -> None:
     result = run_cli(["-m", "task.steps=3,4"], cwd=workdir)
@@ -161,15 +162,16 @@ def test_sweep_as_a_subprocess_groups_jobs_under_a_finished_parent(workdir, tmp_
 
 
 @pytest.mark.slow
-def test_joblib_with_4_workers_on_a_fresh_store(workdir) -> None:
-    # tracking.experiment is swept too, so two workers at a time create the same experiment:
-    # the race that lands MLflow runs in "Default" when it is lost.
+def test_joblib_workers_on_a_fresh_store(workdir) -> None:
+    # Two workers open a store that does not exist yet, and tracking.experiment is swept
+    # too, so both create the same experiment at once (race_a, then race_b): the races
+    # that half-migrate a new mlflow.db and land MLflow runs in "Default" when they are lost.
     assert not (workdir / "mlflow.db").exists()
     result = run_cli(
         [
             "-m",
             "hydra/launcher=joblib",
-            "hydra.launcher.n_jobs=4",
+            "hydra.launcher.n_jobs=2",
             "tracking.experiment=race_a,race_b",
             "task.steps=5,6",
         ],
@@ -192,6 +194,7 @@ def test_joblib_with_4_workers_on_a_fresh_store(workdir) -> None:
     assert runs_of(client, "Default") == []
 
 
+@pytest.mark.usefixtures("store_uri")  # an empty store here: its making is not the point
 @pytest.mark.slow
 def test_submitit_local_runs_jobs_as_separate_processes(workdir) -> None:
     result = run_cli(
@@ -438,6 +441,7 @@ def _fake_slurm(directory: Path) -> Path:
     return directory
 
 
+@pytest.mark.usefixtures("store_uri")  # an empty store here: its making is not the point
 @pytest.mark.slow
 def test_slurm_preset_submits_what_it_documents(workdir) -> None:
     # No cluster here: a stand-in sbatch records the job script submitit wrote, then refuses.
@@ -465,6 +469,7 @@ def test_slurm_preset_submits_what_it_documents(workdir) -> None:
     assert parent.info.status == "FAILED"  # never left RUNNING
 
 
+@pytest.mark.usefixtures("store_uri")  # an empty store here: its making is not the point
 @pytest.mark.slow
 def test_slurm_preset_asks_each_job_of_a_device_sweep_for_its_own_gpus(workdir) -> None:
     # The stand-in refuses the first array: the cuda:1 job's, asking for its two GPUs.
@@ -489,6 +494,7 @@ def test_slurm_preset_asks_for_the_gpus_the_device_needs(device, gpus) -> None:
     assert (launcher.cpus_per_task, launcher.mem_gb, launcher.timeout_min) == (8, 32, 30)
 
 
+@pytest.mark.usefixtures("store_uri")  # an empty store here: its making is not the point
 @pytest.mark.slow
 def test_slurm_preset_with_a_bad_device_is_one_line_and_leaves_nothing_running(workdir) -> None:
     bin_dir = _fake_slurm(workdir / "fake-slurm")

@@ -32,8 +32,9 @@ def journals(root: Path) -> list[Path]:
 
 
 def test_an_offline_run_touches_no_store_and_sync_uploads_it_whole(
-    monkeypatch, capfd, workdir, store_uri
+    monkeypatch, capfd, workdir, new_store_uri
 ) -> None:
+    store_uri = new_store_uri
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)
     assert invoke(monkeypatch, ["tracking.offline=true", "task.steps=30"]) == 0
     out = capfd.readouterr().out
@@ -65,7 +66,10 @@ def test_an_offline_run_touches_no_store_and_sync_uploads_it_whole(
     assert len(all_runs(client)) == 1
 
 
-def test_an_offline_sweep_is_uploaded_parent_first(monkeypatch, capfd, workdir, store_uri) -> None:
+def test_an_offline_sweep_is_uploaded_parent_first(
+    monkeypatch, capfd, workdir, new_store_uri
+) -> None:
+    store_uri = new_store_uri
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)
     assert invoke(monkeypatch, ["-m", "tracking.offline=true", "task.steps=3,4,5"]) == 0
     assert "3 jobs: 3 finished" in capfd.readouterr().out

@@ -138,7 +138,7 @@ def _record(root: Path, store: str, task: str) -> Sweep:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory):
+def served(tmp_path_factory: pytest.TempPathFactory, empty_store):
     """Both sweeps in a SQLite store (recorded directly, as a user's local store), and
     ``mlflow server`` serving it."""
     reason = missing_browser()
@@ -146,7 +146,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the browser tests: {reason}")
         pytest.skip(reason)
-    server = MlflowServer(tmp_path_factory.mktemp("ui"))
+    server = MlflowServer(tmp_path_factory.mktemp("ui"), store_from=empty_store)
     try:
         # One after the other: a server starting on a SQLite file that a sweep is writing
         # was seen waiting past its 120 s on a loaded machine.
