@@ -7,7 +7,9 @@ Measures, each in its own directory and MLflow store (warmed up first):
    ``benchmarks/baseline_minimize.py`` 20 times;
 2. the per-job overhead inside that sweep, read back from MLflow: the time from one job's
    start to the next's, less the task's own work (``time/task_s``: optimising and plotting);
-3. the joblib launcher with 2 workers against the basic launcher, on jobs long enough
+3. the report a sweep makes at its end, as the sweep's own log line times it (median of the
+   three sweeps);
+4. the joblib launcher with 2 workers against the basic launcher, on jobs long enough
    (``--joblib-steps``) for the work to matter next to each worker's start-up.
 
 Usage: python benchmarks/bench_sweep.py [--jobs 20] [--joblib-steps 20000]
@@ -16,6 +18,7 @@ Usage: python benchmarks/bench_sweep.py [--jobs 20] [--joblib-steps 20000]
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import subprocess
 import sys
@@ -29,11 +32,19 @@ BASELINE = Path(__file__).with_name("baseline_minimize.py")
 
 
 def timed(command: list[str], cwd: Path) -> float:
+    return run(command, cwd)[0]
+
+
+def run(command: list[str], cwd: Path) -> tuple[float, str]:
+    """Seconds the command took, and what it printed (its log lines go to standard output)."""
     started = time.perf_counter()
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"failed ({result.returncode}): {' '.join(command)}\n{result.stderr[-3000:]}")
-    return time.perf_counter() - started
+    return time.perf_counter() - started, result.stdout + result.stderr
+
+
+REPORT_LINE = re.compile(r"report: \d+ figures? logged into the parent run under \S+ in ([\d.]+) s")
 
 
 def sweep_command(jobs: int, *extra: str) -> list[str]:
@@ -75,12 +86,15 @@ def main() -> None:
         timed([sys.executable, "-m", "experiments", "task.steps=2"], ours_dir)  # warm-up
         timed([sys.executable, str(BASELINE), "2"], theirs_dir)
         # the sweep is short next to the loop, so one noisy moment weighs more: take the median
-        ours = statistics.median(timed(sweep_command(args.jobs), ours_dir) for _ in range(3))
+        sweeps = [run(sweep_command(args.jobs), ours_dir) for _ in range(3)]
+        ours = statistics.median(seconds for seconds, _ in sweeps)
+        reports = [float(REPORT_LINE.search(output).group(1)) for _, output in sweeps]
         loop = f"for i in $(seq {args.jobs}); do {sys.executable} {BASELINE} 20 || exit 1; done"
         theirs = timed(["bash", "-c", loop], theirs_dir)
         print(f"{args.jobs}-job sweep:        {ours:7.1f} s")
         print(f"{args.jobs} baseline runs:   {theirs:7.1f} s   ratio {ours / theirs:.3f}")
         print(f"per-job overhead in the sweep: {per_job_overhead(ours_dir):.3f} s (median)")
+        print(f"the report at the sweep's end: {statistics.median(reports):.2f} s (median)")
 
         steps = f"task.steps={args.joblib_steps}"
         timed([sys.executable, "-m", "experiments", "task.steps=2"], joblib_dir)

@@ -217,7 +217,7 @@ def test_sigterm_while_a_sweep_starts_ends_its_parent_killed(workdir) -> None:
         "error: terminated (SIGTERM)"
     ], err
     assert "Traceback" not in err
-    # The command left its recording process to finish alone (README: after a signal it
+    # The command left its recording process to finish alone (docs/faults.md: after a signal it
     # waits a few seconds at most): that process may still be opening the store now.
     parent = closed_run(store(workdir), "minimize")
     assert parent.data.tags["sweep"] == "true"

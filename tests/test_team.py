@@ -60,7 +60,7 @@ def team(tmp_path_factory: pytest.TempPathFactory):
             f"database_uri = {postgres.create_database('mlflow_auth')}\n"
             f"admin_username = {ADMIN[0]}\n"
             # MLflow's own cache of a login it checked (off by default): each request
-            # otherwise pays a password hash check, 0.3 s on this machine (README)
+            # otherwise pays a password hash check (docs/team.md)
             "auth_cache_ttl_seconds = 60\n"
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         )

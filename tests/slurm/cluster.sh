@@ -3,7 +3,7 @@
 # tests/slurm/cluster.sh stop DIR     stop everything it started there, remove DIR
 #
 # What the Slurm tests (tests/test_slurm.py) run against, and what a user can rehearse a
-# sweep on (README, "Sweeps on Slurm"). Everything lives in DIR: munge's key and socket,
+# sweep on (docs/slurm.md). Everything lives in DIR: munge's key and socket,
 # a MariaDB database for accounting, slurmdbd, slurmctld and slurmd, their configs, state
 # and logs, on free ports of 127.0.0.1. Nothing is read from or written to /etc, /run or
 # /var, so a cluster already on the machine is left alone, and the tests recognise this one

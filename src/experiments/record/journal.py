@@ -6,7 +6,7 @@ metric points, artifacts, the end status) to the journal, and an uploader
 with ``python -m experiments.sync``. Whatever happens to the process or to the tracking
 store, what was recorded is on disk.
 
-Format, version 1 (documented in the README; readable without this package):
+Format, version 1 (documented in docs/faults.md; readable without this package):
 
 - JSON Lines, UTF-8: one JSON object per line, each ending in ``\\n``, in the order the run
   recorded them. Every object has ``type`` and ``time`` (milliseconds since the epoch).
