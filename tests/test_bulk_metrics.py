@@ -73,3 +73,42 @@ def test_only_sqlite_and_postgresql_stores_are_written_in_bulk(uri) -> None:
 def test_it_can_be_turned_off(store_uri, monkeypatch) -> None:
     monkeypatch.setenv("EXPERIMENTS_BULK_METRICS", "0")
     assert BulkMetrics.for_uri(store_uri) is None
+
+
+def test_a_point_mlflow_would_refuse_is_refused_alike(store_uri) -> None:
+    client = MlflowClient(store_uri)
+    experiment = client.create_experiment("refused")
+    by_mlflow = client.create_run(experiment).info.run_id
+    in_bulk = client.create_run(experiment).info.run_id
+    long_key = "k" * 251  # over MLflow's 250 characters, which PostgreSQL's column enforces
+    with pytest.raises(MlflowException) as mlflow_says:
+        client.log_batch(by_mlflow, metrics=[Metric(long_key, 1.0, 1, 0)])
+    with pytest.raises(MlflowException) as bulk_says:
+        BulkMetrics.for_uri(store_uri).write(in_bulk, [("ok", 1.0, 1, 0), (long_key, 1.0, 1, 0)])
+    assert bulk_says.value.error_code == mlflow_says.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert client.get_run(in_bulk).data.metrics == {}  # nothing of the batch went in
+
+
+def test_tables_of_another_schema_send_the_points_through_log_batch(store_uri, tmp_path) -> None:
+    from sqlalchemy import table
+
+    from experiments.record.journal import Header, Writer
+    from experiments.record.store import upload
+    from experiments.record.store.bulk import SchemaMismatch
+
+    bulk = BulkMetrics.for_uri(store_uri)
+    bulk.metrics = table("metrics_of_another_schema")  # as if MLflow had renamed its table
+    client = MlflowClient(store_uri)
+    run_id = client.create_run(client.create_experiment("schema")).info.run_id
+    with pytest.raises(SchemaMismatch):  # not an outage: never retried
+        bulk.write(run_id, POINTS[:1])
+    path = tmp_path / "journal.jsonl"
+    writer = Writer(path, Header(tracking_uri=store_uri, experiment="schema", run_name="s"))
+    for step in range(30):
+        writer.append({"type": "metrics", "step": step, "values": {"loss": 1.0 / (step + 1)}})
+    writer.append({"type": "end", "status": "FINISHED", "error": None})
+    writer.close()
+    uploader = upload.deliver(client, path, store_uri, bulk=bulk)
+    assert uploader.bulk is None and uploader.counts.points == 30
+    assert [m.step for m in client.get_metric_history(uploader.run_id, "loss")] == list(range(30))
+    assert client.get_run(uploader.run_id).info.status == "FINISHED"

@@ -144,3 +144,61 @@ def test_a_killed_writer_releases_the_journal(tmp_path) -> None:
     assert not journal.ended(path)  # a run that crashed: no end line
     assert [r["type"] for r in journal.records(path)] == ["header", "metrics"]
     assert os.stat(path).st_size > 0
+
+
+NFS_WRITER = """
+import fcntl, sys, time
+from pathlib import Path
+from experiments.record import journal
+journal._lock = fcntl.lockf  # byte-range locks, as Linux's NFS client makes of flock
+header = journal.Header(tracking_uri="x", experiment="e", run_name="r")
+w = journal.Writer(Path(sys.argv[1]), header)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_journals_are_locked_as_nfs_allows(tmp_path, monkeypatch) -> None:
+    # Linux's NFS client turns flock into byte-range locks: an exclusive one needs the file
+    # open for writing, a shared one open for reading. fcntl.lockf makes the same calls here.
+    import fcntl
+
+    monkeypatch.setattr(journal, "_lock", fcntl.lockf)
+    path = tmp_path / journal.NAME
+    writer = subprocess.Popen(
+        [sys.executable, "-c", NFS_WRITER, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        assert journal.held(path) is True
+        assert journal.held(path) is True  # asking twice, or from two readers, is harmless
+        # What asking with an exclusive lock on a file opened for reading gets there:
+        fd = os.open(path, os.O_RDONLY)
+        with pytest.raises(OSError) as refused:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(fd)
+        assert not isinstance(refused.value, BlockingIOError)  # EBADF: no answer at all
+    finally:
+        writer.kill()
+        writer.wait()
+    assert journal.held(path) is False
+
+
+def test_a_process_never_probes_the_journal_it_writes(tmp_path, monkeypatch) -> None:
+    # With byte-range locks, closing any descriptor of a file drops the process's lock on it.
+    import fcntl
+
+    monkeypatch.setattr(journal, "_lock", fcntl.lockf)
+    path = tmp_path / journal.NAME
+    writer = Writer(path, header())
+    assert journal.held(path) is True
+    probe = (
+        "import fcntl, sys\n"
+        "from experiments.record import journal\n"
+        "journal._lock = fcntl.lockf\n"
+        "print(journal.held(sys.argv[1]))\n"
+    )
+    other = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True)
+    assert other.stdout.strip() == "True", other.stderr  # the lock is still there
+    writer.close()
+    assert journal.held(path) is False

@@ -35,14 +35,20 @@ def test_a_live_process_a_gone_one_a_zombie_and_a_reused_pid() -> None:
         assert not liveness.process_alive(me, liveness.process_started(me) - 100)
 
 
-def tags(pid: int, heartbeat_age_s: float, host: str | None = None) -> dict[str, str]:
+def tags(
+    pid: int, heartbeat_age_s: float, host: str | None = None, place: str | None = "here"
+) -> dict[str, str]:
+    """A run's liveness tags; ``place="here"``: this host's boot and pid namespace."""
     now = int(time.time() * 1000)
-    return {
+    found = {
         "host": host or liveness.host(),
         "pid": str(pid),
         "heartbeat": liveness.heartbeat(now - int(heartbeat_age_s * 1000)),
         "output_dir": "/data/runs/7",
     }
+    if place is not None:
+        found["host.id"] = liveness.place() if place == "here" else place
+    return found
 
 
 @pytest.mark.parametrize(
@@ -53,6 +59,15 @@ def tags(pid: int, heartbeat_age_s: float, host: str | None = None) -> dict[str,
         (lambda: tags(1234, 60, host="node-7"), None),  # another host, beating recently
         (lambda: tags(1234, 600, host="node-7"), "lost: no heartbeat from process 1234 on node-7"),
         (lambda: {"host": "node-7", "pid": "1"}, None),  # not a run of this package
+        # Another container with the same host name (its own pid namespace): a pid there
+        # means nothing here, only its heartbeat does.
+        (lambda: tags(dead_pid(), 60, place="0b5e-other/4026532999"), None),
+        (
+            lambda: tags(dead_pid(), 600, place="0b5e-other/4026532999"),
+            "lost: no heartbeat from process",
+        ),
+        # Recorded without a place (an earlier version): unsure, so its heartbeat decides.
+        (lambda: tags(dead_pid(), 60, place=None), None),
     ],
 )
 def test_which_running_runs_are_lost(run_tags, lost) -> None:
@@ -95,3 +110,53 @@ def test_every_run_start_closes_the_lost_runs_of_its_experiment(store_uri, tmp_p
     cfg = compose_config(["task.steps=3", f"tracking.uri={store_uri}"])
     runner.run(cfg, output_dir=tmp_path / "out")
     assert client.get_run(crashed.info.run_id).info.status == "FAILED"
+
+
+def test_a_sweeps_job_whose_pid_was_reused_is_gone_and_never_signalled(tmp_path) -> None:
+    import signal
+
+    from experiments.sweeps.outcomes import Outcome, read_outcomes, started
+
+    # A job's outcome as the job writes it: its pid with its start time.
+    (tmp_path / "0").mkdir()
+    mine = started(0, ["task.steps=3"], tmp_path / "0")
+    (recorded,) = read_outcomes(tmp_path)
+    assert (recorded.pid, recorded.pid_started) == (os.getpid(), mine.pid_started)
+    assert recorded.place == liveness.place() is not None
+    assert mine.pid_started == liveness.process_started(os.getpid())
+
+    other = subprocess.Popen(["sleep", "60"])  # holds the pid now: another process
+    try:
+        begun = liveness.process_started(other.pid)
+        here = {"host": liveness.host(), "place": liveness.place()}
+        reused = Outcome(0, [], "RUNNING", pid=other.pid, pid_started=begun - 50, **here)
+        assert reused.gone()
+        assert reused.signal(signal.SIGTERM) is False
+        time.sleep(0.2)
+        assert other.poll() is None  # the unrelated process was left alone
+        same = Outcome(0, [], "RUNNING", pid=other.pid, pid_started=begun, **here)
+        assert not same.gone()
+        assert same.signal(signal.SIGTERM) is True
+        assert other.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        other.kill()
+        other.wait()
+
+
+@pytest.mark.slow
+def test_a_run_closed_as_lost_that_then_finishes_keeps_no_lost_reason(workdir, client) -> None:
+    from tests.test_faults import start_cli, wait_for_points
+
+    running = start_cli(["task.steps=60000", "optim.lr=1e-7", "tracking.log_every=100"], workdir)
+    try:
+        wait_for_points(workdir / "outputs", 20)
+        (run,) = runs_of(client, "minimize")
+        # Seen from another host, its heartbeat late: closed as lost, as close_lost_runs does.
+        client.set_tag(run.info.run_id, "error", f"{liveness.LOST_PREFIX} no heartbeat")
+        client.set_terminated(run.info.run_id, "FAILED")
+        assert running.wait(timeout=180) == 0
+    finally:
+        running.kill()
+    (run,) = runs_of(client, "minimize")
+    assert run.info.status == "FINISHED"
+    assert "error" not in run.data.tags

@@ -183,20 +183,88 @@ def test_the_default_store_is_mlflows_own(tmp_path, monkeypatch) -> None:
 
 def test_a_run_given_up_on_still_gets_its_figures_drawn(store_uri, tmp_path) -> None:
     # The store stayed away past the retry window: the run's end is not uploaded, but the
-    # figure it pickled is drawn before the recording process lets the journal go.
+    # figure it sent is drawn before the recording process lets the journal go.
+    import base64
     import io
 
     from experiments.record.service.loop import Service
     from experiments.record.store.tracker import Tracker
     from tests.test_sync import figure_journal
 
-    path = figure_journal(tmp_path / "run", store_uri)
+    path, pickled = figure_journal(tmp_path / "run", store_uri)
     service = Service(io.BytesIO())
     tracker = Tracker(store_uri)
     state = marks.State(tracker.key, None, None, offset=0)
-    watch = service._watch(path, state, tracker, {}, repair=True)
+    watch = service._watch(path, state, tracker, {}, repair=False)
+    target = tmp_path / "run" / "loss.png"
+    service._handle({"op": "figure", "file": str(target), "pickle": base64.b64encode(pickled)})
     watch.finish_id, watch.deadline = 7, time.monotonic() - 1  # the window has passed
+    service._draw_figures()
     assert service._step(watch) is False
-    assert watch.done and (tmp_path / "run" / "loss.png").is_file()
-    assert not list((tmp_path / "run").glob(".*.pickle"))
+    assert watch.done and target.is_file()
     assert json.loads(service.channel.getvalue())["recorded"] is False
+
+
+SIGNALLED_AT_ONCE = """
+import json, os, signal, time
+from experiments.record import client
+
+recorder = client.Recorder()
+# At once, while the new process is still starting Python: before it could ignore them.
+for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+    os.kill(recorder.pid, signum)
+recorder._ready.wait(60)
+time.sleep(0.2)
+print(json.dumps({"alive": recorder.process.poll() is None, "gone": recorder.gone}))
+recorder.close(timeout=30)
+"""
+
+
+def test_the_recording_process_ignores_the_runs_signals_from_its_first_instant(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-c", SIGNALLED_AT_ONCE],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == {"alive": True, "gone": None}
+
+
+PARENT_DIES = """
+import os, sys, time
+from experiments.record import client
+
+recorder = client.Recorder()
+recorder._ready.wait(60)
+print(recorder.pid, flush=True)
+if os.fork() == 0:  # a child of the run's process (a data loader's worker): holds the pipe
+    time.sleep(120)
+    os._exit(0)
+os._exit(0)  # the run's process dies, its recording process's stdin still open
+"""
+
+
+def test_the_recording_process_does_not_outlive_the_process_it_serves(tmp_path) -> None:
+    started = subprocess.Popen(
+        [sys.executable, "-c", PARENT_DIES],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        recorder_pid = int(started.stdout.readline())
+        started.wait(timeout=60)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and Path(f"/proc/{recorder_pid}").exists():
+            status = Path(f"/proc/{recorder_pid}/stat").read_text().split()[2]
+            if status == "Z":  # ended, not yet reaped by its new parent
+                break
+            time.sleep(0.1)
+        else:
+            if Path(f"/proc/{recorder_pid}").exists():
+                pytest.fail(f"the recording process {recorder_pid} outlived its run's process")
+    finally:
+        os.killpg(started.pid, signal.SIGKILL)  # the forked child holding the pipe

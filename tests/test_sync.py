@@ -187,8 +187,11 @@ def test_tracking_uri_sends_journals_to_another_store(capfd, workdir, tmp_path) 
     assert json.loads(marks.state_path(path).read_text())["tracking_uri"] == other
 
 
-def figure_journal(directory: Path, uri: str) -> Path:
-    """A journal whose figure was pickled by its run but not drawn yet."""
+def figure_journal(directory: Path, uri: str) -> tuple[Path, bytes]:
+    """A journal whose figure its run sent to a recording process, not drawn yet; and the
+    figure as it was sent (pickled)."""
+    import pickle
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -201,27 +204,67 @@ def figure_journal(directory: Path, uri: str) -> Path:
     writer = Writer(path, Header(tracking_uri=uri, experiment="drawn", run_name="drawn run"))
     figure = Figure()
     figure.add_subplot().plot([0, 1], [1, 0])
-    JournalRecorder(writer, directory, defer_figures=True).log_figure(figure, "loss.png")
+    sent = []
+    JournalRecorder(writer, directory, send_figure=lambda f, p: sent.append(f) or True).log_figure(
+        figure, "loss.png"
+    )
     writer.append({"type": "end", "status": "FINISHED", "error": None})
     writer.close()
+    return path, pickle.dumps(sent[0])
+
+
+def crafted_journal(directory: Path, uri: str, marker: Path) -> Path:
+    """A dead job's journal in a shared directory, its figure a pickle that would create
+    ``marker`` when read: code, not data."""
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    directory.mkdir(parents=True)
+    path = directory / journal.NAME
+    writer = Writer(path, Header(tracking_uri=uri, experiment="crafted", run_name="crafted"))
+    (directory / ".loss.png.pickle").write_bytes(pickle.dumps(Payload()))
+    writer.append({"type": "artifact", "file": "loss.png", "dir": None, "figure": True})
+    writer.append(
+        {"type": "artifact", "file": "loss.png", "dir": None, "figure": ".loss.png.pickle"}
+    )
+    writer.close()  # no end line: its process is gone
     return path
 
 
-def test_the_live_uploader_draws_a_figure_it_reaches_first(workdir, store_uri, client) -> None:
-    # The recording process's drawing pass may read the journal before the figure's line
-    # is there, and its upload pass after: the picture is drawn, then uploaded, not missed.
-    path = figure_journal(workdir / "run", store_uri)
-    uploader = upload.Uploader(client, path, marks.State.load(path, store_uri), draw=figures.draw)
+def test_the_live_uploader_waits_for_a_figure_sent_to_its_process(workdir, store_uri, client):
+    # The upload may reach the figure's line before the recording process has drawn it:
+    # it waits for the picture (until the run has ended), then uploads it, not missed.
+    path, pickled = figure_journal(workdir / "run", store_uri)
+    uploader = upload.Uploader(client, path, marks.State.load(path, store_uri), figures=True)
     uploader.ensure_run()
-    assert uploader.pump(final=True)
-    assert (workdir / "run" / "loss.png").is_file()
-    assert not list((workdir / "run").glob(".*.pickle"))
+    assert uploader.pump()
+    assert client.list_artifacts(uploader.run_id) == [] and uploader.waiting
+    figures.draw(workdir / "run" / "loss.png", pickled)  # the recording process draws it
+    uploader.pump()
     assert [a.path for a in client.list_artifacts(uploader.run_id)] == ["loss.png"]
-    assert uploader.counts.skipped == []
+    assert uploader.counts.skipped == [] and not uploader.waiting
+
+
+def test_a_crafted_journal_is_adopted_and_synced_without_running_its_pickle(
+    workdir, store_uri, client
+) -> None:
+    from experiments import record
+
+    marker = workdir / "the-pickle-ran"
+    adopted = crafted_journal(workdir / "sweep" / "0", store_uri, marker)
+    store = record.Store(uri=store_uri, source="tracking.uri")
+    assert record.adopt(adopted, store, "FAILED", "lost: test") is not None  # the real process
+    synced = crafted_journal(workdir / "sweep" / "1", store_uri, marker)
+    assert sync.main([str(synced.parent), "--tracking-uri", store_uri]) in (0, 1)
+    assert not marker.exists()
+    assert len(runs_of(client, "crafted")) == 2  # recorded, closed, no picture
 
 
 def test_sync_never_unpickles_a_figure(caplog, workdir, store_uri, client) -> None:
-    path = figure_journal(workdir / "run", store_uri)
+    path, _ = figure_journal(workdir / "run", store_uri)
     assert sync.main([str(path.parent), "--tracking-uri", store_uri]) == 0
     assert "loss.png is missing; not uploaded" in caplog.text
     assert not (workdir / "run" / "loss.png").exists()

@@ -241,6 +241,36 @@ def test_a_password_never_reaches_the_store_the_logs_or_the_summary(team, admin,
         stored = [run.info.run_name, *run.data.params.values(), *run.data.tags.values()]
         assert not [value for value in stored if secret in value], run.info.run_name
         for artifact in admin.list_artifacts(run.info.run_id):
-            if artifact.path.endswith((".yaml", ".txt")):
+            if artifact.path.endswith((".yaml", ".txt", ".json")):
                 text = Path(admin.download_artifacts(run.info.run_id, artifact.path, str(workdir)))
                 assert secret not in text.read_text(), artifact.path
+
+
+def test_sync_logs_in_with_a_password_in_its_uri_and_keeps_it_out(team, admin, workdir) -> None:
+    secret = ADMIN[1]
+    host = team.uri.removeprefix("http://")
+    offline = run_cli(
+        ["task.steps=3", "tracking.offline=true", "tracking.experiment=team-sync"], workdir
+    )
+    assert offline.returncode == 0, offline.stderr[-2000:]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.sync",
+            "--tracking-uri",
+            f"http://{ADMIN[0]}:{secret}@{host}",
+            "outputs",
+        ],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert secret not in done.stdout + done.stderr
+    (run,) = runs_of(admin, "team-sync")
+    assert run.info.status == "FINISHED"
+    marks = [p.read_text() for p in (workdir / "outputs").rglob("journal.uploaded.json")]
+    assert marks and not [text for text in marks if secret in text]

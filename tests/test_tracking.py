@@ -7,6 +7,8 @@ process's recording process), and read back with a plain ``MlflowClient``.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -219,3 +221,35 @@ def test_the_same_config_run_again_in_its_directory_links_to_the_first(store_uri
         "journal-3.jsonl",
         "journal.jsonl",
     ]
+
+
+SILENT_DATABASE = """
+import socket, sys, time
+from experiments.errors import ConfigError, StoreUnreachable
+from experiments.record.store.tracker import Tracker
+
+silent = socket.socket()  # accepts connections, never says a word: a hung database host
+silent.bind(("127.0.0.1", 0))
+silent.listen(8)
+uri = f"postgresql+psycopg2://mlflow@127.0.0.1:{silent.getsockname()[1]}/mlflow"
+started = time.monotonic()
+try:
+    Tracker(uri, timeout_s=2.0)
+except (ConfigError, StoreUnreachable) as error:
+    print(f"{time.monotonic() - started:.1f}", str(error).splitlines()[0])
+"""
+
+
+def test_a_database_that_does_not_answer_is_given_up_on_after_the_timeout(tmp_path) -> None:
+    pytest.importorskip("psycopg2")
+    done = subprocess.run(
+        [sys.executable, "-c", SILENT_DATABASE],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=90,  # without a bound, the connection attempt waits for ever
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    seconds, line = done.stdout.split(" ", 1)
+    assert float(seconds) < 60, done.stdout
+    assert line.strip().endswith("cannot open the tracking store: the request timed out"), line

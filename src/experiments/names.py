@@ -8,7 +8,7 @@ set by one part and read by another (the record path, the runner, sweeps, the re
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 RESULT = "result/"
 NOISY_TAG = "noisy"  # a matmul run's tag when its timings spread widely, saying why
@@ -17,6 +17,14 @@ PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: a sweep's job names its paren
 JOURNAL_ID_TAG = "journal.id"  # the journal a run was recorded from (how sync finds it)
 CONFIG_HASH_TAG = "config.hash"  # a run's resolved config, hashed (skip_existing, reruns)
 SWEEP_TAG = "sweep"  # "true" on a sweep's parent run
+NOTE_TAG = "mlflow.note.content"  # MLflow's own: a run's description (how to rerun it)
+RERUN_OF_TAG = "rerun_of"  # a rerun names the run it ran again
+REPRODUCED_TAG = "reproduced"  # a rerun's verdict: true, false, or why it cannot say
+
+
+def without_tags(overrides: Sequence[str]) -> list[str]:
+    """The overrides that are settings: ``tracking.tags.*`` are labels, never part of a name."""
+    return [item for item in overrides if not item.lstrip("+~").startswith("tracking.tags.")]
 
 
 def result(name: str) -> str:

@@ -25,6 +25,7 @@ import gc
 import logging
 import math
 import os
+import sys
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
 
@@ -124,6 +125,22 @@ def adopt_mlflow_settings(env: Mapping[str, str]) -> None:
 def mlflow_settings() -> dict[str, str]:
     """This process's ``MLFLOW_*`` settings, to hand to the recording process."""
     return {name: value for name, value in os.environ.items() if name.startswith("MLFLOW_")}
+
+
+@contextmanager
+def scrubbed_output() -> Iterator[None]:
+    """Passwords out of what this process prints for a block (MLflow prints run URLs, with
+    the login of the URI it was given), and out of its log lines; the streams come back
+    after it."""
+    from experiments.record.uris import ScrubbedStream
+
+    scrub_log_records()
+    before = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = ScrubbedStream(sys.stdout), ScrubbedStream(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = before
 
 
 def scrub_log_records() -> None:

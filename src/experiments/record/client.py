@@ -18,6 +18,8 @@ import atexit
 import itertools
 import json
 import logging
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -58,15 +60,29 @@ class Pending:
         return self._reply
 
 
+def service_signals() -> set[signal.Signals]:
+    """The signals meant for the run's process, which its recording process ignores."""
+    names = ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2")
+    return {getattr(signal, name) for name in names if hasattr(signal, name)}
+
+
 class Recorder:
     """A recording process serving this process (see :mod:`experiments.record.service`)."""
 
     def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "experiments.record.service"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
+        # The signals meant for this process are blocked while the recording process is
+        # started: it inherits the mask through exec, so one sent to it (a Ctrl-C to the
+        # process group, Slurm's to the job) before it ignores them is never acted on. This
+        # thread gets any of its own once unblocked, a moment later.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, service_signals())
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "experiments.record.service", str(os.getpid())],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         assert self.process.stdin is not None and self.process.stdout is not None
         self._stdin: IO[bytes] = self.process.stdin
         self._ids = itertools.count(1)

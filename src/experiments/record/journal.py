@@ -28,6 +28,17 @@ a process killed with SIGKILL loses none; a line cut short by a crash of the mac
 skipped with a warning when the journal is read. The writer holds an exclusive ``flock`` on
 the file while the run is open: a journal that nobody holds and that has no ``end`` line
 belongs to a run whose process is gone.
+
+How journals are locked, the one rule (:func:`lock_for_writing`, :func:`held`): the writer
+takes an **exclusive** lock on the file it opened for writing; whoever asks whether a journal
+is held takes a **shared** lock on the file opened for reading, and lets it go. Local
+filesystems give ``flock`` its own semantics; Linux's NFS client emulates it with byte-range
+locks, where an exclusive lock needs the file open for writing and a shared one open for
+reading, which this rule satisfies (Lustre and GPFS honour ``flock`` where mounted with it).
+Byte-range locks belong to a process and any ``close`` of the file in that process drops
+them, so a process never probes a journal it is writing: it knows it holds it. Where locks do
+not work at all, :func:`held` answers None and callers fall back on the writer's pid and the
+journal's age.
 """
 
 from __future__ import annotations
@@ -49,6 +60,8 @@ VERSION = 1
 NAME = "journal.jsonl"
 _NAME_PATTERN = re.compile(r"^journal(-\d+)?\.jsonl$")
 _SPECIAL = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+_lock = fcntl.flock  # how journals are locked (see the module's rule)
+_written_here: set[str] = set()  # journals this process writes now: never probed
 
 
 class JournalError(Exception):
@@ -72,9 +85,11 @@ class Header:
     parent_journal: Optional[str] = None
     output_dir: Optional[str] = None
     host: str = ""
+    place: Optional[str] = None  # liveness.place(): where ``pid`` means the writer
     pid: int = 0
     pid_started: Optional[float] = None
     offline: bool = False
+    note: Optional[str] = None  # the run's description; "{run_id}" becomes its id
     journal_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     time: int = field(default_factory=now_ms)
 
@@ -132,10 +147,8 @@ class Writer:
         self.path = path
         self.header = header
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            pass  # a filesystem without locks: readers fall back on the process and the time
+        lock_for_writing(self._fd)
+        _written_here.add(os.path.abspath(path))
         self._dirty = False
         self._lock = threading.Lock()  # the task and the uploading thread both append
         self.closed = False
@@ -181,6 +194,7 @@ class Writer:
                     os.fsync(self._fd)
                 self.closed = True
                 os.close(self._fd)
+                _written_here.discard(os.path.abspath(self.path))
 
 
 def encode(record: Mapping[str, Any]) -> bytes:
@@ -311,20 +325,33 @@ def ended(path: Path) -> bool:
     return last is not None and last.get("type") == "end"
 
 
+def lock_for_writing(fd: int) -> None:
+    """The writer's lock: exclusive, on the journal opened for writing (the module's rule)."""
+    try:
+        _lock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        pass  # a filesystem without locks: readers fall back on the process and the time
+
+
 def held(path: Path) -> bool | None:
-    """Whether a writer holds the journal open: True, False, or None where locks do not work."""
+    """Whether a writer holds the journal open: True, False, or None where locks do not work.
+
+    A shared lock, asked for on the journal opened for reading (the module's rule).
+    """
+    if os.path.abspath(path) in _written_here:
+        return True
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _lock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
     except OSError:
         return None
     else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        _lock(fd, fcntl.LOCK_UN)
         return False
     finally:
         os.close(fd)

@@ -12,7 +12,9 @@ Nothing here imports MLflow.
 
 from __future__ import annotations
 
+import base64
 import os
+import pickle
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,19 @@ QUIET_LIMIT_S = 300.0  # the longest a task may keep the recording process idle
 # the run's id, then to hear that the last records are in (which it tries for 5 s). What
 # is not confirmed by then is the recording process's to finish, after this one exits.
 HURRY_WAIT_S = 8.0
+# Beyond the store's own bounds (a request's timeout, the retry window), how long a run waits
+# for the recording process before it says it did not answer.
+ANSWER_SLACK_S = 60.0
+
+
+def answer_within(settings: Settings, store: Store) -> float:
+    """How long a run waits for an answer of the recording process: bounded by its settings.
+
+    The recording process answers within the retry window (``tracking.retry_s``) plus one
+    request in flight (``tracking.timeout_s``); past that and a minute's slack, the run says
+    that it did not answer, and keeps its records in its journal.
+    """
+    return settings.retry_s + store.timeout_s + ANSWER_SLACK_S
 
 
 @dataclass
@@ -71,13 +86,16 @@ class Delivery:
 class PendingDelivery:
     """A run's end, sent to the recording process; :meth:`wait` says how it fared."""
 
-    def __init__(self, journal: Path, pending: client.Pending) -> None:
+    def __init__(self, journal: Path, pending: client.Pending, wait_s: float = 130.0) -> None:
         self.journal = journal
         self._pending = pending
+        self.wait_s = wait_s  # the longest wait for the answer (answer_within)
 
     def wait(self, timeout: Optional[float] = None) -> Delivery:
+        """How the delivery fared; not answered within ``timeout`` (default: the bound that
+        the run's settings give) counts as not recorded, with the reason."""
         try:
-            reply = self._pending.result(timeout)
+            reply = self._pending.result(self.wait_s if timeout is None else timeout)
         except (client.RecorderGone, TrackingError) as failure:
             return Delivery(self.journal, recorded=False, reason=str(failure))
         return Delivery(self.journal, recorded=reply["recorded"], reason=reply.get("reason"))
@@ -96,21 +114,40 @@ class LiveRun:
         service: Optional[client.Recorder],
         pending: Optional[client.Pending] = None,
         unrecorded: Optional[str] = None,
+        wait_s: float = 130.0,
     ) -> None:
         self.writer = writer
         self.service = service
+        self.wait_s = wait_s  # the longest wait for the recording process (answer_within)
         self.run_id: Optional[str] = None
         self.experiment_id: Optional[str] = None
         self.unrecorded = unrecorded
         self.discarded = False  # refused or skipped before it began: nothing to close
         self._pending = pending
         self.recorder = JournalRecorder(
-            writer, writer.path.parent, self.quiet, defer_figures=service is not None
+            writer,
+            writer.path.parent,
+            self.quiet,
+            send_figure=self._send_figure if service is not None else None,
         )
 
     @property
     def journal(self) -> Path:
         return self.writer.path
+
+    def _send_figure(self, figure: Any, path: Path) -> bool:
+        """Hand a figure to the recording process to draw into ``path``; False if it is gone.
+
+        The figure travels pickled over this process's own pipe: the recording process reads
+        no pickle from anywhere else.
+        """
+        if self.service is None or self.service.gone is not None:
+            return False
+        data = pickle.dumps(figure, protocol=pickle.HIGHEST_PROTOCOL)
+        self.service.request(
+            "figure", file=str(path.resolve()), pickle=base64.b64encode(data).decode("ascii")
+        )
+        return True
 
     def started(
         self, fallback: bool = False, timeout: Optional[float] = None
@@ -134,7 +171,7 @@ class LiveRun:
             return None
         pending, self._pending = self._pending, None
         try:
-            reply = pending.result(timeout)
+            reply = pending.result(self.wait_s if timeout is None else timeout)
         except (StoreUnreachable, client.RecorderGone) as error:
             if not fallback:
                 self._discard()
@@ -189,7 +226,7 @@ class LiveRun:
         if self._pending is not None:  # closed before the task began: still end the run
             # (after a signal, without waiting long: a recording process still creating
             # the run uploads the journal, its end included, before it exits)
-            self.started(fallback=True, timeout=HURRY_WAIT_S if hurry else None)
+            self.started(fallback=True, timeout=HURRY_WAIT_S if hurry else self.wait_s)
         self.writer.append({"type": "end", "status": status, "error": error})
         self.writer.close()
         if self.service is None:
@@ -197,11 +234,13 @@ class LiveRun:
                 return Delivery(self.journal, recorded=False, reason=self.unrecorded)
             return Delivery(self.journal, recorded=False, offline=True)
         pending = PendingDelivery(
-            self.journal, self.service.request("finish", journal=str(self.journal), hurry=hurry)
+            self.journal,
+            self.service.request("finish", journal=str(self.journal), hurry=hurry),
+            self.wait_s,
         )
         if not wait:
             return pending
-        return pending.wait(HURRY_WAIT_S if hurry else None)
+        return pending.wait(HURRY_WAIT_S if hurry else self.wait_s)
 
     def _discard(self) -> None:
         self.discarded = True
@@ -267,13 +306,14 @@ def open_run(
             "pid": os.getpid(),
         },
     )
-    return LiveRun(writer, service, pending)
+    return LiveRun(writer, service, pending, wait_s=answer_within(settings, store))
 
 
 def adopt(path: Path, store: Store, status: str, reason: str) -> Optional[str]:
     """Upload a journal whose process is gone and end its run; return the run's id."""
     reply = client.get().call(
         "adopt",
+        timeout=answer_within(Settings(), store),
         journal=str(Path(path).resolve()),
         uri=store.uri,
         source=store.source,

@@ -1,9 +1,12 @@
 """Whether a run's process is still alive, and closing the runs whose process is gone.
 
-Every run records where it runs (tags ``host``, ``pid``, ``pid.started``) and a
-``heartbeat`` tag, refreshed while it runs. A RUNNING run is *lost* when its process is
-gone (same host: that pid is not alive, or is another process now) or, seen from another
-host, when its heartbeat is older than ``tracking.lost_after_s``. Lost runs are closed
+Every run records where it runs (tags ``host``, ``host.id``, ``pid``, ``pid.started``) and
+a ``heartbeat`` tag, refreshed while it runs. ``host.id`` tells apart what a host name does
+not: the machine's boot and the process's pid namespace, so two containers with one host
+name, or a machine rebooted since, are different places. A RUNNING run is *lost* when its
+process is gone (the same place: that pid is not alive, or is another process now) or, seen
+from anywhere else, or where it cannot be told, when its heartbeat is older than
+``tracking.lost_after_s``. Lost runs are closed
 FAILED with an ``error`` tag that says so, where, and when the run was last seen. Runs
 without a heartbeat tag were not started by this package and are never touched.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import time
 from dataclasses import dataclass
@@ -23,6 +27,7 @@ from experiments.names import ERROR_TAG
 log = logging.getLogger(__name__)
 
 HOST_TAG = "host"
+PLACE_TAG = "host.id"  # boot id and pid namespace: where a pid means that process
 PID_TAG = "pid"
 STARTED_TAG = "pid.started"
 HEARTBEAT_TAG = "heartbeat"
@@ -33,6 +38,35 @@ LOST_PREFIX = "lost:"
 def host() -> str:
     """This machine's name, as runs record it."""
     return socket.gethostname()
+
+
+def place() -> str | None:
+    """Where a pid of this process means this process: the boot and the pid namespace.
+
+    ``<boot id>/<pid namespace>`` on Linux; None where the system does not say (then only
+    heartbeats tell a live run from a lost one).
+    """
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            boot = handle.read().strip()
+        namespace = os.readlink("/proc/self/ns/pid")  # e.g. pid:[4026531836]
+    except OSError:
+        return None
+    return f"{boot}/{namespace.removeprefix('pid:[').removesuffix(']')}"
+
+
+def same_place(where: str | None, where_id: str | None) -> bool | None:
+    """Whether a process recorded at host ``where``, place ``where_id``, is this one's place.
+
+    True: its pid can be looked at here. False: elsewhere. None: cannot tell (recorded
+    without a place, or this system has none), so only its heartbeat can.
+    """
+    if where != host():
+        return False
+    here = place()
+    if where_id is None or here is None:
+        return None
+    return where_id == here
 
 
 def process_started(pid: int) -> float | None:
@@ -50,6 +84,9 @@ def process_started(pid: int) -> float | None:
 def identity_tags() -> dict[str, str]:
     """The tags that say which process on which host records a run."""
     tags = {HOST_TAG: host(), PID_TAG: str(os.getpid())}
+    where_id = place()
+    if where_id is not None:
+        tags[PLACE_TAG] = where_id
     started = process_started(os.getpid())
     if started is not None:
         tags[STARTED_TAG] = f"{started:.2f}"
@@ -71,6 +108,32 @@ def parse_heartbeat(text: str | None) -> int | None:
     except ValueError:
         return None
     return int(moment.timestamp() * 1000)
+
+
+def signal_process(pid: int, started: float | None, signum: int) -> bool:
+    """Send ``signum`` to process ``pid`` only if it is the process that started then.
+
+    Where Linux offers a pidfd, the process is held by it before it is checked, so a pid
+    reused between the check and the signal cannot be signalled. Returns whether it was sent.
+    """
+    handle = None
+    try:
+        handle = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pass  # no pidfd here: the check, then kill
+    try:
+        if not process_alive(pid, started):
+            return False
+        if handle is not None:
+            signal.pidfd_send_signal(handle, signum)
+        else:
+            os.kill(pid, signum)
+        return True
+    except OSError:
+        return False
+    finally:
+        if handle is not None:
+            os.close(handle)
 
 
 def process_alive(pid: int, started: float | None = None) -> bool:
@@ -109,14 +172,14 @@ def lost_reason(
     Args:
         tags: the run's tags.
         now_ms: the time now, in milliseconds since the epoch.
-        lost_after_s: a heartbeat older than this, seen from another host, means lost.
+        lost_after_s: a heartbeat older than this, seen from another place, means lost.
     """
     last_seen = parse_heartbeat(tags.get(HEARTBEAT_TAG))
     if last_seen is None:
         return None  # not a run of this package: leave it alone
     where, pid = tags.get(HOST_TAG, "?"), tags.get(PID_TAG, "?")
     seen = tags.get(HEARTBEAT_TAG)
-    if where == host() and pid.isdigit():
+    if same_place(where, tags.get(PLACE_TAG)) and pid.isdigit():
         started = tags.get(STARTED_TAG)
         if process_alive(int(pid), float(started) if _is_number(started) else None):
             return None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import time
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -36,7 +35,8 @@ class JournalRecorder:
         writer: the run's journal (``journal.Writer``).
         directory: the run's output directory.
         quiet: the live run's ``quiet`` (keeps the recording process idle); none offline.
-        defer_figures: leave drawing figures to the recording process (a live run).
+        send_figure: hands a figure to the recording process to draw into the given file
+            (a live run); returns False when it cannot, and the figure is drawn here.
     """
 
     def __init__(
@@ -44,13 +44,13 @@ class JournalRecorder:
         writer: Writer,
         directory: Path,
         quiet: Optional[Callable[[], AbstractContextManager[None]]] = None,
-        defer_figures: bool = False,
+        send_figure: Optional[Callable[[Any, Path], bool]] = None,
     ) -> None:
         self._append = writer.append
         self._write = writer.write_line
         self.directory = Path(directory)
         self._quiet = quiet
-        self._defer_figures = defer_figures
+        self._send_figure = send_figure
         self._names: dict[str, str] = {}  # metric name -> its JSON string
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -79,22 +79,20 @@ class JournalRecorder:
 
     def log_figure(self, figure: Any, name: str) -> None:
         path = self._file(name)
-        if not self._defer_figures:
+        # Drawing a figure takes a tenth of a second or more: a live run's recording process
+        # does it, from the figure sent over its pipe (never through a file: see
+        # record.service.figures). The artifact line says a figure is on its way.
+        if self._send_figure is None or not self._send_figure(figure, path):
             figure.savefig(path, dpi=FIGURE_DPI)
             self.log_artifact(path, Path(name).parent)
             return
-        # Drawing a figure takes a tenth of a second or more: the recording process does it
-        # (see record.service.figures) from the figure pickled here, next to where the
-        # PNG goes, in a few milliseconds.
-        pickled = path.with_name(f".{path.name}.pickle")
-        pickled.write_bytes(pickle.dumps(figure, protocol=pickle.HIGHEST_PROTOCOL))
         folder = str(Path(name).parent)
         self._append(
             {
                 "type": "artifact",
                 "file": str(path.relative_to(self.directory)),
                 "dir": folder if folder != "." else None,
-                "figure": str(pickled.relative_to(self.directory)),
+                "figure": True,
             }
         )
 

@@ -29,6 +29,7 @@ from experiments.errors import ConfigError
 from experiments.record import journal, liveness, marks
 from experiments.record.journal import Header, JournalError
 from experiments.record.store import failures, upload
+from experiments.record.uris import absolute, redact
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class Plan:
 
     path: Path
     header: Header
-    uri: str
+    uri: str  # the store, as named in marks and messages: no password
     outcome: str = ""  # uploaded, closed as lost, already synced, still running, failed
     detail: str = ""
 
@@ -66,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     logging.getLogger("mlflow").setLevel(logging.ERROR)
-    with process.mlflow_http_bounds(args.timeout_s):
+    with process.mlflow_http_bounds(args.timeout_s), process.scrubbed_output():
         return _sync(args)
 
 
@@ -76,7 +77,9 @@ def _sync(args: argparse.Namespace) -> int:
     stores: dict[str, object] = {}
     touched: dict[str, set[str]] = {}
     for plan in plans:
-        tracker = _store(plan.uri, stores, args.timeout_s)
+        # --tracking-uri is opened as given, a password included; journals name no password.
+        opened = absolute(args.tracking_uri) if args.tracking_uri else plan.uri
+        tracker = _store(plan.uri, opened, stores, args.timeout_s)
         if isinstance(tracker, str):
             plan.outcome, plan.detail = "failed", tracker
         else:
@@ -145,8 +148,6 @@ def collect(paths: Sequence[str], tracking_uri: str | None, totals: Totals) -> l
     """
     plans = []
     if tracking_uri:
-        from experiments.record.uris import absolute, redact
-
         tracking_uri = redact(absolute(tracking_uri))
     for path in paths:
         found = journal.find([path])
@@ -214,7 +215,7 @@ def _still_written(path: Path, header: Header, lost_after_s: float) -> bool:
     if held is not None:
         return held
     # No working locks (some network filesystems): the process, or the journal's age.
-    if header.host == liveness.host():
+    if liveness.same_place(header.host, header.place):
         return liveness.process_alive(header.pid, header.pid_started)
     return time.time() - path.stat().st_mtime < lost_after_s
 
@@ -227,13 +228,13 @@ def _lost_reason(path: Path, header: Header) -> str:
     )
 
 
-def _store(uri: str, stores: dict[str, object], timeout_s: float) -> object:
-    """The store (a ``Tracker``), or the one-line reason it cannot be opened."""
+def _store(uri: str, opened: str, stores: dict[str, object], timeout_s: float) -> object:
+    """The store ``uri`` (a ``Tracker`` on ``opened``), or the one line why it cannot be."""
     if uri not in stores:
         from experiments.record.store.tracker import Tracker
 
         try:
-            stores[uri] = Tracker(uri, timeout_s)
+            stores[uri] = Tracker(opened, timeout_s)
         except ConfigError as error:
             stores[uri] = str(error).replace("tracking.uri=", "", 1)
     return stores[uri]

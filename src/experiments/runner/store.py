@@ -44,6 +44,7 @@ def journal_header(tracking: Any, experiment: str, run_name: str, out: Path) -> 
         run_name=run_name,
         output_dir=str(out.resolve()),
         host=liveness.host(),
+        place=liveness.place(),
         pid=os.getpid(),
         pid_started=liveness.process_started(os.getpid()),
         offline=bool(tracking.offline),

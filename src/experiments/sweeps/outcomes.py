@@ -32,8 +32,10 @@ class Outcome:
     run_id: Optional[str] = None
     objective: Optional[float] = None
     reason: Optional[str] = None
-    host: Optional[str] = None  # where the job's process runs, and its pid
-    pid: Optional[int] = None
+    host: Optional[str] = None  # where the job's process runs, its pid and start time:
+    pid: Optional[int] = None  # the pid alone may be another process's by now
+    pid_started: Optional[float] = None
+    place: Optional[str] = None  # liveness.place(): where the pid means that process
     directory: Optional[str] = None  # the job's output directory (set when read back)
 
     def write(self, output_dir: str | Path) -> None:
@@ -46,14 +48,29 @@ class Outcome:
 
     def gone(self) -> bool:
         """Whether this RUNNING job's process has ended (as far as this host can tell)."""
-        if self.host != liveness.host() or self.pid is None:
+        if not liveness.same_place(self.host, self.place) or self.pid is None:
             return False
-        return self.pid != os.getpid() and not liveness.process_alive(self.pid)
+        return self.pid != os.getpid() and not liveness.process_alive(self.pid, self.pid_started)
+
+    def signal(self, signum: int) -> bool:
+        """Send ``signum`` to this job's process, if it is still that process (see liveness)."""
+        if not liveness.same_place(self.host, self.place) or self.pid in (None, os.getpid()):
+            return False
+        return liveness.signal_process(self.pid, self.pid_started, signum)
 
 
 def started(job: int, overrides: list[str], output_dir: str | Path) -> Outcome:
     """Mark a job RUNNING in its directory (with its process), and return its outcome."""
-    outcome = Outcome(job, overrides, "RUNNING", host=liveness.host(), pid=os.getpid())
+    here = os.getpid()
+    outcome = Outcome(
+        job,
+        overrides,
+        "RUNNING",
+        host=liveness.host(),
+        pid=here,
+        pid_started=liveness.process_started(here),
+        place=liveness.place(),
+    )
     outcome.write(output_dir)
     outcome.status = "FAILED"  # until the job says otherwise
     return outcome
@@ -64,7 +81,9 @@ def read_outcomes(sweep_dir: str | Path) -> list[Outcome]:
     found = []
     for path in Path(sweep_dir).glob(f"*/{OUTCOME_FILE}"):
         try:
-            outcome = Outcome(**json.loads(path.read_text(encoding="utf-8")))
+            fields = json.loads(path.read_text(encoding="utf-8"))
+            known = Outcome.__dataclass_fields__
+            outcome = Outcome(**{key: value for key, value in fields.items() if key in known})
         except (OSError, ValueError, TypeError):
             log.warning("unreadable job outcome %s", path)
             continue

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import time
 from pathlib import Path
@@ -46,15 +45,11 @@ def stop_jobs(
     """
     Path(directory, STOPPED_FILE).write_text(reason, encoding="utf-8")
     for outcome in read_outcomes(directory):
-        if outcome.status == "RUNNING" and outcome.host == liveness.host():
-            if outcome.pid not in (None, os.getpid()) and not outcome.gone():
-                try:
-                    os.kill(outcome.pid, signal.SIGTERM)
-                except OSError:
-                    pass
+        if outcome.status == "RUNNING":
+            outcome.signal(signal.SIGTERM)  # only the job's own process, never a reused pid
     deadline = time.monotonic() + STOP_WAIT_S
     while time.monotonic() < deadline and any(
-        o.status == "RUNNING" and o.host == liveness.host() and not o.gone()
+        o.status == "RUNNING" and liveness.same_place(o.host, o.place) and not o.gone()
         for o in read_outcomes(directory)
     ):
         time.sleep(0.1)
@@ -80,7 +75,8 @@ def close_abandoned(
     for path in journal.find([directory]):
         if path == parent_journal or journal.ended(path) or journal.held(path) is not False:
             continue
-        if this_host_only and journal.read_header(path).host != liveness.host():
+        header = journal.read_header(path)
+        if this_host_only and not liveness.same_place(header.host, header.place):
             continue
         _close_run(path, store, status, reason)
     for outcome in read_outcomes(directory):
@@ -101,7 +97,8 @@ def _close_run(path: Path, store: record.Store | None, status: str, reason: str)
         return
     outcome_file = Path(path.parent, OUTCOME_FILE)
     if outcome_file.exists():
-        outcome = Outcome(**json.loads(outcome_file.read_text(encoding="utf-8")))
+        fields = json.loads(outcome_file.read_text(encoding="utf-8"))
+        outcome = Outcome(**{k: v for k, v in fields.items() if k in Outcome.__dataclass_fields__})
         if outcome.status == "RUNNING":
             outcome.run_id = run_id
             outcome.write(path.parent)

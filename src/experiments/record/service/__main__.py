@@ -1,9 +1,10 @@
-"""``python -m experiments.record.service``: the recording process (started by ``client``).
+"""``python -m experiments.record.service [PID]``: the recording process (started by ``client``).
 
 Its process-wide set-up is made here, first thing: the signals meant for the run's process
-are ignored, the collector is paused while MLflow loads, standard output becomes the reply
-channel alone (anything else that would print there, MLflow's own messages, goes to
-standard error, passwords scrubbed), and its warnings go to the process it serves.
+are ignored (blocked from its first instant: see ``record.client``), the collector is paused
+while MLflow loads, standard output becomes the reply channel alone (anything else that
+would print there, MLflow's own messages, goes to standard error, passwords scrubbed), and
+its warnings go to the process it serves, PID (its parent).
 """
 
 from __future__ import annotations
@@ -15,15 +16,12 @@ import sys
 
 from experiments import process
 from experiments.record import uris
+from experiments.record.client import service_signals
 from experiments.record.service import figures
 from experiments.record.service.loop import Service
 
 # Signals meant for the run's process (see experiments.record.service).
-IGNORED = tuple(
-    getattr(signal, name)
-    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2")
-    if hasattr(signal, name)
-)
+IGNORED = tuple(sorted(service_signals()))
 
 
 class _Events(logging.Handler):
@@ -43,12 +41,15 @@ def main() -> None:
     """Serve the process that started this one, on this process's stdin and stdout."""
     for signum in IGNORED:
         signal.signal(signum, signal.SIG_IGN)
+    # Started with them blocked (see record.client): any sent meanwhile is dropped now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, IGNORED)
     process.pause_collector()
     channel = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # whatever else prints goes to standard error, not into the replies
     sys.stdout = sys.stderr = uris.ScrubbedStream(sys.stderr)  # MLflow prints URLs
     process.scrub_log_records()
-    service = Service(channel)
+    served = int(sys.argv[1]) if len(sys.argv) > 1 else os.getppid()
+    service = Service(channel, served)
     logger = logging.getLogger("experiments")
     logger.addHandler(_Events(service))
     logger.setLevel(logging.INFO)

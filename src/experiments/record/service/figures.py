@@ -1,71 +1,32 @@
-"""Drawing the figures a live run pickled into its journal's directory.
+"""Drawing the figures of the live run this process serves.
 
-A task's figure takes a tenth of a second or more to draw; the run's process pickles it
-(a few milliseconds) and the recording process draws it, store or no store, so a run whose
-store is gone still gets its pictures. Only the recording process the run itself started
-draws: unpickling runs code, so it is done only by the process that knows the files came
-from its own run. An upload after the fact (``sync``) reports a figure never drawn as a
-missing artifact instead.
+A task's figure takes a tenth of a second or more to draw; the run's process pickles it (a
+few milliseconds) and sends it over its pipe to its recording process, which draws it into
+the run's directory, store or no store. Unpickling runs code, so a pickle is read from that
+pipe only: never from a file, a journal or a shared directory, so a journal adopted from
+another host or synced later cannot run anything here. A figure the recording process never
+got (it died first) is a missing artifact.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Any
 
 from experiments.record.recorder import FIGURE_DPI
 
 log = logging.getLogger(__name__)
 
 
-def draw_figures(path: Path, offset: int, final: bool) -> int:
-    """Draw the figures a live run pickled (its ``artifact`` lines with ``figure``).
-
-    Only the recording process the run itself started calls this: unpickling runs code, so
-    it is done only by the process that knows the files came from its own run. An upload
-    after the fact (``sync``) reports a figure never drawn as a missing artifact instead.
-    Drawing does not need the store: a run whose store is gone still gets its pictures.
-
-    Args:
-        path: the journal.
-        offset: where the previous call stopped.
-        final: the run has ended (its journal is complete).
-
-    Returns:
-        Where the next call starts.
-    """
-    with open(path, "rb") as handle:
-        handle.seek(offset)
-        data = handle.read()
-    complete = data[: data.rfind(b"\n") + 1]
-    for line in complete.split(b"\n"):
-        if b'"figure"' not in line:
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if record.get("type") == "artifact":
-            draw(path, record)
-    return offset + len(complete) if not final else offset + len(data)
-
-
-def draw(path: Path, record: dict[str, Any]) -> None:
-    """Draw one pickled figure of the journal at ``path`` into its file, unless done."""
+def draw(target: Path, pickled: bytes) -> None:
+    """Draw a figure the run's process sent (pickled, over the pipe) into ``target``."""
     import pickle
 
-    pickled, target = path.parent / record["figure"], path.parent / record["file"]
-    if target.is_file() or not pickled.is_file():
-        return
     try:
-        figure = pickle.loads(pickled.read_bytes())
+        figure = pickle.loads(pickled)  # from the process this one serves, and only from it
         figure.savefig(target, dpi=FIGURE_DPI)
     except Exception as error:  # a broken figure is a missing picture, not a lost run
-        log.warning("%s: could not draw %s: %s", path, target.name, error)
-        return
-    pickled.unlink()
+        log.warning("could not draw %s: %s", target, error)
 
 
 def warm_up() -> None:

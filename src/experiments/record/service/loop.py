@@ -12,9 +12,11 @@ runs (FAILED, lost, with the reason), and leaves.
 
 from __future__ import annotations
 
+import base64
 import importlib
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -42,8 +44,11 @@ MAX_PAUSE_S = 300.0  # a pause (a timed region of a task) ends by itself after t
 class Service:
     """The recording process: serves one client over a pair of pipes."""
 
-    def __init__(self, channel: BinaryIO) -> None:
+    def __init__(self, channel: BinaryIO, served: Optional[int] = None) -> None:
         self.channel = channel
+        # The process served: when it is gone, this one is another's child. Its standard
+        # input may then stay open (a process it forked holds the pipe), so it is looked at.
+        self.served = served if served is not None else os.getppid()
         self.channel_lock = threading.Lock()
         self.requests: queue.Queue[Optional[dict[str, Any]]] = queue.Queue()
         self.watches: dict[str, Watch] = {}
@@ -51,6 +56,7 @@ class Service:
         self.paused_until = 0.0
         self.parent_gone = False
         self.leaving = False
+        self.figures: list[tuple[Path, bytes]] = []  # sent by the run, drawn when not quiet
 
     # --- the loop ---
 
@@ -59,12 +65,15 @@ class Service:
         while True:
             busy = False
             if time.monotonic() >= self.paused_until:
+                self._draw_figures()  # before the uploads, which wait for them
                 busy = any([self._step(watch) for watch in list(self.watches.values())])
             try:
                 message = self.requests.get(timeout=0 if busy else IDLE_WAIT_S)
             except queue.Empty:
                 message = None
-                if not (self.parent_gone or self.leaving):
+                if not (self.parent_gone or self.leaving) and os.getppid() != self.served:
+                    message = {"op": "gone"}  # died, its pipe held open by a child of its own
+                if message is None and not (self.parent_gone or self.leaving):
                     continue
             if message is not None:
                 self._handle(message)
@@ -74,6 +83,10 @@ class Service:
                     self._handle(queued)
             if (self.parent_gone or self.leaving) and not self.watches:
                 return
+
+    def _draw_figures(self) -> None:
+        while self.figures:
+            figures.draw(*self.figures.pop(0))
 
     def _read(self, stream: BinaryIO) -> None:
         for line in stream:
@@ -210,6 +223,14 @@ class Service:
                 f"record {liveness.heartbeat(last)}",
             )
 
+    def _op_figure(self, message: dict[str, Any]) -> None:
+        """Draw a figure the process served sent over its pipe into the run's file.
+
+        Store or no store: a run whose store is gone still gets its pictures. The pickle
+        comes from the process that started this one, never from a file.
+        """
+        self.figures.append((Path(message["file"]), base64.b64decode(message["pickle"])))
+
     def _op_gone(self, message: dict[str, Any]) -> None:
         """Standard input closed. Without a goodbye, the process served is gone."""
         if self.leaving:
@@ -234,8 +255,10 @@ class Service:
         return self.stores[key]
 
     def _watch(self, path: Path, state: State, tracker: Any, run: dict, repair: bool) -> Watch:
+        # Only the live run this process serves sends figures (over the pipe); an adopted
+        # journal's figures were never sent, and are missing artifacts.
         uploader = Uploader(
-            tracker.client, path, state, repair=repair, bulk=tracker.bulk, draw=figures.draw
+            tracker.client, path, state, repair=repair, bulk=tracker.bulk, figures=not repair
         )
         now = time.monotonic()
         watch = Watch(
@@ -265,8 +288,6 @@ class Service:
                 self._complete(watch, recorded=False)
             return False
         final = watch.writer_gone or watch.finish_id is not None
-        if final or now >= watch.upload_at:
-            self._draw(watch, final)
         if now < watch.retry_at or (now < watch.upload_at and not final):
             return False
         try:
@@ -288,13 +309,6 @@ class Service:
             watch.upload_at = time.monotonic() + UPLOAD_EVERY_S
         return not caught_up
 
-    def _draw(self, watch: Watch, final: bool) -> None:
-        """Draw the figures the run pickled, store or no store."""
-        try:
-            watch.drawn_to = figures.draw_figures(watch.path, watch.drawn_to, final)
-        except OSError as error:
-            log.warning("%s: cannot read the journal to draw its figures: %s", watch.path, error)
-
     def _beat(self, watch: Watch) -> None:
         run_id = watch.uploader.run_id
         if run_id is None:
@@ -306,8 +320,7 @@ class Service:
 
     def _complete(self, watch: Watch, recorded: bool) -> None:
         # Whatever became of its upload (a store gone past the retry window, a refusal),
-        # the run's pictures are drawn: a later sync uploads them, and never unpickles.
-        self._draw(watch, final=True)
+        # the run's pictures were drawn as they came (_op_figure): a later sync uploads them.
         watch.done = True
         self.watches.pop(str(watch.path), None)
         if watch.finish_id is None:

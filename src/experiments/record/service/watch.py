@@ -37,7 +37,6 @@ class Watch:
     sync_at: float = 0.0
     synced_size: int = 0
     upload_at: float = 0.0
-    drawn_to: int = 0  # how far the journal was read for figures to draw
     outage_since: Optional[float] = None
     retry_at: float = 0.0
     lost: Optional[str] = None

@@ -28,6 +28,22 @@ COLUMNS = ("key", "value", "timestamp", "step", "is_nan", "run_uuid")  # of a po
 DIALECTS = ("sqlite", "postgresql")
 
 
+# What a database says when its tables are not the ones this was written for (another
+# MLflow schema): not an outage, so not retried; the uploader goes back to log_batch.
+SCHEMA_MARKS = (
+    "no such column",
+    "no such table",
+    "has no column named",
+    "undefinedcolumn",
+    "undefinedtable",
+    "does not exist",
+)
+
+
+class SchemaMismatch(Exception):
+    """The store's tables are not what the bulk path writes: use MLflow's log_batch."""
+
+
 class BulkMetrics:
     """Writes metric points of runs into one SQL store.
 
@@ -67,9 +83,15 @@ class BulkMetrics:
     def write(self, run_id: str, points: Sequence[tuple[str, float, int, int]]) -> None:
         """Store ``points`` (key, value, timestamp, step) of run ``run_id`` in one transaction.
 
+        Points are checked as MLflow's ``log_batch`` checks them (the key's name and length,
+        the value, step and time), once per key: a run stored here would be accepted by any
+        store.
+
         Raises:
-            MlflowException: the run does not exist or is deleted (a refusal), or the
-                database is busy or unreachable (worth retrying), as MLflow would.
+            MlflowException: the run does not exist or is deleted, or a point is refused
+                (refusals), or the database is busy or unreachable (worth retrying), as
+                MLflow would.
+            SchemaMismatch: the tables are not what this writes (another MLflow schema).
         """
         from mlflow.exceptions import MlflowException
         from mlflow.protos.databricks_pb2 import (
@@ -78,8 +100,14 @@ class BulkMetrics:
             RESOURCE_DOES_NOT_EXIST,
             TEMPORARILY_UNAVAILABLE,
         )
+        from mlflow.utils.validation import _validate_metric
         from sqlalchemy import exc, select
 
+        checked: set[str] = set()
+        for point in points:
+            if point[0] not in checked:  # the journal's values are floats, its steps ints
+                _validate_metric(*point)
+                checked.add(point[0])
         rows = [_row(run_id, *point) for point in points]
         if not rows:
             return
@@ -105,8 +133,14 @@ class BulkMetrics:
                     )
                 self._insert_points(connection, rows)
                 connection.execute(self._upsert_latest(), list(newest.values()))
-        except exc.OperationalError as error:  # locked, or the connection went
-            raise MlflowException(str(error), error_code=TEMPORARILY_UNAVAILABLE) from error
+        except (exc.OperationalError, exc.ProgrammingError) as error:
+            text = str(error)
+            if any(mark in text.lower() for mark in SCHEMA_MARKS):
+                raise SchemaMismatch(f"metric points: {text.splitlines()[0][:200]}") from error
+            if isinstance(error, exc.ProgrammingError):
+                raise MlflowException(text, error_code=BAD_REQUEST) from error
+            # locked, or the connection went: worth retrying
+            raise MlflowException(text, error_code=TEMPORARILY_UNAVAILABLE) from error
         except exc.SQLAlchemyError as error:
             raise MlflowException(str(error), error_code=BAD_REQUEST) from error
 

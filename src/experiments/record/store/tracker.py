@@ -10,12 +10,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import math
 import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from filelock import FileLock
 from mlflow import MlflowClient
@@ -29,6 +30,43 @@ from experiments.record.uris import absolute, redact, sqlite_path
 from experiments.record.uris import resolve as resolve_uri
 
 log = logging.getLogger(__name__)
+
+
+def bounded_database_uri(uri: str, timeout_s: float) -> str:
+    """A PostgreSQL URI whose connections give up after ``timeout_s`` (libpq's own
+    ``connect_timeout``, unless the URI sets it); any other URI as it is.
+
+    Without it, a database host that does not answer holds a connection attempt for as long
+    as the system's TCP settings allow (minutes).
+    """
+    if not uri.startswith("postgresql"):
+        return uri
+    parts = urlsplit(uri)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(key == "connect_timeout" for key, _ in query):
+        return uri
+    query.append(("connect_timeout", str(max(2, math.ceil(timeout_s)))))  # libpq: 2 s at least
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def open_existing(
+    uri: str | None, flag: str = "--tracking-uri", timeout_s: float = 10.0
+) -> Tracker:
+    """A store that exists already, for a command that reads it (``report``, ``rerun``).
+
+    A SQLite file that is not there is an error, not created; errors name ``flag`` where
+    the URI came from it.
+    """
+    resolved, source = resolve_uri(uri)
+    source = flag if source == "tracking.uri" else source
+    path = sqlite_path(resolved)
+    if path is not None and not path.is_file():
+        shown = Path(resolved.removeprefix("sqlite:///"))  # as the user wrote it
+        raise ConfigError(f"{source}={redact(resolved)}: no tracking store at {shown}")
+    try:  # absolute: MLflow keeps one store per URI string in a process
+        return Tracker(absolute(resolved), timeout_s, source)
+    except ConfigError as error:
+        raise ConfigError(str(error).replace("tracking.uri=", f"{source}=", 1)) from error
 
 
 class Tracker:
@@ -54,8 +92,11 @@ class Tracker:
         self._experiments: dict[str, str] = {}
         self._checked: set[str] = set()  # experiments whose lost runs were looked for
         self.bulk: Any = None  # a BulkMetrics where the store is SQLite or PostgreSQL
+        opened = bounded_database_uri(self.uri, timeout_s)
+        if opened.startswith("postgresql"):
+            _check_database(opened, self.shown)
         with self._store_lock():
-            self.client = MlflowClient(tracking_uri=self.uri)
+            self.client = MlflowClient(tracking_uri=opened)
             try:
                 self.client.search_experiments(max_results=1)
             except MlflowException as error:
@@ -63,7 +104,7 @@ class Tracker:
                 raise kind(
                     f"{self.shown}: cannot open the tracking store: {describe(error)}"
                 ) from error
-        self.bulk = BulkMetrics.for_uri(self.uri)
+        self.bulk = BulkMetrics.for_uri(opened)
 
     def experiment_id(self, name: str) -> str:
         """The id of experiment ``name``, created if missing, safely across processes.
@@ -157,6 +198,28 @@ def _check_server(uri: str, shown: str, timeout_s: float) -> None:
     except (urllib.error.URLError, OSError) as error:
         reason = str(getattr(error, "reason", error))
     raise StoreUnreachable(f"{shown}: cannot reach the MLflow server ({reason})")
+
+
+def _check_database(uri: str, shown: str) -> None:
+    """One connection to a PostgreSQL store, bounded by its ``connect_timeout``.
+
+    MLflow retries a database it cannot reach for about two minutes before it gives up; a
+    store that does not answer within the timeout is said so at once instead.
+    """
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(uri, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except OperationalError as error:
+        reason = describe(error.orig if error.orig is not None else error)
+        kind = ConfigError if "authentication failed" in reason else StoreUnreachable
+        raise kind(f"{shown}: cannot open the tracking store: {reason}") from None
+    finally:
+        engine.dispose()
 
 
 class _NoLock:

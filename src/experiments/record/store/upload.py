@@ -18,12 +18,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-from experiments.names import ERROR_TAG, JOURNAL_ID_TAG, PARENT_TAG
+from experiments.names import ERROR_TAG, JOURNAL_ID_TAG, NOTE_TAG, PARENT_TAG
 from experiments.record import journal
 from experiments.record.liveness import LOST_PREFIX
 from experiments.record.marks import State
+from experiments.record.store.bulk import SchemaMismatch
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,9 @@ class Uploader:
             check, and remove that note when the journal ends it otherwise.
         bulk: a :class:`.bulk.BulkMetrics` for the store: metric points go in one
             statement per table instead of ``log_batch`` (None: ``log_batch``).
-        draw: the live run's own recording process draws a figure the uploader reaches
-            before it was drawn (``draw(journal, artifact record)``); None: a figure never
-            drawn is a missing artifact (an upload after the fact never unpickles).
+        figures: the live run's own recording process, which draws the figures the run
+            sends it: an artifact line of a figure not drawn yet waits for it until the run
+            has ended. False: a figure never drawn is a missing artifact.
     """
 
     def __init__(
@@ -65,18 +66,21 @@ class Uploader:
         state: State,
         repair: bool = False,
         bulk: Optional[Any] = None,
-        draw: Optional[Callable[[Path, dict[str, Any]], None]] = None,
+        figures: bool = False,
     ) -> None:
         self.client = client
         self.repair = repair
         self.bulk = bulk
-        self.draw = draw
+        self.figures = figures
+        self.waiting: list[dict[str, Any]] = []  # figures' artifact lines not drawn yet
+        self.final = False
         self.path = path
         self.state = state
         self.header = journal.read_header(path)
         self.counts = Counts()
         self.base = path.parent
         self.last_time: int = self.header.time
+        self.note_due = bool(self.header.note)
 
     @property
     def run_id(self) -> Optional[str]:
@@ -101,6 +105,7 @@ class Uploader:
         Raises:
             Whatever the store raised; the mark stays before the records that were not sent.
         """
+        self.final = final
         chunk = journal.read(self.path, self.state.offset, final=final)
         for warning in chunk.skipped:
             if warning not in self.counts.skipped:
@@ -111,6 +116,10 @@ class Uploader:
         self._send(chunk.records)
         self.state.offset = chunk.end
         self.state.save(self.path)
+        for record in list(self.waiting):  # drawn by now, or (the run has ended) never
+            if final or self._drawn(record):
+                self.waiting.remove(record)
+                self._log_artifact(record)
         return chunk.at_end
 
     def ensure_run(self, records: list[dict[str, Any]] | None = None) -> str:
@@ -200,6 +209,10 @@ class Uploader:
     def _send(self, records: list[dict[str, Any]]) -> None:
         params: list[tuple[str, str]] = []  # a param set twice to two values is refused
         tags: dict[str, str] = {}  # a tag set twice keeps its last value
+        if self.note_due and self.state.run_id is not None:
+            # The header's note, with the run's id, goes with this uploader's first batch.
+            tags[NOTE_TAG] = str(self.header.note).replace("{run_id}", self.state.run_id)
+            self.note_due = False
         metrics: list[tuple[str, float, int, int]] = []  # key, value, time, step
         artifacts: list[dict[str, Any]] = []
         end = None
@@ -238,10 +251,14 @@ class Uploader:
         tag_items = [RunTag(k, v) for k, v in tags.items()]
         metrics: list[Metric] = []
         if self.bulk is not None and points:
-            self.bulk.write(self.state.run_id, points)
-            self.counts.points += len(points)
-        else:
-            metrics = [Metric(*point) for point in points]
+            try:
+                self.bulk.write(self.state.run_id, points)
+                self.counts.points += len(points)
+                points = []
+            except SchemaMismatch as error:  # not a store this was written for: MLflow's way
+                log.warning("%s; metric points go through log_batch from here", error)
+                self.bulk = None
+        metrics = [Metric(*point) for point in points]
         while param_items or tag_items or metrics:
             some_params = param_items[:MAX_PARAMS_OR_TAGS]
             some_tags = tag_items[:MAX_PARAMS_OR_TAGS]
@@ -261,11 +278,16 @@ class Uploader:
             self.counts.tags += len(some_tags)
             self.counts.points += len(some_metrics)
 
+    def _drawn(self, record: dict[str, Any]) -> bool:
+        path = Path(record["file"])
+        return (path if path.is_absolute() else self.base / path).is_file()
+
     def _log_artifact(self, record: dict[str, Any]) -> None:
         path = Path(record["file"])
         path = path if path.is_absolute() else self.base / path
-        if not path.is_file() and self.draw is not None and "figure" in record:
-            self.draw(self.path, record)
+        if not path.is_file() and self.figures and record.get("figure") and not self.final:
+            self.waiting.append(record)  # the recording process draws it in a moment
+            return
         if not path.is_file():
             warning = f"{self.path}: artifact {path} is missing; not uploaded"
             log.warning("%s", warning)
@@ -278,9 +300,11 @@ class Uploader:
         run_id = self.state.run_id
         if record.get("error"):
             self.client.set_tag(run_id, ERROR_TAG, str(record["error"])[:5000])
-        elif self.repair:
-            # A run closed as lost while its records could not reach the store, then
-            # uploaded later: the journal knows better, so the lost note goes.
+        else:
+            # A run closed as lost meanwhile (its heartbeat did not reach the store, as seen
+            # from another host), or while its records could not reach the store and then
+            # uploaded later: it ended well after all, the journal knows better, the lost
+            # note goes.
             current = self.client.get_run(run_id).data.tags.get(ERROR_TAG, "")
             if current.startswith(LOST_PREFIX):
                 self.client.delete_tag(run_id, ERROR_TAG)
