@@ -36,20 +36,6 @@ def _no_process_left():
             process.communicate()
 
 
-@pytest.fixture(autouse=True)
-def _own_http_settings():
-    """Opening an HTTP store in-process (sync, report) bounds MLflow's waits through the
-    environment; a test's bound must not reach the commands later tests start."""
-    names = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES")
-    before = {name: os.environ.get(name) for name in names}
-    yield
-    for name, value in before.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-
-
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh working directory, as a user's: MLflow's default store will be created here."""
@@ -115,13 +101,20 @@ def all_runs(client: MlflowClient) -> list:
     return client.search_runs(ids) if ids else []
 
 
-def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 300):
-    """Run ``python -m experiments ARGS`` in a subprocess, as the README shows it."""
+def run_cli(
+    args: list[str],
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+    module: str = "experiments",
+):
+    """Run ``python -m experiments ARGS`` (or another ``module``) in a subprocess, as the
+    README shows it."""
     full_env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI",)}
     full_env.pop("HYDRA_FULL_ERROR", None)
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "experiments", *args],
+        [sys.executable, "-m", module, *args],
         cwd=cwd,
         env=full_env,
         capture_output=True,

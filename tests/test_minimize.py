@@ -115,6 +115,9 @@ def test_unavailable_device_fails_the_run_and_names_what_exists(store_uri, clien
     (run,) = runs_of(client, "minimize")
     assert run.info.status == "FAILED"
     assert "not available" in run.data.tags["error"]
+    # Its params are there, so that filtering params.device = 'cuda' in the UI finds it.
+    assert run.data.params["device"] == "cuda"
+    assert run.data.params["task.steps"] == "20" and run.data.params["optim.lr"] == "0.1"
 
 
 def test_config_errors_start_no_run(store_uri, client, tmp_path) -> None:

@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from tests.conftest import run_cli, runs_of
 from tests.services import MlflowServer
 from tests.test_faults import start_cli, sync, wait_for_points
+from tests.test_reproduce import rerun
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -163,3 +164,22 @@ def test_a_sweep_goes_on_when_the_server_goes_and_sync_completes_it(stoppable, w
         len(range(0, int(run.data.params["task.steps"]), 10)) + 1
         for run in jobs  # and the end
     ]
+
+
+def test_a_run_on_the_server_reruns_into_a_local_store(server, workdir, store_uri) -> None:
+    done = run_cli(
+        ["task.steps=10", "tracking.experiment=published"],
+        cwd=workdir,
+        env={"MLFLOW_TRACKING_URI": server},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    published = runs_of(MlflowClient(server), "published")[0]
+    assert f"--from {server}" in published.data.tags["mlflow.note.content"]
+
+    again = rerun(workdir, published.info.run_id, "--from", server)  # recorded here
+    assert again.returncode == 0, again.stdout + again.stderr[-2000:]
+    assert "verdict: reproduced" in again.stdout
+    local = runs_of(MlflowClient(store_uri), "published")
+    assert [run.data.tags["rerun_of"] for run in local] == [published.info.run_id]
+    assert local[0].data.tags["reproduced"] == "true"
+    assert len(runs_of(MlflowClient(server), "published")) == 1  # nothing new on the server

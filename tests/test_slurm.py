@@ -199,6 +199,10 @@ def test_a_sweep_runs_every_job_as_a_finished_child_and_never_twice(cluster, swe
     status, out, err = sweep.wait()
     assert status == 0, err + sweep.logs()
     assert "Sweep 'sweep slurm': 3 jobs: 3 finished" in out
+    # A SQLite store for jobs on a cluster's nodes: said once, with what to use instead.
+    warned = [line for line in (out + err).splitlines() if "is a SQLite file" in line]
+    assert len(warned) == 1, out + err
+    assert "use a tracking server" in warned[0] and "tracking.offline=true" in warned[0]
     parent, jobs = sweep.split()
     assert parent.info.status == "FINISHED"
     assert sorted(run.data.params["task.steps"] for run in jobs) == ["5", "6", "7"]

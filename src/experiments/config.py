@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -21,6 +21,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from experiments.errors import ConfigError
 
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
+MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's words
 
 
 def open_mapping(values: dict[str, Any]) -> DictConfig:
@@ -83,6 +84,7 @@ class TrackingConfig:
     retry_s: float = 60.0  # how long a failing store is retried mid-run
     heartbeat_s: float = 30.0  # how often a running run says it is alive
     lost_after_s: float = 300.0  # a run silent this long (seen from another host) is lost
+    tags: Dict[str, str] = field(default_factory=dict)  # extra tags on every run (and parent)
 
     def __post_init__(self) -> None:
         check_positive_int("tracking.log_every", self.log_every)
@@ -107,6 +109,8 @@ class Config:
     optim: Any = MISSING
     device: str = "auto"
     seed: int = 0
+    float32_matmul_precision: str = "highest"  # torch.set_float32_matmul_precision
+    deterministic: bool = False  # torch.use_deterministic_algorithms
     skip_existing: bool = False
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -114,6 +118,7 @@ class Config:
         from experiments.devices import check_spec
 
         check_spec(self.device)
+        check_choice("float32_matmul_precision", self.float32_matmul_precision, MATMUL_PRECISIONS)
         if self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed}")
         if self.skip_existing and self.tracking.offline:

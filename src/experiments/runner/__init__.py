@@ -7,13 +7,14 @@ config.
 
 - ``execution``: :func:`execute` and what it returns (:class:`Result`).
 - ``identity``: what a run says about itself (params, first tags, name, config hash).
+- ``environment``: where it ran (``environment.json``: packages, BLAS, CPU, GPU, code).
 - ``store``: where it is recorded, in the record path's terms.
 
 It imports the tasks, the record path and the shared modules; never the sweeps or the
 command line.
 """
 
-from experiments.runner.execution import Result, execute, prepare, run
+from experiments.runner.execution import Result, execute, prepare, reproduce_note, run
 from experiments.runner.identity import config_hash
 from experiments.runner.store import journal_header, live_settings, not_recorded_line, store_of
 
@@ -25,6 +26,7 @@ __all__ = [
     "live_settings",
     "not_recorded_line",
     "prepare",
+    "reproduce_note",
     "run",
     "store_of",
 ]

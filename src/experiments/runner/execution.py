@@ -6,7 +6,9 @@ the command line (``experiments.command``) is the thin Hydra entry point around 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +19,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import config, devices, optimizers, process, record, signals, tasks
-from experiments.errors import first_line
+from experiments.errors import ConfigError, first_line
 from experiments.names import CONFIG_HASH_TAG, PARENT_TAG
 from experiments.record import uris
 from experiments.record.journal import Header
+from experiments.runner import environment
 from experiments.runner.identity import base_tags, config_hash, run_name_for, task_params
 from experiments.runner.store import (
     adhoc_directory,
@@ -196,11 +199,13 @@ def plan(
     out = Path(output_dir) if output_dir is not None else adhoc_directory()
     out.mkdir(parents=True, exist_ok=True)
     tags = {**base_tags(task_name, overrides), CONFIG_HASH_TAG: identity}
+    tags.update({str(key): str(value) for key, value in tracking.tags.items()})
     if parent_run_id is not None:
         tags[PARENT_TAG] = parent_run_id
     header = journal_header(tracking, tracking.experiment or task_name, name, out)
     header.config_hash, header.parent_run_id = identity, parent_run_id
     header.parent_journal = parent_journal
+    header.note = reproduce_note(header.tracking_uri)
     skip = None
     if settings.skip_existing:
         skip = {"config_hash": identity, "key": getattr(task, "OBJECTIVE", None)}
@@ -241,9 +246,17 @@ def _run_task(planned: Plan, rec: Recorder, started: float) -> float | None:
     # A password typed into a tracking URI never reaches the store (see uris.scrub).
     rec.log_text(uris.scrub(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
     rec.log_text(OmegaConf.to_yaml(list(planned.overrides)), "overrides.yaml")
-    device = devices.resolve(settings.device)
+    apply_torch_settings(settings)
+    try:
+        device = devices.resolve(settings.device)
+    except ConfigError:
+        # A job this machine cannot run (device=cuda here) still carries its params, so
+        # that a filter on them in the UI finds it: the device as asked for.
+        rec.log_params(task_params(planned.task, settings, cfg, settings.device))
+        raise
     rec.log_params(task_params(planned.task, settings, cfg, device))
     rec.set_tags({"device": str(device), "device.name": devices.describe(device)})
+    record_environment(rec, device)
     torch.manual_seed(settings.seed)
     ctx = TaskContext(
         device=device,
@@ -260,6 +273,42 @@ def _run_task(planned: Plan, rec: Recorder, started: float) -> float | None:
     total_s = time.perf_counter() - started
     rec.log_metrics({"time/setup_s": setup_s, "time/task_s": task_s, "time/total_s": total_s})
     return objective
+
+
+def apply_torch_settings(settings: config.Config) -> None:
+    """The run's own torch switches: float32 matmul precision, deterministic algorithms.
+
+    Set for every run, so a job of a sweep never inherits the previous job's. cuBLAS needs
+    ``CUBLAS_WORKSPACE_CONFIG`` for deterministic results; it is set (kept when the user
+    set it) before the run touches CUDA.
+    """
+    torch.set_float32_matmul_precision(settings.float32_matmul_precision)
+    if settings.deterministic and "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
+        process.set_env("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(settings.deterministic)
+
+
+def record_environment(rec: Recorder, device: torch.device) -> None:
+    """Where the run ran (``environment.json``, a dirty tree's ``code.diff``, a few tags)."""
+    found = environment.collect(device)
+    code = found["code"]
+    diff = code.pop("diff", "")
+    rec.log_text(json.dumps(found, indent=2, default=str), environment.ENVIRONMENT_FILE)
+    if diff:
+        rec.log_text(diff, environment.DIFF_FILE)
+    rec.set_tags(environment.tags(found))
+
+
+def reproduce_note(tracking_uri: str) -> str:
+    """The run's description in MLflow's UI: the one command that runs it again.
+
+    ``{run_id}`` becomes the run's id when the store creates it.
+    """
+    return (
+        "Run it again, and compare the result with this run's:\n\n"
+        f"    python -m experiments.rerun {{run_id}} --from {uris.scrub(tracking_uri)}\n\n"
+        "(add overrides to change a setting, e.g. device=cuda; see the README, Reproducing a run)"
+    )
 
 
 @dataclass

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-from functools import lru_cache
-from pathlib import Path
 from types import ModuleType
 from typing import Any, Sequence
 
@@ -19,7 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 
 import experiments
 from experiments import config
+from experiments.names import without_tags
 from experiments.record import uris
+from experiments.runner import environment
 
 IDENTITY_EXCLUDED = ("tracking", "skip_existing")
 
@@ -38,7 +37,7 @@ def config_hash(cfg: DictConfig) -> str:
 
 
 def task_params(
-    task: ModuleType, settings: config.Config, cfg: DictConfig, device: torch.device
+    task: ModuleType, settings: config.Config, cfg: DictConfig, device: torch.device | str
 ) -> dict[str, Any]:
     """The params of a run: the settings that affect its task, with the values it used.
 
@@ -81,7 +80,7 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def run_name_for(task_name: str, overrides: Sequence[str]) -> str:
     """A readable run name: the task, then the overrides that differ from the defaults."""
-    shown = [item for item in overrides if not item.startswith(("task=", "hydra."))]
+    shown = [item for item in without_tags(overrides) if not item.startswith(("task=", "hydra."))]
     return " ".join([task_name, *shown])[:250]
 
 
@@ -94,26 +93,9 @@ def base_tags(task_name: str, overrides: Sequence[str]) -> dict[str, str]:
         "overrides": " ".join(overrides) or "(none)",
         "mlflow.source.name": "experiments",
     }
-    commit = git_commit()
-    if commit is not None:
-        tags["mlflow.source.git.commit"] = commit
+    code = environment.code_state(environment.checkout())
+    if code.get("commit"):
+        tags["mlflow.source.git.commit"] = code["commit"]
+        if code.get("branch"):
+            tags["mlflow.source.git.branch"] = code["branch"]
     return tags
-
-
-@lru_cache(maxsize=1)
-def git_commit() -> str | None:
-    """The commit of the checkout this package runs from, or None when installed elsewhere."""
-    root = Path(experiments.__file__).resolve().parents[2]
-    if not (root / ".git").exists():
-        return None
-    try:
-        result = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None

@@ -18,15 +18,22 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from experiments import process, record, tasks
 from experiments.errors import ConfigError, RunFailure, first_line
-from experiments.names import SWEEP_TAG
+from experiments.names import SWEEP_TAG, without_tags
 from experiments.record import uris
 from experiments.record.client import RecorderGone
 from experiments.record.recorder import MAX_TAG_LENGTH
-from experiments.runner import journal_header, live_settings, not_recorded_line, prepare, store_of
+from experiments.runner import (
+    journal_header,
+    live_settings,
+    not_recorded_line,
+    prepare,
+    reproduce_note,
+    store_of,
+)
 from experiments.sweeps.outcomes import Outcome, counts_line, read_outcomes
 from experiments.sweeps.parent import PARENT_FILE, SWEPT_FILE, sweep_name, swept_keys
 from experiments.sweeps.stopping import LOST_JOB, close_abandoned, stop_jobs
@@ -88,6 +95,20 @@ class SweepCallback(Callback):
         finish()
 
 
+LAUNCH_FILE = "hydra_overrides.yaml"  # a sweep's launcher and sweeper overrides
+
+
+def launch_overrides(hydra_overrides: Any) -> list[str]:
+    """The overrides that chose how a sweep ran its jobs: launcher and sweeper, not paths."""
+    return [
+        uris.scrub(str(item))
+        for item in hydra_overrides
+        if str(item).startswith(
+            ("hydra/launcher=", "hydra/sweeper=", "hydra.launcher.", "hydra.sweeper.")
+        )
+    ]
+
+
 def start(config: DictConfig) -> str | None:
     """Open the parent run of the sweep ``config`` describes and export its id to jobs.
 
@@ -108,13 +129,20 @@ def start(config: DictConfig) -> str | None:
     except OSError:
         return None  # the launcher fails on it next, and the command says so in one line
     header = journal_header(tracking, experiment, name, directory)
+    header.note = reproduce_note(header.tracking_uri)
     tags = {
         SWEEP_TAG: "true",
         "sweep.dir": str(hydra_cfg.sweep.dir),
         "overrides": " ".join(overrides),
+        **{str(key): str(value) for key, value in tracking.tags.items()},
     }
     store = store_of(tracking)
     recording = record.open_run(directory, header, tags, store, live_settings(tracking))
+    # What a rerun of the sweep starts from (python -m experiments.rerun PARENT).
+    recording.recorder.log_text(OmegaConf.to_yaml(overrides), "overrides.yaml")
+    launching = launch_overrides(hydra_cfg.overrides.hydra)
+    if launching:
+        recording.recorder.log_text(OmegaConf.to_yaml(launching), LAUNCH_FILE)
     objective = getattr(tasks.find(config.task.name), "OBJECTIVE", None)
     # Active from here: a signal during the start-up below ends the parent KILLED (finish).
     _active.append(_Sweep(recording, store, directory, name, objective))
@@ -126,11 +154,32 @@ def start(config: DictConfig) -> str | None:
             _active.pop()
         raise
     _share_cores(hydra_cfg.launcher)
+    _warn_sqlite_on_a_cluster(hydra_cfg.launcher, header.tracking_uri, tracking.offline)
     swept = swept_keys(overrides, hydra_cfg.sweeper.get("params"))
     Path(directory, SWEPT_FILE).write_text(json.dumps(swept), encoding="utf-8")
     if recording.run_id is not None:
         Path(directory, PARENT_FILE).write_text(recording.run_id, encoding="utf-8")
     return recording.run_id
+
+
+def _warn_sqlite_on_a_cluster(launcher: DictConfig, tracking_uri: str, offline: bool) -> None:
+    """Say once that a SQLite store is no place for jobs on several nodes.
+
+    SQLite's own documentation: its locking is unreliable on a network filesystem, which is
+    where a Slurm sweep's jobs on several nodes would reach the file.
+    """
+    target = str(launcher.get("_target_", ""))
+    if offline or not target.endswith("SlurmLauncher"):
+        return
+    path = uris.sqlite_path(tracking_uri)
+    if path is None:
+        return
+    log.warning(
+        "the tracking store %s is a SQLite file, which jobs on several nodes reach over a "
+        "shared filesystem, where SQLite's locking is not reliable: use a tracking server "
+        "(docs/team.md), or tracking.offline=true and python -m experiments.sync afterwards",
+        tracking_uri,
+    )
 
 
 def _share_cores(launcher: DictConfig) -> None:
@@ -213,7 +262,7 @@ def _summary(sweep: _Sweep, outcomes: list[Outcome], best: Optional[Outcome]) ->
     if best is not None and best.objective is not None:
         summary += (
             f"\nbest {sweep.objective}: {number(best.objective)} (job {best.job}: "
-            f"{' '.join(best.overrides)}), run {best.run_id}"
+            f"{' '.join(without_tags(best.overrides))}), run {best.run_id}"
         )
     return summary
 

@@ -18,6 +18,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 
 from experiments import signals
+from experiments.names import without_tags
 from experiments.record import journal
 
 PARENT_FILE = "parent_run_id"
@@ -111,4 +112,4 @@ def sweep_name(experiment: str | None, overrides: list[str]) -> str:
     """The parent run's name: the named sweep, or the command line's overrides."""
     if experiment:
         return f"sweep {experiment}"
-    return " ".join(["sweep", *overrides])[:250]
+    return " ".join(["sweep", *without_tags(overrides)])[:250]

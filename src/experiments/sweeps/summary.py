@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+from experiments.names import without_tags
 from experiments.record import uris
 from experiments.sweeps.outcomes import Outcome
 
@@ -54,7 +55,8 @@ def summary_table(outcomes: list[Outcome], objective: Optional[str] = None) -> s
     for outcome in outcomes:
         value = "" if outcome.objective is None else number(outcome.objective)
         note = outcome.reason or (outcome.run_id or "")
-        rows.append((str(outcome.job), " ".join(outcome.overrides), outcome.status, value, note))
+        shown = " ".join(without_tags(outcome.overrides))
+        rows.append((str(outcome.job), shown, outcome.status, value, note))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4]

@@ -11,6 +11,7 @@ Usage::
     python -m experiments.report                      # the most recent sweep
     python -m experiments.report --parent RUN_ID      # one sweep: its child runs
     python -m experiments.report --experiment matmul  # every run of an experiment
+    python -m experiments.report --compare A B        # did run (or sweep) B reproduce A?
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from mlflow.exceptions import MlflowException
 
 from experiments import process
 from experiments.errors import ConfigError, first_line
-from experiments.record.store.tracker import Tracker
-from experiments.record.uris import resolve, sqlite_path
+from experiments.record.store.tracker import open_existing
+from experiments.reproduce import compare
+from experiments.reproduce.records import get_run
 from experiments.sweeps.report.assemble import ARTIFACT_DIR, build, default_out, write
 from experiments.sweeps.report.selection import select
 from experiments.sweeps.report.tables import plural
@@ -37,11 +39,17 @@ OPEN_TIMEOUT_S = 10.0  # how long to wait for a tracking server
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (1 after a one-line error)."""
     args = parse_args(argv)
-    with process.mlflow_http_bounds(OPEN_TIMEOUT_S):
-        return _report(args)
+    process.set_env("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        with process.mlflow_http_bounds(OPEN_TIMEOUT_S), process.scrubbed_output():
+            return _report(args)
+    finally:
+        process.restore_env()  # called in-process (tests, scripts), it leaves nothing set
 
 
 def _report(args: argparse.Namespace) -> int:
+    if args.compare:
+        return _compare(args)
     try:
         client = open_store(args.tracking_uri)
         selection = select(client, parent=args.parent, experiment=args.experiment)
@@ -61,6 +69,22 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    """The verdict on two runs or two sweeps that exist: the second against the first."""
+    try:
+        client = open_store(args.tracking_uri)
+        first, second = (
+            compare.side(client, get_run(client, run_id, args.tracking_uri or "the store"))
+            for run_id in args.compare
+        )
+        verdict = compare.compare(first, second)
+    except (ConfigError, MlflowException, OSError) as error:
+        print(f"error: {first_line(error)}", file=sys.stderr)
+        return 1
+    print(verdict.text(f"{second.label} against {first.label}"), end="")
+    return 0
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line's options; ``--parent`` and ``--experiment`` exclude each other."""
     parser = argparse.ArgumentParser(
@@ -70,6 +94,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--parent", metavar="RUN_ID", help="a sweep's parent run: its child runs")
     which.add_argument("--experiment", metavar="NAME", help="every run of this experiment")
+    which.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("A", "B"),
+        help="two runs (or two sweeps' parent runs): did B reproduce A? (as experiments.rerun)",
+    )
     parser.add_argument(
         "--tracking-uri",
         metavar="URI",
@@ -86,13 +116,4 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def open_store(uri: str | None) -> MlflowClient:
     """A client on an existing store; a SQLite file that is not there is an error, not created."""
-    resolved, source = resolve(uri)
-    source = "--tracking-uri" if source == "tracking.uri" else source
-    path = sqlite_path(resolved)
-    if path is not None and not path.is_file():
-        shown = Path(resolved.removeprefix("sqlite:///"))  # as the user wrote it
-        raise ConfigError(f"{source}={resolved}: no tracking store at {shown}")
-    try:
-        return Tracker(resolved, OPEN_TIMEOUT_S).client
-    except ConfigError as error:
-        raise ConfigError(str(error).replace("tracking.uri=", f"{source}=", 1)) from error
+    return open_existing(uri, "--tracking-uri", OPEN_TIMEOUT_S).client
