@@ -274,3 +274,15 @@ def test_sync_logs_in_with_a_password_in_its_uri_and_keeps_it_out(team, admin, w
     assert run.info.status == "FINISHED"
     marks = [p.read_text() for p in (workdir / "outputs").rglob("journal.uploaded.json")]
     assert marks and not [text for text in marks if secret in text]
+
+
+def test_a_store_on_postgresql_directly_bounds_its_connections_and_statements(team) -> None:
+    from sqlalchemy import text
+
+    from experiments.record.store.tracker import Tracker
+
+    tracker = Tracker(team.postgres.create_database("bounded"), timeout_s=5.0)
+    with tracker.bulk.engine.connect() as connection:  # the engine the points go through
+        assert connection.execute(text("SHOW statement_timeout")).scalar() == "30s"
+    # MLflow's own engine is opened with the same URI: it connects, and answers.
+    assert tracker.client.search_runs([tracker.experiment_id("bounded")]) == []

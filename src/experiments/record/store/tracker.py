@@ -32,20 +32,28 @@ from experiments.record.uris import resolve as resolve_uri
 log = logging.getLogger(__name__)
 
 
-def bounded_database_uri(uri: str, timeout_s: float) -> str:
-    """A PostgreSQL URI whose connections give up after ``timeout_s`` (libpq's own
-    ``connect_timeout``, unless the URI sets it); any other URI as it is.
+STATEMENT_TIMEOUTS = 6  # a statement may take this many tracking.timeout_s (a minute by default)
 
-    Without it, a database host that does not answer holds a connection attempt for as long
-    as the system's TCP settings allow (minutes).
+
+def bounded_database_uri(uri: str, timeout_s: float) -> str:
+    """A PostgreSQL URI whose waits are bounded; any other URI as it is.
+
+    libpq's ``connect_timeout`` gives up on a database host that does not answer after
+    ``timeout_s`` (2 s at least), and a ``statement_timeout`` of :data:`STATEMENT_TIMEOUTS`
+    times that on one that accepted the connection and then hangs (a lock held elsewhere).
+    Either is kept where the URI sets it. Without them, a connection or a statement waits as
+    long as the system's TCP settings allow: minutes, or for ever.
     """
     if not uri.startswith("postgresql"):
         return uri
     parts = urlsplit(uri)
     query = parse_qsl(parts.query, keep_blank_values=True)
-    if any(key == "connect_timeout" for key, _ in query):
-        return uri
-    query.append(("connect_timeout", str(max(2, math.ceil(timeout_s)))))  # libpq: 2 s at least
+    given = {key for key, _ in query}
+    if "connect_timeout" not in given:
+        query.append(("connect_timeout", str(max(2, math.ceil(timeout_s)))))
+    if "options" not in given:
+        statement_ms = int(STATEMENT_TIMEOUTS * max(2.0, timeout_s) * 1000)
+        query.append(("options", f"-c statement_timeout={statement_ms}"))
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
