@@ -10,7 +10,7 @@ algorithms), and the code (commit, branch, a dirty tree's diff) with the command
 
 :func:`tags` picks the few fields people filter on (``blas``, ``threads``, ``cpu.isa``,
 ``code.dirty``). Nothing here imports MLflow; what is slow to find (git) is found once per
-process and collected while the store opens, before the task starts.
+process, while the store opens (:func:`prepare`), off the task's path.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def collect(device: torch.device, root: Optional[Path] = None) -> dict[str, Any]
             "release": platform.release(),
             "machine": platform.machine(),
         },
-        "packages": package_versions(),
+        "packages": dict(package_versions()),
         "torch": torch_build(),
         "threadpools": threadpools(),
         "cpu": cpu(),
@@ -113,6 +113,14 @@ def tags(environment: dict[str, Any]) -> dict[str, str]:
     return found
 
 
+def prepare() -> None:
+    """Find now what is slow to find (git's answers, the packages' versions: some 50 ms),
+    once a process: the runner calls this while the store opens, off the task's path."""
+    code_state(checkout())
+    package_versions()
+
+
+@lru_cache(maxsize=1)
 def package_versions() -> dict[str, str]:
     """The versions of the packages a run uses, those installed."""
     versions = {}

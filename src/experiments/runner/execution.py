@@ -214,10 +214,12 @@ def plan(
 
 
 def prepare(task_name: str) -> None:
-    """What a task's start-up imports anyway (its ``prepare``), done while a store opens."""
+    """What a task's start-up imports anyway (its ``prepare``), and what is slow to find
+    about where it runs (git, the packages' versions), done while a store opens."""
     prepare_task = getattr(tasks.find(task_name), "prepare", None)
     if prepare_task is not None:
         prepare_task()
+    environment.prepare()
     process.settle()  # the command's start-up ends here (see experiments.process)
 
 
