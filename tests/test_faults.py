@@ -221,7 +221,10 @@ def test_sigterm_while_a_sweep_starts_ends_its_parent_killed(workdir) -> None:
     # waits a few seconds at most): that process may still be opening the store now.
     parent = closed_run(store(workdir), "minimize")
     assert parent.data.tags["sweep"] == "true"
-    assert (parent.info.status, parent.data.tags["error"]) == ("KILLED", "terminated (SIGTERM)")
+    assert (parent.info.status, parent.data.tags["error"]) == (
+        "KILLED",
+        "terminated (SIGTERM)",
+    ), parent.data.tags["error"]
 
 
 def closed_run(client: MlflowClient, experiment: str, timeout: float = 60.0):

@@ -20,6 +20,11 @@ SWEEP_TAG = "sweep"  # "true" on a sweep's parent run
 NOTE_TAG = "mlflow.note.content"  # MLflow's own: a run's description (how to rerun it)
 RERUN_OF_TAG = "rerun_of"  # a rerun names the run it ran again
 REPRODUCED_TAG = "reproduced"  # a rerun's verdict: true, false, or why it cannot say
+# The files of a run's record that a rerun reads back (experiments.reproduce).
+OVERRIDES_FILE = "overrides.yaml"  # the command line's overrides that made the run
+LAUNCH_FILE = "hydra_overrides.yaml"  # a sweep's launcher and sweeper overrides
+ENVIRONMENT_FILE = "environment.json"  # where the run ran (runner.environment)
+CODE_DIFF_FILE = "code.diff"  # a dirty checkout's changes
 
 
 def without_tags(overrides: Sequence[str]) -> list[str]:

@@ -66,6 +66,9 @@ class Store:
     timeout_s: float = 10.0
 
 
+ANSWER_WAIT_S = Settings.retry_s + Store.timeout_s + ANSWER_SLACK_S  # answer_within, defaults
+
+
 @dataclass
 class Delivery:
     """How a closed run's records fared.
@@ -86,7 +89,9 @@ class Delivery:
 class PendingDelivery:
     """A run's end, sent to the recording process; :meth:`wait` says how it fared."""
 
-    def __init__(self, journal: Path, pending: client.Pending, wait_s: float = 130.0) -> None:
+    def __init__(
+        self, journal: Path, pending: client.Pending, wait_s: float = ANSWER_WAIT_S
+    ) -> None:
         self.journal = journal
         self._pending = pending
         self.wait_s = wait_s  # the longest wait for the answer (answer_within)
@@ -114,7 +119,7 @@ class LiveRun:
         service: Optional[client.Recorder],
         pending: Optional[client.Pending] = None,
         unrecorded: Optional[str] = None,
-        wait_s: float = 130.0,
+        wait_s: float = ANSWER_WAIT_S,
     ) -> None:
         self.writer = writer
         self.service = service
@@ -226,7 +231,7 @@ class LiveRun:
         if self._pending is not None:  # closed before the task began: still end the run
             # (after a signal, without waiting long: a recording process still creating
             # the run uploads the journal, its end included, before it exits)
-            self.started(fallback=True, timeout=HURRY_WAIT_S if hurry else self.wait_s)
+            self.started(fallback=True, timeout=HURRY_WAIT_S if hurry else None)
         self.writer.append({"type": "end", "status": status, "error": error})
         self.writer.close()
         if self.service is None:
@@ -240,7 +245,7 @@ class LiveRun:
         )
         if not wait:
             return pending
-        return pending.wait(HURRY_WAIT_S if hurry else self.wait_s)
+        return pending.wait(HURRY_WAIT_S if hurry else None)
 
     def _discard(self) -> None:
         self.discarded = True

@@ -20,6 +20,7 @@ import socket
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
 from experiments.names import ERROR_TAG
@@ -40,6 +41,7 @@ def host() -> str:
     return socket.gethostname()
 
 
+@lru_cache(maxsize=1)
 def place() -> str | None:
     """Where a pid of this process means this process: the boot and the pid namespace.
 

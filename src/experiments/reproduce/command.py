@@ -95,6 +95,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "overrides",
         nargs="*",
+        default=[],  # optional: without a default, argparse calls it required in its usage error
         metavar="OVERRIDES",
         help="key=value overrides on top of the recorded ones, e.g. device=cuda",
     )

@@ -16,9 +16,7 @@ equal, or within the noise. The environment's differences explain; they do not d
 
 from __future__ import annotations
 
-import json
 import math
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -27,6 +25,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from experiments.names import PARENT_TAG, SWEEP_TAG, result
+from experiments.reproduce.records import environment_of
 
 TIME_MS, TIME_IQR_MS = result("time_ms"), result("time_iqr_ms")
 # Not results: how long things took (time/...), MLflow's system metrics, how a timing was
@@ -37,7 +36,6 @@ MEASUREMENT = ("repeats", "timing_s")
 INCIDENTAL = ("command", "cwd", "code.diff_bytes")
 # Tags that say where a run ran as the task itself saw it (a matmul sets its threads).
 ENVIRONMENT_TAGS = ("device.name", "threads", "blas", "cpu.isa", "torch.version", "code.dirty")
-ENVIRONMENT_FILE = "environment.json"
 
 
 @dataclass
@@ -90,15 +88,7 @@ class Verdict:
 
 def side(client: MlflowClient, run: Run) -> Side:
     """A run with its ``environment.json`` read (None when it has none)."""
-    return Side(client, run, read_environment(client, run.info.run_id))
-
-
-def read_environment(client: MlflowClient, run_id: str) -> Optional[dict[str, Any]]:
-    if ENVIRONMENT_FILE not in {item.path for item in client.list_artifacts(run_id)}:
-        return None
-    with tempfile.TemporaryDirectory(prefix="experiments-compare-") as scratch:
-        path = client.download_artifacts(run_id, ENVIRONMENT_FILE, scratch)
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+    return Side(client, run, environment_of(client, run.info.run_id))
 
 
 def is_sweep(run: Run) -> bool:

@@ -21,11 +21,15 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from experiments.errors import ConfigError, first_line
-from experiments.names import PARENT_TAG, RERUN_OF_TAG, SWEEP_TAG
+from experiments.names import (
+    ENVIRONMENT_FILE,
+    LAUNCH_FILE,
+    OVERRIDES_FILE,
+    PARENT_TAG,
+    RERUN_OF_TAG,
+    SWEEP_TAG,
+)
 
-OVERRIDES_FILE = "overrides.yaml"
-LAUNCH_FILE = "hydra_overrides.yaml"
-ENVIRONMENT_FILE = "environment.json"
 # A rerun records in the user's store, always anew: these of the original's overrides are
 # left out (its experiment, tracking.experiment where it was given, is kept).
 DROPPED = ("tracking.uri", "tracking.offline", "skip_existing")
@@ -72,17 +76,15 @@ def read(client: MlflowClient, run_id: str, store: str) -> Record:
     """
     run = get_run(client, run_id, store)
     experiment = client.get_experiment(run.info.experiment_id).name
-    with tempfile.TemporaryDirectory(prefix="experiments-rerun-") as scratch:
-        overrides = artifact_text(client, run_id, OVERRIDES_FILE, scratch)
-        launching = artifact_text(client, run_id, LAUNCH_FILE, scratch)
-        environment = artifact_text(client, run_id, ENVIRONMENT_FILE, scratch)
-    if overrides is None:
+    texts = artifact_texts(client, run_id, (OVERRIDES_FILE, LAUNCH_FILE, ENVIRONMENT_FILE))
+    if texts[OVERRIDES_FILE] is None:
         raise ConfigError(no_record_line(run))
+    environment = texts[ENVIRONMENT_FILE]
     return Record(
         run=run,
         experiment=experiment,
-        overrides=[str(item) for item in yaml.safe_load(overrides) or []],
-        launching=[str(item) for item in yaml.safe_load(launching or "[]") or []],
+        overrides=[str(item) for item in yaml.safe_load(texts[OVERRIDES_FILE]) or []],
+        launching=[str(item) for item in yaml.safe_load(texts[LAUNCH_FILE] or "[]") or []],
         environment=json.loads(environment) if environment else None,
     )
 
@@ -107,16 +109,27 @@ def no_record_line(run: Run) -> str:
     )
 
 
-def artifact_text(client: MlflowClient, run_id: str, name: str, scratch: str) -> Optional[str]:
-    """A text artifact of the run at its top level, or None when it has none."""
+def environment_of(client: MlflowClient, run_id: str) -> Optional[dict[str, Any]]:
+    """Where the run ran (its ``environment.json``), or None when it has none."""
+    text = artifact_texts(client, run_id, (ENVIRONMENT_FILE,))[ENVIRONMENT_FILE]
+    return json.loads(text) if text else None
+
+
+def artifact_texts(
+    client: MlflowClient, run_id: str, names: Sequence[str]
+) -> dict[str, Optional[str]]:
+    """Text artifacts of the run at its top level, by name; None for those it has not."""
     try:
-        names = {item.path for item in client.list_artifacts(run_id)}
+        present = {item.path for item in client.list_artifacts(run_id)}
     except MlflowException:
-        return None
-    if name not in names:
-        return None
-    path = client.download_artifacts(run_id, name, scratch)
-    return Path(path).read_text(encoding="utf-8")
+        present = set()
+    texts: dict[str, Optional[str]] = dict.fromkeys(names)
+    with tempfile.TemporaryDirectory(prefix="experiments-rerun-") as scratch:
+        for name in names:
+            if name in present:
+                path = client.download_artifacts(run_id, name, scratch)
+                texts[name] = Path(path).read_text(encoding="utf-8")
+    return texts
 
 
 def command_line(record: Record, overrides: Sequence[str]) -> list[str]:

@@ -65,15 +65,14 @@ ISA_FLAGS = (
 )
 MAX_DIFF_BYTES = 1_000_000  # code.diff keeps at most this much of a dirty tree's diff
 GIT_TIMEOUT_S = 5.0
-ENVIRONMENT_FILE = "environment.json"
-DIFF_FILE = "code.diff"
 
 
-def collect(device: torch.device, root: Optional[Path] = None) -> dict[str, Any]:
+def collect(device: Optional[torch.device], root: Optional[Path] = None) -> dict[str, Any]:
     """Everything :mod:`this module <experiments.runner.environment>` records about a run.
 
     Args:
-        device: the device the run uses (its GPU is described when it is one).
+        device: the device the run uses (its GPU is described when it is one); None when
+            it could not be had here.
         root: the checkout whose code state is recorded; by default the one this package
             runs from (none when it is installed elsewhere).
     """
@@ -101,7 +100,7 @@ def collect(device: torch.device, root: Optional[Path] = None) -> dict[str, Any]
 
 
 def tags(environment: dict[str, Any]) -> dict[str, str]:
-    """The fields people filter on in the UI, as tags."""
+    """The fields people filter on in the UI, as tags; the code's as MLflow names them."""
     found = {
         "blas": environment["torch"].get("blas") or "unknown",
         "threads": str(environment["torch"]["threads"]),
@@ -110,6 +109,9 @@ def tags(environment: dict[str, Any]) -> dict[str, str]:
     code = environment["code"]
     if code.get("commit"):
         found["code.dirty"] = "true" if code["dirty"] else "false"
+        found["mlflow.source.git.commit"] = code["commit"]
+        if code.get("branch"):
+            found["mlflow.source.git.branch"] = code["branch"]
     return found
 
 
@@ -193,8 +195,10 @@ def cpu() -> dict[str, Any]:
     return info
 
 
-def gpu(device: torch.device) -> Optional[dict[str, Any]]:
+def gpu(device: Optional[torch.device]) -> Optional[dict[str, Any]]:
     """The GPU a run uses: name, compute capability, memory, driver; None on the CPU."""
+    if device is None:
+        return None
     if device.type == "mps":
         return {"name": "Apple MPS"}
     if device.type != "cuda":

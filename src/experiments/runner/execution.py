@@ -20,11 +20,23 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments import config, devices, optimizers, process, record, signals, tasks
 from experiments.errors import ConfigError, first_line
-from experiments.names import CONFIG_HASH_TAG, PARENT_TAG
+from experiments.names import (
+    CODE_DIFF_FILE,
+    CONFIG_HASH_TAG,
+    ENVIRONMENT_FILE,
+    OVERRIDES_FILE,
+    PARENT_TAG,
+)
 from experiments.record import uris
 from experiments.record.journal import Header
 from experiments.runner import environment
-from experiments.runner.identity import base_tags, config_hash, run_name_for, task_params
+from experiments.runner.identity import (
+    base_tags,
+    config_hash,
+    extra_tags,
+    run_name_for,
+    task_params,
+)
 from experiments.runner.store import (
     adhoc_directory,
     journal_header,
@@ -198,8 +210,7 @@ def plan(
     name = tracking.run_name or run_name or run_name_for(task_name, overrides)
     out = Path(output_dir) if output_dir is not None else adhoc_directory()
     out.mkdir(parents=True, exist_ok=True)
-    tags = {**base_tags(task_name, overrides), CONFIG_HASH_TAG: identity}
-    tags.update({str(key): str(value) for key, value in tracking.tags.items()})
+    tags = {**base_tags(task_name, overrides), CONFIG_HASH_TAG: identity, **extra_tags(tracking)}
     if parent_run_id is not None:
         tags[PARENT_TAG] = parent_run_id
     header = journal_header(tracking, tracking.experiment or task_name, name, out)
@@ -247,14 +258,16 @@ def _run_task(planned: Plan, rec: Recorder, started: float) -> float | None:
     settings, cfg = planned.settings, planned.cfg
     # A password typed into a tracking URI never reaches the store (see uris.scrub).
     rec.log_text(uris.scrub(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
-    rec.log_text(OmegaConf.to_yaml(list(planned.overrides)), "overrides.yaml")
+    rec.log_text(OmegaConf.to_yaml(list(planned.overrides)), OVERRIDES_FILE)
     apply_torch_settings(settings)
     try:
         device = devices.resolve(settings.device)
     except ConfigError:
         # A job this machine cannot run (device=cuda here) still carries its params, so
-        # that a filter on them in the UI finds it: the device as asked for.
+        # that a filter on them in the UI finds it (the device as asked for), and says
+        # where it was tried.
         rec.log_params(task_params(planned.task, settings, cfg, settings.device))
+        record_environment(rec, None)
         raise
     rec.log_params(task_params(planned.task, settings, cfg, device))
     rec.set_tags({"device": str(device), "device.name": devices.describe(device)})
@@ -290,14 +303,14 @@ def apply_torch_settings(settings: config.Config) -> None:
     torch.use_deterministic_algorithms(settings.deterministic)
 
 
-def record_environment(rec: Recorder, device: torch.device) -> None:
+def record_environment(rec: Recorder, device: Optional[torch.device]) -> None:
     """Where the run ran (``environment.json``, a dirty tree's ``code.diff``, a few tags)."""
     found = environment.collect(device)
     code = found["code"]
     diff = code.pop("diff", "")
-    rec.log_text(json.dumps(found, indent=2, default=str), environment.ENVIRONMENT_FILE)
+    rec.log_text(json.dumps(found, indent=2, default=str), ENVIRONMENT_FILE)
     if diff:
-        rec.log_text(diff, environment.DIFF_FILE)
+        rec.log_text(diff, CODE_DIFF_FILE)
     rec.set_tags(environment.tags(found))
 
 

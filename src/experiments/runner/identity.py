@@ -18,7 +18,6 @@ import experiments
 from experiments import config
 from experiments.names import without_tags
 from experiments.record import uris
-from experiments.runner import environment
 
 IDENTITY_EXCLUDED = ("tracking", "skip_existing")
 
@@ -85,7 +84,8 @@ def run_name_for(task_name: str, overrides: Sequence[str]) -> str:
 
 
 def base_tags(task_name: str, overrides: Sequence[str]) -> dict[str, str]:
-    """Tags every run carries, known before the task starts."""
+    """Tags every run carries, known before the task starts (where it runs, its code
+    included, is recorded once the device is resolved: ``runner.environment``)."""
     tags = {
         "task": task_name,
         "torch.version": torch.__version__,
@@ -93,9 +93,9 @@ def base_tags(task_name: str, overrides: Sequence[str]) -> dict[str, str]:
         "overrides": " ".join(overrides) or "(none)",
         "mlflow.source.name": "experiments",
     }
-    code = environment.code_state(environment.checkout())
-    if code.get("commit"):
-        tags["mlflow.source.git.commit"] = code["commit"]
-        if code.get("branch"):
-            tags["mlflow.source.git.branch"] = code["branch"]
     return tags
+
+
+def extra_tags(tracking: config.TrackingConfig) -> dict[str, str]:
+    """The tags ``tracking.tags`` adds to every run and to a sweep's parent."""
+    return {str(key): str(value) for key, value in tracking.tags.items()}

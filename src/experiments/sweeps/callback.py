@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments import process, record, tasks
 from experiments.errors import ConfigError, RunFailure, first_line
-from experiments.names import SWEEP_TAG, without_tags
+from experiments.names import LAUNCH_FILE, OVERRIDES_FILE, SWEEP_TAG, without_tags
 from experiments.record import uris
 from experiments.record.client import RecorderGone
 from experiments.record.recorder import MAX_TAG_LENGTH
@@ -34,6 +34,7 @@ from experiments.runner import (
     reproduce_note,
     store_of,
 )
+from experiments.runner.identity import extra_tags
 from experiments.sweeps.outcomes import Outcome, counts_line, read_outcomes
 from experiments.sweeps.parent import PARENT_FILE, SWEPT_FILE, sweep_name, swept_keys
 from experiments.sweeps.stopping import LOST_JOB, close_abandoned, stop_jobs
@@ -95,9 +96,6 @@ class SweepCallback(Callback):
         finish()
 
 
-LAUNCH_FILE = "hydra_overrides.yaml"  # a sweep's launcher and sweeper overrides
-
-
 def launch_overrides(hydra_overrides: Any) -> list[str]:
     """The overrides that chose how a sweep ran its jobs: launcher and sweeper, not paths."""
     return [
@@ -134,19 +132,20 @@ def start(config: DictConfig) -> str | None:
         SWEEP_TAG: "true",
         "sweep.dir": str(hydra_cfg.sweep.dir),
         "overrides": " ".join(overrides),
-        **{str(key): str(value) for key, value in tracking.tags.items()},
+        **extra_tags(tracking),
     }
     store = store_of(tracking)
-    recording = record.open_run(directory, header, tags, store, live_settings(tracking))
-    # What a rerun of the sweep starts from (python -m experiments.rerun PARENT).
-    recording.recorder.log_text(OmegaConf.to_yaml(overrides), "overrides.yaml")
-    launching = launch_overrides(hydra_cfg.overrides.hydra)
-    if launching:
-        recording.recorder.log_text(OmegaConf.to_yaml(launching), LAUNCH_FILE)
     objective = getattr(tasks.find(config.task.name), "OBJECTIVE", None)
-    # Active from here: a signal during the start-up below ends the parent KILLED (finish).
+    recording = record.open_run(directory, header, tags, store, live_settings(tracking))
+    # Active from its journal's first line: a signal from here on, during the start-up
+    # below included, ends the parent KILLED (finish), never lost.
     _active.append(_Sweep(recording, store, directory, name, objective))
     try:
+        # What a rerun of the sweep starts from (python -m experiments.rerun PARENT).
+        recording.recorder.log_text(OmegaConf.to_yaml(overrides), OVERRIDES_FILE)
+        launching = launch_overrides(hydra_cfg.overrides.hydra)
+        if launching:
+            recording.recorder.log_text(OmegaConf.to_yaml(launching), LAUNCH_FILE)
         prepare(config.task.name)  # the jobs' start-up, while the store opens
         recording.started()  # a store that cannot take the parent stops the sweep here
     except BaseException:

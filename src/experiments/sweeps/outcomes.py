@@ -46,6 +46,18 @@ class Outcome:
         temporary.write_text(json.dumps(fields), encoding="utf-8")
         os.replace(temporary, target)
 
+    @classmethod
+    def read(cls, path: str | Path) -> Outcome:
+        """An outcome file as written, fields this version does not know left out.
+
+        Raises:
+            OSError, ValueError, TypeError: the file cannot be read, or is not an outcome.
+        """
+        fields = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls(
+            **{key: value for key, value in fields.items() if key in cls.__dataclass_fields__}
+        )
+
     def gone(self) -> bool:
         """Whether this RUNNING job's process has ended (as far as this host can tell)."""
         if not liveness.same_place(self.host, self.place) or self.pid is None:
@@ -81,9 +93,7 @@ def read_outcomes(sweep_dir: str | Path) -> list[Outcome]:
     found = []
     for path in Path(sweep_dir).glob(f"*/{OUTCOME_FILE}"):
         try:
-            fields = json.loads(path.read_text(encoding="utf-8"))
-            known = Outcome.__dataclass_fields__
-            outcome = Outcome(**{key: value for key, value in fields.items() if key in known})
+            outcome = Outcome.read(path)
         except (OSError, ValueError, TypeError):
             log.warning("unreadable job outcome %s", path)
             continue

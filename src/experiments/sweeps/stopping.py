@@ -9,7 +9,6 @@ process (``record.adopt``).
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import time
@@ -75,9 +74,10 @@ def close_abandoned(
     for path in journal.find([directory]):
         if path == parent_journal or journal.ended(path) or journal.held(path) is not False:
             continue
-        header = journal.read_header(path)
-        if this_host_only and not liveness.same_place(header.host, header.place):
-            continue
+        if this_host_only:
+            header = journal.read_header(path)
+            if not liveness.same_place(header.host, header.place):
+                continue
         _close_run(path, store, status, reason)
     for outcome in read_outcomes(directory):
         if outcome.status == "RUNNING" and outcome.gone():
@@ -97,8 +97,7 @@ def _close_run(path: Path, store: record.Store | None, status: str, reason: str)
         return
     outcome_file = Path(path.parent, OUTCOME_FILE)
     if outcome_file.exists():
-        fields = json.loads(outcome_file.read_text(encoding="utf-8"))
-        outcome = Outcome(**{k: v for k, v in fields.items() if k in Outcome.__dataclass_fields__})
+        outcome = Outcome.read(outcome_file)
         if outcome.status == "RUNNING":
             outcome.run_id = run_id
             outcome.write(path.parent)
