@@ -200,13 +200,22 @@ def test_sigterm_stops_a_sweep_no_further_job_starts(workdir) -> None:
     assert all("SIGTERM" in run.data.tags["error"] for run in runs)
 
 
-def test_sigterm_while_a_sweep_starts_ends_its_parent_killed(workdir) -> None:
-    # The parent's journal is there before its run is: the signal comes while the store
-    # opens (a fresh SQLite file, its tables created) and the task's modules load.
-    process = start_cli(["-m", "task.steps=5,6"], workdir)
+@pytest.mark.parametrize(
+    ("args", "journal", "sweep"),
+    [
+        (["-m", "task.steps=5,6"], "outputs/multirun/*/*/journal.jsonl", "true"),
+        (["task.steps=5"], "outputs/runs/*/*/journal.jsonl", None),
+    ],
+    ids=["sweep", "run"],
+)
+def test_sigterm_while_a_run_opens_ends_it_killed(workdir, args, journal, sweep) -> None:
+    # The journal is there before the run is: the signal comes while the run opens (its
+    # recording process started), while the store opens (a fresh SQLite file, its tables
+    # created) or while the task's modules load. Whichever, the run ends KILLED, never lost.
+    process = start_cli(args, workdir)
     deadline = time.monotonic() + 60
-    while not list(workdir.glob("outputs/multirun/*/*/journal.jsonl")):
-        assert time.monotonic() < deadline and process.poll() is None, "no sweep started"
+    while not list(workdir.glob(journal)):
+        assert time.monotonic() < deadline and process.poll() is None, "no run started"
         time.sleep(0.01)
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=60)
@@ -219,12 +228,12 @@ def test_sigterm_while_a_sweep_starts_ends_its_parent_killed(workdir) -> None:
     assert "Traceback" not in err
     # The command left its recording process to finish alone (docs/faults.md: after a signal it
     # waits a few seconds at most): that process may still be opening the store now.
-    parent = closed_run(store(workdir), "minimize")
-    assert parent.data.tags["sweep"] == "true"
-    assert (parent.info.status, parent.data.tags["error"]) == (
+    run = closed_run(store(workdir), "minimize")
+    assert run.data.tags.get("sweep") == sweep
+    assert (run.info.status, run.data.tags["error"]) == (
         "KILLED",
         "terminated (SIGTERM)",
-    ), parent.data.tags["error"]
+    ), run.data.tags["error"]
 
 
 def closed_run(client: MlflowClient, experiment: str, timeout: float = 60.0):

@@ -30,8 +30,10 @@ def test_begin_pauses_the_collector_and_settle_freezes_and_resumes(collector) ->
     assert gc.isenabled()
     assert gc.get_freeze_count() > 0  # what was loaded is out of the collector's passes
     frozen = gc.get_freeze_count()
-    process.settle()  # only once: later calls (the next jobs of a sweep) change nothing
-    assert gc.get_freeze_count() == frozen
+    made_since = [[] for _ in range(1000)]  # what a job makes is the collector's to see
+    process.settle()  # only once: later calls (the next jobs of a sweep) freeze nothing
+    # (a frozen object that is freed leaves the count: it may drop, never grow by these)
+    assert gc.get_freeze_count() <= frozen and made_since
 
 
 def test_settle_without_begin_leaves_the_process_alone(collector) -> None:

@@ -109,7 +109,7 @@ def received() -> Optional[tuple[int, str]]:
 
 
 def raise_deferred() -> None:
-    """Raise :class:`Interrupted` for a signal that came while a run was being closed."""
+    """Raise :class:`Interrupted` for a signal that came while a run was opened or closed."""
     if _State.received is not None and not _State.raised and _State.depth:
         _State.raised = True
         raise Interrupted(*_State.received)

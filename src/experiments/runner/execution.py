@@ -152,16 +152,20 @@ def execute(
     planned = plan(cfg, overrides, output_dir, parent_run_id, parent_journal, run_name)
     tracking = planned.settings.tracking
     with signals.handling():
-        recording = record.open_run(
-            planned.directory,
-            planned.header,
-            planned.tags,
-            store_of(tracking),
-            live_settings(tracking),
-            planned.skip,
-        )
+        # Once its journal exists, the run is closed whatever comes: a signal while it opens
+        # is raised inside the block below, which ends it KILLED.
+        with signals.deferred():
+            recording = record.open_run(
+                planned.directory,
+                planned.header,
+                planned.tags,
+                store_of(tracking),
+                live_settings(tracking),
+                planned.skip,
+            )
         end = _End()
         try:
+            signals.raise_deferred()
             prepare(planned.settings.task.name)  # the task's own start-up, while the store opens
             skipped = _wait_for_the_run(recording, planned, defer_delivery)
             if skipped is not None:

@@ -20,7 +20,7 @@ from typing import Any, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from experiments import process, record, tasks
+from experiments import process, record, signals, tasks
 from experiments.errors import ConfigError, RunFailure, first_line
 from experiments.names import LAUNCH_FILE, OVERRIDES_FILE, SWEEP_TAG, without_tags
 from experiments.record import uris
@@ -136,11 +136,13 @@ def start(config: DictConfig) -> str | None:
     }
     store = store_of(tracking)
     objective = getattr(tasks.find(config.task.name), "OBJECTIVE", None)
-    recording = record.open_run(directory, header, tags, store, live_settings(tracking))
-    # Active from its journal's first line: a signal from here on, during the start-up
-    # below included, ends the parent KILLED (finish), never lost.
-    _active.append(_Sweep(recording, store, directory, name, objective))
+    # Active from its journal's first line: a signal from here on (while it opens, raised
+    # just below) ends the parent KILLED (finish), never lost.
+    with signals.deferred():
+        recording = record.open_run(directory, header, tags, store, live_settings(tracking))
+        _active.append(_Sweep(recording, store, directory, name, objective))
     try:
+        signals.raise_deferred()
         # What a rerun of the sweep starts from (python -m experiments.rerun PARENT).
         recording.recorder.log_text(OmegaConf.to_yaml(overrides), OVERRIDES_FILE)
         launching = launch_overrides(hydra_cfg.overrides.hydra)
