@@ -20,6 +20,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q "$(TORCH)"
 	$(VENV)/bin/pip install -q -e ".[sweeps]"
+	@# hydra-optuna-sweeper (in the sweeps extra before the project's own) also registers
+	@# hydra/sweeper=optuna, and pins optuna<3: a venv made before keeps neither.
+	$(VENV)/bin/pip uninstall -y -q hydra-optuna-sweeper 2>/dev/null || true
 	touch $@
 
 # And what the tests need: pytest and its plugins, ruff, playwright, the server's drivers.

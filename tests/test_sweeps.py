@@ -388,7 +388,6 @@ def test_matmul_scaling_sweeps_both_devices_by_default(monkeypatch, capfd, store
         assert by_device["device=cuda"][1].startswith("device=cuda is not available")
 
 
-# optuna 2.10 imports its SQL storage models, written for SQLAlchemy 1.x, even when unused
 def test_optuna_search_gets_each_jobs_objective(
     monkeypatch, capfd, store_uri, client, workdir
 ) -> None:
@@ -408,22 +407,6 @@ def test_optuna_search_gets_each_jobs_objective(
     best = min(jobs, key=lambda run: run.data.metrics["result/loss"])
     assert found["best_value"] == pytest.approx(best.data.metrics["result/loss"])
     assert found["best_params"]["optim.lr"] == pytest.approx(float(best.data.params["optim.lr"]))
-
-
-def test_optuna_search_resumes_with_skip_existing(monkeypatch, capfd, store_uri, client) -> None:
-    # The preset seeds the sampler, so a rerun proposes the same learning rates; the skipped
-    # trials hand Optuna their recorded loss, and only the new trial runs.
-    args = ["experiment=lr_search", "task.steps=10"]
-    assert sweep(monkeypatch, store_uri, [*args, "hydra.sweeper.n_trials=3"]) == 0
-    capfd.readouterr()
-    assert (
-        sweep(monkeypatch, store_uri, [*args, "hydra.sweeper.n_trials=4", "skip_existing=true"])
-        == 0
-    )
-    assert "4 jobs: 1 finished, 3 skipped" in capfd.readouterr().out
-    runs = runs_of(client, "minimize")
-    jobs = [run for run in runs if run.data.tags.get("sweep") != "true"]
-    assert len(jobs) == 4 and len({run.data.params["optim.lr"] for run in jobs}) == 4
 
 
 def _fake_slurm(directory: Path) -> Path:

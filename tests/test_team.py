@@ -16,6 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import optuna
 import pytest
 from mlflow import MlflowClient
 
@@ -286,3 +287,18 @@ def test_a_store_on_postgresql_directly_bounds_its_connections_and_statements(te
         assert connection.execute(text("SHOW statement_timeout")).scalar() == "30s"
     # MLflow's own engine is opened with the same URI: it connects, and answers.
     assert tracker.client.search_runs([tracker.experiment_id("bounded")]) == []
+
+
+def test_a_search_keeps_its_study_in_a_database_of_its_own_on_the_teams_postgresql(
+    team, workdir
+) -> None:
+    storage = team.postgres.create_database("optuna")  # not MLflow's: docs/team.md
+    args = ["-m", "experiment=lr_search", "task.steps=10", f"hydra.sweeper.storage={storage}"]
+    for n_trials, ran in ((2, "2 jobs: 2 finished"), (3, "1 job: 1 finished")):
+        result = run_cli([*args, f"hydra.sweeper.n_trials={n_trials}"], workdir, team.env())
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert ran in result.stdout  # topped up from the study in PostgreSQL
+    (summary,) = optuna.get_all_study_summaries(storage)
+    trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
+    assert [trial.state.name for trial in trials] == ["COMPLETE"] * 3
+    assert not (workdir / "optuna.journal").exists()

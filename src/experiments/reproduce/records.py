@@ -27,6 +27,7 @@ from experiments.names import (
     OVERRIDES_FILE,
     PARENT_TAG,
     RERUN_OF_TAG,
+    STUDY_TAG,
     SWEEP_TAG,
 )
 
@@ -138,10 +139,14 @@ def command_line(record: Record, overrides: Sequence[str]) -> list[str]:
     The original's overrides, less where it was recorded (:data:`DROPPED`) and its extra
     tags, then the ``rerun_of`` tag, then the user's overrides, which come last and so win.
     Its experiment was either the task's own or set by these overrides, so it stays the
-    same (see :func:`check_composes` for ``skip_existing``).
+    same (see :func:`check_composes` for ``skip_existing``). A search searches again, in a
+    study of its own in memory.
     """
     kept = [item for item in record.overrides if not _dropped(item)]
     arguments = ["-m", *record.launching] if record.sweep else []
+    if record.sweep and STUDY_TAG in record.run.data.tags:
+        # A search runs again as a new study, in memory: its stored one holds its trials.
+        arguments.append("hydra.sweeper.storage=memory")
     return [*arguments, *kept, f"++tracking.tags.{RERUN_OF_TAG}={record.run_id}", *overrides]
 
 

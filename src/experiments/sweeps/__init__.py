@@ -9,6 +9,9 @@
 - ``stopping``: closing what jobs left open, after a signal or a dead process.
 - ``report``: ``python -m experiments.report``, the comparison of a sweep's runs, also made
   at the end of every sweep (in the recording process, where MLflow is loaded).
+- ``search``: ``hydra/sweeper=optuna``'s search: its space, its stored study, the
+  ask-and-tell loop over the sweep's launcher (the Hydra plugin in
+  ``hydra_plugins.experiments_sweeper`` is its entry).
 
 Sweeps sit on the runner (``prepare``, where a run is recorded) and the record path; the
 command line sits on them. Nothing here imports the command line, and nothing below imports

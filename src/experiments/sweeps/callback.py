@@ -37,6 +37,7 @@ from experiments.runner import (
 from experiments.runner.identity import extra_tags
 from experiments.sweeps.outcomes import Outcome, counts_line, read_outcomes
 from experiments.sweeps.parent import PARENT_FILE, SWEPT_FILE, sweep_name, swept_keys
+from experiments.sweeps.search import note as search_note
 from experiments.sweeps.stopping import LOST_JOB, close_abandoned, stop_jobs
 from experiments.sweeps.summary import (
     BEST_RUN_TAG,
@@ -216,18 +217,19 @@ def finish(interrupted: bool = False, error: str | None = None) -> list[Outcome]
     _settle(sweep)
     _close_jobs(sweep, interrupted, error)
     outcomes = read_outcomes(sweep.directory)
+    searched = search_note.read(sweep.directory)
     best = best_outcome(outcomes) if sweep.objective is not None else None
-    summary = _summary(sweep, outcomes, best)
+    summary = _summary(sweep, outcomes, best, searched)
     if any(outcome.run_id is not None for outcome in outcomes) and not interrupted:
         _report(sweep)  # (no job recorded a run: nothing to compare)
-    if outcomes:
+    if outcomes or searched:
         print(f"\n{summary}", flush=True)
         store_uri = sweep.store.uri if sweep.store is not None else None
         where = review_line(store_uri, sweep.recording.run_id, sweep.recording.experiment_id)
         if where:
             print(where, flush=True)
-    _record_summary(sweep, outcomes, best, summary)
-    reason = _reason(outcomes, error)
+    _record_summary(sweep, outcomes, best, summary, searched)
+    reason = _reason(outcomes, error, search_note.complete(searched))
     status = "KILLED" if interrupted else "FAILED" if reason else "FINISHED"
     delivery = sweep.recording.close(
         status, reason[:MAX_TAG_LENGTH] if reason else None, hurry=interrupted
@@ -248,18 +250,27 @@ def _close_jobs(sweep: _Sweep, interrupted: bool, error: str | None) -> None:
         close_abandoned(sweep.directory, parent_journal, sweep.store, "FAILED", LOST_JOB)
 
 
-def _reason(outcomes: list[Outcome], error: str | None) -> str | None:
-    """Why the parent run did not finish (None: it did)."""
+def _reason(outcomes: list[Outcome], error: str | None, nothing_to_run: bool) -> str | None:
+    """Why the parent run did not finish (None: it did, also where a search's study held
+    every trial already)."""
     failed = [outcome for outcome in outcomes if outcome.status == "FAILED"]
     if failed:
         return f"{len(failed)} of {len(outcomes)} jobs failed: {failed[0].reason}"
-    return error or (None if outcomes else "no job ran")
+    return error or (None if outcomes or nothing_to_run else "no job ran")
 
 
-def _summary(sweep: _Sweep, outcomes: list[Outcome], best: Optional[Outcome]) -> str:
-    """The summary printed at the end: counts, the table of jobs, the best objective."""
-    table = summary_table(outcomes, sweep.objective)
+def _summary(
+    sweep: _Sweep,
+    outcomes: list[Outcome],
+    best: Optional[Outcome],
+    searched: Optional[dict[str, Any]] = None,
+) -> str:
+    """The summary printed at the end: counts, the table of jobs, the best objective, and a
+    search's study."""
+    table = summary_table(outcomes, sweep.objective) if outcomes else "(no job to run)"
     summary = f"Sweep {sweep.name!r}: {counts_line(outcomes)}\n{table}"
+    if searched is not None:
+        summary += f"\n{search_note.line(searched)}"
     if best is not None and best.objective is not None:
         summary += (
             f"\nbest {sweep.objective}: {number(best.objective)} (job {best.job}: "
@@ -269,11 +280,18 @@ def _summary(sweep: _Sweep, outcomes: list[Outcome], best: Optional[Outcome]) ->
 
 
 def _record_summary(
-    sweep: _Sweep, outcomes: list[Outcome], best: Optional[Outcome], summary: str
+    sweep: _Sweep,
+    outcomes: list[Outcome],
+    best: Optional[Outcome],
+    summary: str,
+    searched: Optional[dict[str, Any]] = None,
 ) -> None:
-    """Into the parent run: the summary, the counts, the runs reused, the best objective."""
+    """Into the parent run: the summary, the counts, the runs reused, the best objective,
+    and a search's study."""
     recorder = sweep.recording.recorder
     tags = {"jobs": counts_line(outcomes)}
+    if searched is not None:
+        tags.update(search_note.tags(searched))
     reused = [o.run_id for o in outcomes if o.status == "SKIPPED" and o.run_id is not None]
     if reused:
         tags["sweep.reused_runs"] = ",".join(reused)[:MAX_TAG_LENGTH]

@@ -1,0 +1,11 @@
+"""A search: Optuna's ask-and-tell over a sweep's jobs (``hydra/sweeper=optuna``).
+
+- ``space``: the search space, from ``hydra.sweeper.params`` and the command line.
+- ``study``: where the study is stored, which of its trials count, trials left by a search
+  that is gone.
+- ``loop``: the search itself: batches of trials through the sweep's launcher, each told
+  its job's objective, ``optimization_results.yaml`` at the end.
+
+The Hydra plugin (``hydra_plugins.experiments_sweeper``) is its entry. Optuna is imported
+only when a search runs.
+"""

@@ -1,0 +1,234 @@
+"""The search: batches of ``n_jobs`` trials through the sweep's launcher, until the study
+holds ``n_trials``.
+
+Each batch asks the study for its trials, runs them as the sweep's jobs (any launcher:
+in this process, joblib, submitit, Slurm), and tells each its job's objective, or that it
+failed. A rerun of the same command loads the same study and runs only the trials missing;
+several searches on one study share its ``n_trials``. A signal fails the trials in flight
+and queues them to be tried again by the next search. At the end the best trial goes to
+``optimization_results.yaml`` in the sweep directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from hydra.core.utils import JobStatus
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.errors import ConfigError
+from experiments.names import without_tags
+from experiments.record import uris
+from experiments.sweeps.search import note
+from experiments.sweeps.search import space as spaces
+from experiments.sweeps.search import study as studies
+
+log = logging.getLogger("experiments.search")
+
+RESULTS_FILE = "optimization_results.yaml"
+TRIAL_TAG = "trial"  # each trial's run: its number in the study
+
+
+def search(
+    config: DictConfig, launcher: Any, settings: Mapping[str, Any], arguments: Sequence[str]
+) -> None:
+    """Run the search ``settings`` (``hydra.sweeper.*``) describes."""
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError("hydra/sweeper=optuna needs Optuna: pip install -e '.[sweeps]'") from None
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # this module says what matters
+    n_trials, n_jobs = int(settings["n_trials"]), int(settings["n_jobs"])
+    rate = float(settings["max_failure_rate"])
+    if n_trials < 1 or n_jobs < 1:
+        raise ConfigError(
+            f"hydra.sweeper.n_trials={n_trials}, n_jobs={n_jobs}: both must be at least 1"
+        )
+    if not 0.0 <= rate <= 1.0:
+        raise ConfigError(f"hydra.sweeper.max_failure_rate={rate}: not between 0 and 1")
+    space = spaces.parse(settings.get("params"), arguments)
+    sampler_settings = settings.get("sampler") or {}
+    sampler_name = str(sampler_settings.get("name", "tpe"))
+    grid = space.grid() if sampler_name == "grid" else None
+    if grid is not None:
+        n_trials = min(n_trials, math.prod(len(values) for values in grid.values()))
+    sampler = studies.make_sampler(sampler_name, sampler_settings.get("seed"), grid)
+    tracking_uri = uris.absolute(uris.resolve(config.tracking.uri)[0])
+    url = studies.storage_url(settings.get("storage"), tracking_uri)
+    storage = studies.open_storage(url)
+    name = settings.get("study_name") or study_name(list(config.hydra.overrides.task))
+    study = studies.load(storage, name, str(settings["direction"]), sampler)
+    asked = len(study.get_trials(deepcopy=False))
+    seed = sampler_settings.get("seed")
+    if asked and seed is not None and sampler_name in ("tpe", "random"):
+        # Seeded afresh, the sampler would propose the study's first trials again.
+        study.sampler = studies.make_sampler(sampler_name, int(seed) + asked, grid)
+    grace_s = float(config.tracking.lost_after_s)
+    held, running = studies.counted(study, grace_s)
+    shown = uris.scrub(url) if url else "memory"
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    note.write(sweep_dir, name, shown, held, n_trials)
+    log.info(
+        "study %r in %s: it holds %d trial%s%s; %d to run for n_trials=%d",
+        name,
+        shown,
+        held,
+        "" if held == 1 else "s",
+        f" ({running} running elsewhere)" if running else "",
+        max(0, n_trials - held),
+        n_trials,
+    )
+    job = 0
+    while True:
+        trials = _ask(study, space, min(n_jobs, n_trials - held), n_trials, grace_s)
+        if not trials:
+            held, _ = studies.counted(study, grace_s)
+            if held >= n_trials:
+                break
+            time.sleep(1.0)  # another search holds the rest for now: look again
+            continue
+        job += _run_batch(study, space, launcher, trials, job, rate)
+        held, _ = studies.counted(study, grace_s)
+    _write_results(study, sweep_dir, name, shown)
+
+
+def study_name(overrides: Sequence[str]) -> str:
+    """A study's default name: the command line's settings, sorted (not where it records)."""
+    settings = sorted(
+        item
+        for item in without_tags(overrides)
+        if not item.lstrip("+~").startswith(("tracking.", "skip_existing"))
+    )
+    return " ".join(settings) or "search"
+
+
+def _ask(study: Any, space: spaces.Space, count: int, n_trials: int, grace_s: float) -> list:
+    """Up to ``count`` new trials, each within ``n_trials`` of the study (others ask too)."""
+    if count <= 0:
+        return []
+    me = studies.owner()
+    trials = []
+    for _ in range(count):
+        trial = study.ask(space.distributions)
+        trial.set_user_attr(studies.OWNER, me)
+        trial.set_user_attr(studies.BEAT, time.time())
+        trials.append(trial)
+    # A search beside this one may have asked at the same moment: the first n_trials that
+    # count, by number, are the study's; a trial of this one beyond them is not run.
+    counting = sorted(
+        t.number
+        for t in study.get_trials(deepcopy=False)
+        if _counts(t, grace_s) or t.number in {m.number for m in trials}
+    )
+    allowed = set(counting[:n_trials])
+    kept = []
+    for trial in trials:
+        if trial.number in allowed:
+            kept.append(trial)
+        else:
+            studies.fail(study, trial, studies.SURPLUS)
+    return kept
+
+
+def _counts(trial: Any, grace_s: float) -> bool:
+    from optuna.trial import TrialState
+
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    if trial.state == TrialState.FAIL:
+        return not (
+            trial.user_attrs.get(studies.ABANDONED) or trial.user_attrs.get(studies.SURPLUS)
+        )
+    if trial.state == TrialState.RUNNING:
+        return studies._owner_alive(trial, time.time(), grace_s)
+    return False
+
+
+def _run_batch(
+    study: Any, space: spaces.Space, launcher: Any, trials: list, job: int, rate: float
+) -> int:
+    """Run ``trials`` as jobs ``job``, ``job + 1``...; tell each how it went."""
+
+    overrides = [
+        [*space.overrides(trial.params), f"++tracking.tags.{TRIAL_TAG}={trial.number}"]
+        for trial in trials
+    ]
+    try:
+        with studies.Heartbeat(trials):
+            returns = launcher.launch(overrides, initial_job_idx=job)
+    except BaseException:
+        # A signal, or a launcher that gave up: these trials are tried again by the next search.
+        for trial in trials:
+            studies.fail(study, trial, studies.ABANDONED)
+            studies.queue_again(study, trial)
+        raise
+    failed = []
+    for trial, result in zip(trials, returns):
+        value = _objective(result)
+        if value is None:
+            failed.append(result)
+        _tell(study, trial, value)
+    if failed and len(failed) / len(returns) > rate:
+        log.error(
+            "%d of %d trials failed, more than hydra.sweeper.max_failure_rate=%s allows",
+            len(failed),
+            len(returns),
+            rate,
+        )
+        for result in failed:
+            if result.status == JobStatus.FAILED:
+                result.return_value  # raises the job's own error  # noqa: B018
+        raise ConfigError("the search stopped: a trial's job returned no objective")
+    return len(returns)
+
+
+def _tell(study: Any, trial: Any, value: float | None) -> None:
+    """Tell the study a trial's objective, or (None) that it failed."""
+    from optuna.trial import TrialState
+
+    try:
+        if value is None:
+            study.tell(trial, state=TrialState.FAIL)
+        else:
+            study.tell(trial, value)
+    except RuntimeError as error:
+        # The grid sampler stops the study at its last point, which only an optimize loop
+        # can take; the trial is told all the same.
+        if "Study.stop" not in str(error):
+            raise
+
+
+def _objective(result: Any) -> float | None:
+    """A job's objective, or None when it failed or gave none (or not a finite number)."""
+    if result.status != JobStatus.COMPLETED:
+        return None
+    try:
+        value = float(result.return_value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _write_results(study: Any, sweep_dir: Path, name: str, storage: str) -> None:
+    """The best trial so far, in the sweep directory (Hydra's Optuna sweeper's file)."""
+    try:
+        best = study.best_trial
+    except ValueError:
+        log.warning("study %r holds no completed trial: no best value yet", name)
+        return
+    results = {
+        "name": "optuna",
+        "study_name": name,
+        "storage": storage,
+        "best_trial": best.number,
+        "best_params": dict(best.params),
+        "best_value": best.value,
+    }
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(results), sweep_dir / RESULTS_FILE)
+    log.info("best value %s of trial %d: %s", best.value, best.number, best.params)

@@ -1,0 +1,242 @@
+"""A search's study: where it is stored, and which of its trials count.
+
+The study is stored beside the runs unless ``hydra.sweeper.storage`` says where:
+
+- with a SQLite tracking store (the default ``mlflow.db``), in ``optuna.db`` next to it: a
+  database of its own (Optuna's tables and MLflow's both keep an ``alembic_version``);
+- with a tracking server, in Optuna's journal file ``optuna.journal`` in the working
+  directory (Optuna's storage for a shared filesystem); a team sets a PostgreSQL URL instead;
+- ``storage: memory`` keeps the study in this process only.
+
+A trial counts towards ``n_trials`` once it is COMPLETE, PRUNED or FAIL (its job ran and
+failed), or while it RUNs for a process that is alive. A trial left RUNNING by a search that
+was killed is failed, marked ``experiments.abandoned``, and its parameters are queued to be
+tried again; one asked for beyond ``n_trials`` by a search running beside this one is failed
+at once, marked ``experiments.surplus``. Neither counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from experiments.errors import ConfigError
+from experiments.record import liveness, uris
+
+log = logging.getLogger(__name__)
+
+STUDY_FILE = "optuna.db"  # beside a SQLite tracking store
+JOURNAL_FILE = "optuna.journal"  # with a tracking server, in the working directory
+OWNER = "experiments.owner"  # host, place, pid and start time of the search asking a trial
+BEAT = "experiments.heartbeat"  # when that search last said it is alive (seconds, epoch)
+ABANDONED = "experiments.abandoned"
+SURPLUS = "experiments.surplus"
+RETRY_OF = "experiments.retry_of"  # a trial queued again: the number of the one it retries
+BEAT_EVERY_S = 30.0
+SAMPLERS = ("tpe", "random", "grid", "qmc")
+
+
+def storage_url(setting: Optional[str], tracking_uri: str) -> Optional[str]:
+    """Where the study is kept: the setting, or beside the tracking store (None: memory)."""
+    if setting:
+        return None if setting == "memory" else setting
+    database = uris.sqlite_path(tracking_uri)
+    if database is not None:
+        return f"sqlite:///{database.parent / STUDY_FILE}"
+    return f"journal:{Path(JOURNAL_FILE).resolve()}"
+
+
+def open_storage(url: Optional[str]) -> Any:
+    """Optuna's storage for ``url``; a URL that cannot be opened is a ConfigError."""
+    import optuna
+    from optuna.storages import JournalStorage, RDBStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    if url is None:
+        return optuna.storages.InMemoryStorage()
+    shown = uris.scrub(url)
+    try:
+        if url.startswith("journal:"):
+            path = Path(url[len("journal:") :]).expanduser()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path)))
+        url = _with_driver(url)
+        database = uris.sqlite_path(url)
+        if database is not None and not database.parent.is_dir():
+            raise ConfigError(f"hydra.sweeper.storage={shown}: no directory {database.parent}")
+        return RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+    except ConfigError:
+        raise
+    except Exception as error:  # a bad URL, a driver missing, a server that refuses
+        reason = uris.scrub(str(error).splitlines()[0] if str(error) else type(error).__name__)
+        raise ConfigError(f"hydra.sweeper.storage={shown}: cannot open it: {reason}") from None
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` with the driver installed: SQLAlchemy 2.1 means psycopg 3 by it,
+    the ``server`` extra installs psycopg2 (as MLflow's server uses)."""
+    import importlib.util
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
+        if importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + url[len("postgresql://") :]
+    return url
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 60}}  # two searches on one file wait their turn
+    if url.startswith("postgresql"):
+        return {"connect_args": {"connect_timeout": 10}}
+    return {}
+
+
+def load(storage: Any, name: str, direction: str, sampler: Any) -> Any:
+    """The study ``name`` (created when new); one stored with another direction is refused."""
+    import optuna
+    from optuna.study import StudyDirection
+
+    try:
+        stored = optuna.study.StudyDirection[direction.upper()]
+    except KeyError:
+        raise ConfigError(
+            f"hydra.sweeper.direction={direction}: not minimize or maximize"
+        ) from None
+    try:
+        existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
+    except Exception as error:
+        raise ConfigError(f"hydra.sweeper.storage: cannot read its studies: {error}") from None
+    found = existing.get(name)
+    if found is not None and found.direction != stored:
+        other = StudyDirection(found.direction).name.lower()
+        raise ConfigError(
+            f"hydra.sweeper.direction={direction}: study {name!r} exists to {other}; name "
+            "another with hydra.sweeper.study_name"
+        )
+    return optuna.create_study(
+        storage=storage, sampler=sampler, study_name=name, direction=direction, load_if_exists=True
+    )
+
+
+def make_sampler(name: str, seed: Optional[int], grid: Optional[dict] = None) -> Any:
+    """The sampler ``hydra.sweeper.sampler.name`` names, seeded."""
+    from optuna import samplers
+
+    if name == "tpe":
+        return samplers.TPESampler(seed=seed)
+    if name == "random":
+        return samplers.RandomSampler(seed=seed)
+    if name == "qmc":
+        return samplers.QMCSampler(seed=seed)
+    if name == "grid":
+        return samplers.GridSampler(grid or {}, seed=seed)
+    raise ConfigError(
+        f"hydra.sweeper.sampler.name={name}: not a sampler here ({', '.join(SAMPLERS)})"
+    )
+
+
+def owner() -> str:
+    """This process, as a trial's owner: ``host place pid start``."""
+    started = liveness.process_started(os.getpid())
+    return f"{liveness.host()} {liveness.place()} {os.getpid()} {started}"
+
+
+def _owner_alive(trial: Any, now: float, grace_s: float) -> bool:
+    """Whether the search that asked ``trial`` may still be running it."""
+    text = trial.user_attrs.get(OWNER, "")
+    parts = text.split()
+    if len(parts) == 4:
+        host, place, pid, started = parts
+        here = liveness.same_place(host, None if place == "None" else place)
+        if here:
+            started_at = None if started == "None" else float(started)
+            return liveness.process_alive(int(pid), started_at)
+    beat = trial.user_attrs.get(BEAT)
+    moment = float(beat) if isinstance(beat, (int, float)) else trial.datetime_start.timestamp()
+    return now - moment < grace_s
+
+
+def counted(study: Any, grace_s: float) -> tuple[int, int]:
+    """How many trials count towards ``n_trials``, and of them how many are still running.
+
+    Trials left running by a search that is gone are failed here and queued again.
+    """
+    from optuna.trial import TrialState
+
+    done = running = 0
+    now = time.time()
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state == TrialState.RUNNING:
+            if _owner_alive(trial, now, grace_s):
+                running += 1
+            else:
+                _retry(study, trial)
+        elif trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            done += 1
+        elif trial.state == TrialState.FAIL and not (
+            trial.user_attrs.get(ABANDONED) or trial.user_attrs.get(SURPLUS)
+        ):
+            done += 1
+    return done + running, running
+
+
+def _retry(study: Any, trial: Any) -> None:
+    """Fail a trial whose search is gone, and queue its parameters to be tried again."""
+    from optuna.trial import TrialState
+
+    try:
+        study._storage.set_trial_user_attr(trial._trial_id, ABANDONED, True)
+        study.tell(trial.number, state=TrialState.FAIL)
+    except Exception:  # another search took it first
+        return
+    queue_again(study, trial)
+    log.info("trial %d was left running by a search that is gone: tried again", trial.number)
+
+
+def queue_again(study: Any, trial: Any) -> None:
+    """Queue ``trial``'s parameters: the next trial asked for gets them."""
+    try:
+        study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number})
+    except Exception as error:  # the storage is gone: the trial stays failed, not retried
+        log.warning("trial %d could not be queued again: %s", trial.number, error)
+
+
+def fail(study: Any, trial: Any, mark: Optional[str] = None) -> None:
+    """Tell ``trial`` failed (marked ``mark``: it does not count), if nothing told it yet."""
+    from optuna.trial import TrialState
+
+    try:
+        if mark is not None:
+            trial.set_user_attr(mark, True)
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+    except Exception as error:
+        log.warning("trial %d could not be told failed: %s", trial.number, error)
+
+
+class Heartbeat:
+    """While a batch runs, say every 30 s that this search still runs its trials."""
+
+    def __init__(self, trials: list[Any]) -> None:
+        self.trials = trials
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(BEAT_EVERY_S):
+            for trial in self.trials:
+                try:
+                    trial.set_user_attr(BEAT, time.time())
+                except Exception:  # finished meanwhile, or the storage is busy: next time
+                    pass

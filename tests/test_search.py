@@ -1,0 +1,220 @@
+"""The project's search (``hydra/sweeper=optuna``): a study kept beside the runs, topped up by
+a rerun, retried after a kill, shared by searches running at once; bad settings in one line.
+
+Real Optuna storages (SQLite, Optuna's journal file), real MLflow stores, real Hydra sweeps,
+real signals to real processes.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from experiments.sweeps.search import study as studies
+from tests.conftest import run_cli, runs_of
+from tests.test_faults import start_cli, wait_for_points
+from tests.test_sweeps import sweep
+
+SEARCH = ["experiment=lr_search", "task.steps=10"]
+
+
+def the_study(storage: str, name: str | None = None) -> optuna.Study:
+    """The one study in ``storage`` (or the one named ``name``)."""
+    if name is None:
+        (summary,) = optuna.get_all_study_summaries(storage)
+        name = summary.study_name
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def trial_runs(client) -> dict[int, object]:
+    """The search's child runs by their trial number (the ``trial`` tag)."""
+    runs = [run for run in runs_of(client, "minimize") if run.data.tags.get("sweep") != "true"]
+    found = {int(run.data.tags["trial"]): run for run in runs}
+    assert len(found) == len(runs), "two runs of one trial"
+    return found
+
+
+def test_a_search_is_kept_beside_the_runs_and_a_rerun_tops_it_up(
+    monkeypatch, capfd, store_uri, client, workdir
+) -> None:
+    assert sweep(monkeypatch, store_uri, [*SEARCH, "hydra.sweeper.n_trials=3"]) == 0
+    capfd.readouterr()
+    assert sweep(monkeypatch, store_uri, [*SEARCH, "hydra.sweeper.n_trials=5"]) == 0
+    out = capfd.readouterr().out
+    assert "Sweep 'sweep lr_search': 2 jobs: 2 finished" in out  # the 2 missing, not 5 more
+    assert "it held 3 trials before this search, n_trials=5" in out
+    study = the_study(f"sqlite:///{workdir / 'optuna.db'}")  # beside mlflow.db, a file its own
+    assert study.study_name == "experiment=lr_search task.steps=10"
+    trials = study.get_trials()
+    assert [trial.state for trial in trials] == [TrialState.COMPLETE] * 5
+    # Reseeded for the trials it holds, the sampler does not propose the first ones again.
+    assert len({trial.params["optim.lr"] for trial in trials}) == 5
+    runs = trial_runs(client)
+    assert sorted(runs) == [0, 1, 2, 3, 4]
+    for trial in trials:
+        run = runs[trial.number]
+        assert float(run.data.params["optim.lr"]) == pytest.approx(trial.params["optim.lr"])
+        assert run.data.metrics["result/loss"] == pytest.approx(trial.value)
+
+    # Nothing left to run: the parent finishes, and says why no job ran.
+    assert sweep(monkeypatch, store_uri, [*SEARCH, "hydra.sweeper.n_trials=5"]) == 0
+    out = capfd.readouterr().out
+    assert "Sweep 'sweep lr_search': 0 jobs" in out and "it held 5 trials" in out
+    parents = [r for r in runs_of(client, "minimize") if r.data.tags.get("sweep") == "true"]
+    newest = max(parents, key=lambda run: run.info.start_time)
+    assert newest.info.status == "FINISHED"
+
+
+def test_a_grid_search_kept_in_memory_runs_each_point_once(
+    monkeypatch, capfd, store_uri, client, workdir
+) -> None:
+    args = [
+        *SEARCH,
+        "hydra.sweeper.sampler.name=grid",
+        "hydra.sweeper.storage=memory",
+        "optim.lr=choice(0.1,0.01)",
+        "task.steps=range(5,15,5)",  # 5 and 10: the stop is left out, as in a grid sweep
+    ]
+    assert sweep(monkeypatch, store_uri, args) == 0
+    assert "4 jobs: 4 finished" in capfd.readouterr().out  # n_trials=20 capped to the grid
+    found = {
+        (r.data.params["optim.lr"], r.data.params["task.steps"])
+        for r in trial_runs(client).values()
+    }
+    assert found == {("0.1", "5"), ("0.1", "10"), ("0.01", "5"), ("0.01", "10")}
+    assert not (workdir / "optuna.db").exists()
+
+
+def test_a_study_in_optunas_journal_file_is_topped_up_too(
+    monkeypatch, capfd, store_uri, client, workdir
+) -> None:
+    journal = workdir / "shared" / "study.journal"
+    args = [
+        *SEARCH,
+        f"hydra.sweeper.storage=journal:{journal}",
+        "hydra.sweeper.sampler.name=random",
+    ]
+    assert sweep(monkeypatch, store_uri, [*args, "hydra.sweeper.n_trials=2"]) == 0
+    assert sweep(monkeypatch, store_uri, [*args, "hydra.sweeper.n_trials=3"]) == 0
+    assert "1 job: 1 finished" in capfd.readouterr().out
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))
+    )
+    assert [t.state for t in the_study(storage).get_trials()] == [TrialState.COMPLETE] * 3
+    assert sorted(trial_runs(client)) == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (
+            ["hydra.sweeper.sampler.name=cmaes"],
+            "error: hydra.sweeper.sampler.name=cmaes: not a sampler here (tpe, random, grid, qmc)",
+        ),
+        (
+            ["optim.lr=interval(1,0.5)"],
+            "error: optim.lr=interval(1,0.5): interval(1.0, 0.5) is empty",
+        ),
+        (
+            ["hydra.sweeper.storage=sqlite:////no/such/dir/optuna.db"],
+            "error: hydra.sweeper.storage=sqlite:////no/such/dir/optuna.db: no directory "
+            "/no/such/dir",
+        ),
+        (
+            ["hydra.sweeper.storage=nosuchdb://somewhere/x"],
+            "error: hydra.sweeper.storage=nosuchdb://somewhere/x: cannot open it: ",
+        ),
+        (
+            ["hydra.sweeper.study_name=old", "hydra.sweeper.direction=maximize"],
+            "error: hydra.sweeper.direction=maximize: study 'old' exists to minimize; name "
+            "another with hydra.sweeper.study_name",
+        ),
+        (
+            ["hydra.sweeper.sampler.name=grid"],
+            "error: hydra.sweeper.params.optim.lr: sampler.name=grid needs choice(...) or "
+            "range(...), not an interval",
+        ),
+    ],
+    ids=["sampler", "space", "directory", "url", "direction", "grid"],
+)
+def test_a_bad_setting_is_one_line_and_the_sweep_ends_failed(
+    monkeypatch, capfd, store_uri, client, workdir, args, error
+) -> None:
+    optuna.create_study(storage=f"sqlite:///{workdir / 'optuna.db'}", study_name="old")
+    assert sweep(monkeypatch, store_uri, [*SEARCH, *args]) == 1
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith(error), err
+    assert "Traceback" not in err
+    (parent,) = runs_of(client, "minimize")
+    assert parent.info.status == "FAILED"  # never left RUNNING
+
+
+def test_studies_are_found_in_their_default_places(tmp_path: Path) -> None:
+    db = tmp_path / "mlflow.db"
+    assert studies.storage_url(None, f"sqlite:///{db}") == f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert studies.storage_url("memory", f"sqlite:///{db}") is None
+    assert studies.storage_url("postgresql://h/o", "http://server:5000") == "postgresql://h/o"
+    assert studies.storage_url(None, "http://server:5000").startswith("journal:/")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_search_killed_mid_trial_is_completed_by_its_rerun(workdir, signum) -> None:
+    named = ["-m", "experiment=lr_search", "hydra.sweeper.study_name=s", "hydra.sweeper.n_trials=3"]
+    slow = start_cli([*named, "task.steps=5000000", "task.tol=null"], workdir)
+    wait_for_points(workdir / "outputs", 100, "multirun/*/*/0/journal.jsonl")
+    slow.send_signal(signum)
+    slow.communicate(timeout=60)
+    assert slow.returncode == (143 if signum == signal.SIGTERM else -9)
+
+    rerun = run_cli([*named, "task.steps=10"], cwd=workdir)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "it held 0 trials before this search" in rerun.stdout  # the killed one does not count
+    trials = the_study(f"sqlite:///{workdir / 'optuna.db'}", "s").get_trials()
+    killed, *done = trials
+    assert killed.state == TrialState.FAIL and killed.user_attrs[studies.ABANDONED]
+    assert [trial.state for trial in done] == [TrialState.COMPLETE] * 3
+    assert len({trial.number for trial in trials}) == 4
+    (retry,) = [trial for trial in done if trial.user_attrs.get(studies.RETRY_OF) == 0]
+    assert retry.params == killed.params
+
+
+@pytest.mark.slow
+def test_two_searches_on_one_study_share_its_trials(workdir) -> None:
+    args = ["-m", *SEARCH, "hydra.sweeper.study_name=shared", "hydra.sweeper.n_trials=6"]
+    first, second = start_cli(args, workdir), start_cli(args, workdir)
+    for process in (first, second):
+        out, err = process.communicate(timeout=240)
+        assert process.returncode == 0, err
+    trials = the_study(f"sqlite:///{workdir / 'optuna.db'}", "shared").get_trials()
+    complete = [trial.number for trial in trials if trial.state == TrialState.COMPLETE]
+    others = [trial for trial in trials if trial.state != TrialState.COMPLETE]
+    assert len(complete) == 6  # n_trials in all, not for each search
+    assert all(trial.user_attrs.get(studies.SURPLUS) for trial in others)  # asked, never run
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = trial_runs(client)
+    assert sorted(runs) == sorted(complete)  # every trial run once, by one search
+    parents = {r.info.run_id for r in runs_of(client, "minimize") if r.data.tags.get("sweep")}
+    assert len(parents) == 2
+    assert {run.data.tags["mlflow.parentRunId"] for run in runs.values()} <= parents
+
+
+@pytest.mark.slow
+def test_a_searchs_rerun_searches_anew_and_reproduces_it(monkeypatch, store_uri, client, workdir):
+    assert sweep(monkeypatch, store_uri, [*SEARCH, "hydra.sweeper.n_trials=2"]) == 0
+    (parent,) = [r for r in runs_of(client, "minimize") if r.data.tags.get("sweep") == "true"]
+    assert parent.data.tags["search.study"] == "experiment=lr_search task.steps=10"
+    assert parent.data.tags["search.held_before"] == "0"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    again = run_cli([parent.info.run_id], workdir, module="experiments.rerun")
+    # Its stored study is full: the rerun searches in a study of its own, seeded alike.
+    assert again.returncode == 0, again.stdout + again.stderr[-2000:]
+    assert "hydra.sweeper.storage=memory" in again.stdout
+    assert "2 jobs: 2 finished" in again.stdout
+    assert len(the_study(f"sqlite:///{workdir / 'optuna.db'}").get_trials()) == 2  # untouched
