@@ -7,6 +7,7 @@ real signals to real processes.
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
@@ -211,6 +212,13 @@ def test_a_searchs_rerun_searches_anew_and_reproduces_it(monkeypatch, store_uri,
     (parent,) = [r for r in runs_of(client, "minimize") if r.data.tags.get("sweep") == "true"]
     assert parent.data.tags["search.study"] == "experiment=lr_search task.steps=10"
     assert parent.data.tags["search.held_before"] == "0"
+    # The study's best trial, and Optuna's own figures beside the sweep's report.
+    study = the_study(f"sqlite:///{workdir / 'optuna.db'}")
+    assert parent.data.tags["search.best_trial"] == str(study.best_trial.number)
+    assert float(parent.data.tags["search.best_value"]) == study.best_value
+    assert json.loads(parent.data.tags["search.best_params"]) == study.best_params
+    shown = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/optimization_history.png", "report/slice.png"} <= shown
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     again = run_cli([parent.info.run_id], workdir, module="experiments.rerun")
     # Its stored study is full: the rerun searches in a study of its own, seeded alike.

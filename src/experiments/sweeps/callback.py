@@ -292,6 +292,8 @@ def _record_summary(
     tags = {"jobs": counts_line(outcomes)}
     if searched is not None:
         tags.update(search_note.tags(searched))
+        for figure in searched.get("figures", []):  # Optuna's own, beside the report's
+            recorder.log_artifact(sweep.directory / figure, REPORT_DIR)
     reused = [o.run_id for o in outcomes if o.status == "SKIPPED" and o.run_id is not None]
     if reused:
         tags["sweep.reused_runs"] = ",".join(reused)[:MAX_TAG_LENGTH]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -30,6 +31,7 @@ from experiments.sweeps.search import study as studies
 log = logging.getLogger("experiments.search")
 
 RESULTS_FILE = "optimization_results.yaml"
+FIGURES_DIR = "search"  # Optuna's figures of the study, in the sweep directory
 TRIAL_TAG = "trial"  # each trial's run: its number in the study
 
 
@@ -70,6 +72,7 @@ def search(
         study.sampler = studies.make_sampler(sampler_name, int(seed) + asked, grid)
     grace_s = float(config.tracking.lost_after_s)
     held, running = studies.counted(study, grace_s)
+    first_held = held
     shown = uris.scrub(url) if url else "memory"
     sweep_dir = Path(str(config.hydra.sweep.dir))
     note.write(sweep_dir, name, shown, held, n_trials)
@@ -94,7 +97,10 @@ def search(
             continue
         job += _run_batch(study, space, launcher, trials, job, rate)
         held, _ = studies.counted(study, grace_s)
-    _write_results(study, sweep_dir, name, shown)
+    best = _write_results(study, sweep_dir, name, shown)
+    if best is not None:
+        figures = _draw(study, sweep_dir)
+        note.write(sweep_dir, name, shown, first_held, n_trials, best=best, figures=figures)
 
 
 def study_name(overrides: Sequence[str]) -> str:
@@ -214,13 +220,13 @@ def _objective(result: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _write_results(study: Any, sweep_dir: Path, name: str, storage: str) -> None:
+def _write_results(study: Any, sweep_dir: Path, name: str, storage: str) -> dict[str, Any] | None:
     """The best trial so far, in the sweep directory (Hydra's Optuna sweeper's file)."""
     try:
         best = study.best_trial
     except ValueError:
         log.warning("study %r holds no completed trial: no best value yet", name)
-        return
+        return None
     results = {
         "name": "optuna",
         "study_name": name,
@@ -232,3 +238,49 @@ def _write_results(study: Any, sweep_dir: Path, name: str, storage: str) -> None
     sweep_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(OmegaConf.create(results), sweep_dir / RESULTS_FILE)
     log.info("best value %s of trial %d: %s", best.value, best.number, best.params)
+    return {"trial": best.number, "value": best.value, "params": dict(best.params)}
+
+
+def _draw(study: Any, sweep_dir: Path) -> list[str]:
+    """Optuna's own figures of the study, drawn with matplotlib into ``<sweep dir>/search``:
+    the objective over the trials, and against each parameter (with two or more: their
+    importance and parallel coordinates). Returns their paths in the sweep directory."""
+    import warnings
+
+    import matplotlib
+
+    if "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg")  # files only: Optuna draws with pyplot
+    from matplotlib import pyplot
+    from optuna.trial import TrialState
+    from optuna.visualization import matplotlib as plots
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < 2:
+        return []
+    charts = [
+        ("optimization_history", plots.plot_optimization_history),
+        ("slice", plots.plot_slice),
+    ]
+    if len(study.best_trial.params) >= 2:
+        charts += [
+            ("param_importances", plots.plot_param_importances),
+            ("parallel_coordinate", plots.plot_parallel_coordinate),
+        ]
+    out = sweep_dir / FIGURES_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    drawn = []
+    for name, plot in charts:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Optuna's "experimental" warnings
+                axes = plot(study)
+        except Exception as error:  # a figure this study cannot have: the others still
+            log.warning("the search's %s figure was not drawn: %s", name, error)
+            continue
+        first = axes.flat[0] if hasattr(axes, "flat") else axes
+        figure = first.get_figure()
+        figure.savefig(out / f"{name}.png", dpi=100, bbox_inches="tight")
+        pyplot.close(figure)
+        drawn.append(f"{FIGURES_DIR}/{name}.png")
+    return drawn

@@ -15,9 +15,21 @@ from experiments.names import STUDY_TAG
 SEARCH_FILE = "search.json"
 
 
-def write(sweep_dir: Path, study: str, storage: str, held: int, n_trials: int) -> None:
-    """Say which study this sweep searches, and what it held before."""
+def write(
+    sweep_dir: Path,
+    study: str,
+    storage: str,
+    held: int,
+    n_trials: int,
+    best: Optional[dict[str, Any]] = None,
+    figures: Optional[list[str]] = None,
+) -> None:
+    """Say which study this sweep searches, what it held before; at the end, its best trial
+    and the figures drawn of it (paths in the sweep directory)."""
     note = {"study": study, "storage": storage, "held": held, "n_trials": n_trials}
+    if best is not None:
+        note["best"] = best
+    note["figures"] = list(figures or [])
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / SEARCH_FILE).write_text(json.dumps(note), encoding="utf-8")
 
@@ -46,9 +58,16 @@ def complete(note: Optional[dict[str, Any]]) -> bool:
 
 
 def tags(note: dict[str, Any]) -> dict[str, str]:
-    """The parent run's tags of its search: the study, where, and what it held before."""
-    return {
+    """The parent run's tags of its search: the study, where, what it held before, and its
+    best trial (of the whole study: perhaps of an earlier search)."""
+    found = {
         STUDY_TAG: str(note.get("study"))[:250],
         "search.storage": str(note.get("storage"))[:250],
         "search.held_before": str(note.get("held")),
     }
+    best = note.get("best")
+    if isinstance(best, dict):
+        found["search.best_trial"] = str(best.get("trial"))
+        found["search.best_value"] = str(best.get("value"))
+        found["search.best_params"] = json.dumps(best.get("params"), sort_keys=True)[:5000]
+    return found
