@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import optuna
 import pytest
 from mlflow import MlflowClient
 
@@ -186,6 +187,12 @@ def sweeps(cluster, tmp_path_factory):
             cluster,
             root / "requeue",
             [*LONG, *TIME_LIMIT, "hydra.launcher.max_num_timeout=1", "task.steps=5000001"],
+        ),
+        "search": Sweep(  # two batches: two trials side by side, then the third
+            cluster,
+            root / "search",
+            ["hydra/sweeper=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2"]
+            + ["optim.lr=interval(0.01,0.1)", "task.steps=5"],
         ),
     }
     yield started
@@ -364,3 +371,24 @@ def test_a_requeued_job_records_a_fresh_run_linked_to_the_first(sweeps) -> None:
     assert parent.info.status == "FAILED"
     assert "1 job: 1 killed" in out  # one job, whatever its attempts
     assert len(sweep.job_dirs()) == 1  # one Slurm job, run twice
+
+
+def test_a_search_runs_its_trials_as_slurm_jobs(sweeps) -> None:
+    sweep = sweeps["search"]
+    status, out, err = sweep.wait()
+    assert status == 0, err + sweep.logs()
+    assert "3 jobs: 3 finished" in out
+    parent, jobs = sweep.split()
+    assert sorted(int(job.data.tags["trial"]) for job in jobs) == [0, 1, 2]
+    assert {job.data.tags[PARENT_TAG] for job in jobs} == {parent.info.run_id}
+    # Each trial a Slurm job of its own: the first batch one array of two, then one job.
+    names = {path.name for path in sweep.job_dirs()}
+    tasks = {name for name in names if "_" in name}
+    arrays = {name.split("_")[0] for name in tasks}
+    assert len(tasks) == 2 and len(arrays) == 1, names
+    assert len(names - tasks - arrays) == 1, names
+    study = optuna.load_study(
+        study_name=parent.data.tags["search.study"],
+        storage=f"sqlite:///{sweep.directory / 'optuna.db'}",  # beside the sweep's mlflow.db
+    )
+    assert [trial.state.name for trial in study.get_trials()] == ["COMPLETE"] * 3
