@@ -150,7 +150,10 @@ def test_the_report_marks_noisy_points_apart() -> None:
 def test_a_noisy_run_is_tagged_and_warned_about(store_uri, client, tmp_path, caplog) -> None:
     """A real matmul timed while other threads load the CPU in bursts, all in step: on for
     50 ms, off for 50 ms. Its timed blocks then fall some in a burst and some not, so their
-    spread is far beyond what an idle machine shows, and the run must say so."""
+    spread is far beyond what an idle machine shows, and the run must say so.
+
+    How far depends on what else loads the machine (the suite's other worker): so up to three
+    runs, until one is noisy; each run is tagged exactly when its spread is past the bound."""
     import threading
     import time
 
@@ -169,15 +172,26 @@ def test_a_noisy_run_is_tagged_and_warned_about(store_uri, client, tmp_path, cap
     hogs = [threading.Thread(target=hog) for _ in range(4)]
     for thread in hogs:
         thread.start()
+    noisy = None
     try:
-        run_task(store_uri, tmp_path, ["task=matmul", "task.size=96", "task.min_run_time_s=0.3"])
+        for attempt in range(3):
+            caplog.clear()
+            args = ["task=matmul", "task.size=96", "task.min_run_time_s=0.3"]
+            run_task(store_uri, tmp_path / f"attempt{attempt}", args)
+            run = max(runs_of(client, "matmul"), key=lambda found: found.info.start_time)
+            spread = run.data.metrics["result/time_iqr_ms"] / run.data.metrics["result/time_ms"]
+            warned = any("noisy measurement: IQR" in r.getMessage() for r in caplog.records)
+            assert (matmul.NOISY_TAG in run.data.tags) == warned
+            if abs(spread - matmul.NOISY_SPREAD) > 0.005:  # (the metrics are rounded)
+                assert warned == (spread > matmul.NOISY_SPREAD), spread
+            if spread > matmul.NOISY_SPREAD:
+                noisy = (run, spread)
+                break
     finally:
         stop.set()
         for thread in hogs:
             thread.join()
-    (run,) = runs_of(client, "matmul")
-    spread = run.data.metrics["result/time_iqr_ms"] / run.data.metrics["result/time_ms"]
-    assert spread > matmul.NOISY_SPREAD, spread
+    assert noisy is not None, "three runs in bursts of load, none past the bound"
+    run, spread = noisy
     assert run.data.tags[matmul.NOISY_TAG].startswith("IQR ")
     assert f"{spread:.0%} of the median" in run.data.tags[matmul.NOISY_TAG]
-    assert any("noisy measurement: IQR" in r.getMessage() for r in caplog.records)
