@@ -126,10 +126,11 @@ def _ask(study: Any, space: spaces.Space, count: int, n_trials: int, grace_s: fl
         trials.append(trial)
     # A search beside this one may have asked at the same moment: the first n_trials that
     # count, by number, are the study's; a trial of this one beyond them is not run.
+    now, mine = time.time(), {trial.number for trial in trials}
     counting = sorted(
         t.number
         for t in study.get_trials(deepcopy=False)
-        if _counts(t, grace_s) or t.number in {m.number for m in trials}
+        if t.number in mine or studies.counts(t, now, grace_s)
     )
     allowed = set(counting[:n_trials])
     kept = []
@@ -139,20 +140,6 @@ def _ask(study: Any, space: spaces.Space, count: int, n_trials: int, grace_s: fl
         else:
             studies.fail(study, trial, studies.SURPLUS)
     return kept
-
-
-def _counts(trial: Any, grace_s: float) -> bool:
-    from optuna.trial import TrialState
-
-    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
-        return True
-    if trial.state == TrialState.FAIL:
-        return not (
-            trial.user_attrs.get(studies.ABANDONED) or trial.user_attrs.get(studies.SURPLUS)
-        )
-    if trial.state == TrialState.RUNNING:
-        return studies._owner_alive(trial, time.time(), grace_s)
-    return False
 
 
 def _run_batch(

@@ -167,21 +167,28 @@ def counted(study: Any, grace_s: float) -> tuple[int, int]:
     """
     from optuna.trial import TrialState
 
-    done = running = 0
+    held = running = 0
     now = time.time()
     for trial in study.get_trials(deepcopy=False):
-        if trial.state == TrialState.RUNNING:
-            if _owner_alive(trial, now, grace_s):
-                running += 1
-            else:
-                _retry(study, trial)
-        elif trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
-            done += 1
-        elif trial.state == TrialState.FAIL and not (
-            trial.user_attrs.get(ABANDONED) or trial.user_attrs.get(SURPLUS)
-        ):
-            done += 1
-    return done + running, running
+        if counts(trial, now, grace_s):
+            held += 1
+            running += trial.state == TrialState.RUNNING
+        elif trial.state == TrialState.RUNNING:
+            _retry(study, trial)
+    return held, running
+
+
+def counts(trial: Any, now: float, grace_s: float) -> bool:
+    """Whether ``trial`` counts towards ``n_trials`` (see the module's docstring)."""
+    from optuna.trial import TrialState
+
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    if trial.state == TrialState.FAIL:
+        return not (trial.user_attrs.get(ABANDONED) or trial.user_attrs.get(SURPLUS))
+    if trial.state == TrialState.RUNNING:
+        return _owner_alive(trial, now, grace_s)
+    return False
 
 
 def _retry(study: Any, trial: Any) -> None:
