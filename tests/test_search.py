@@ -140,8 +140,21 @@ def test_a_study_in_optunas_journal_file_is_topped_up_too(
             "error: hydra.sweeper.params.optim.lr: sampler.name=grid needs choice(...) or "
             "range(...), not an interval",
         ),
+        (
+            ["hydra.sweeper.pruner=asha"],
+            "error: hydra.sweeper.pruner=asha: not a pruner here (none, median, hyperband)",
+        ),
+        (
+            [
+                "hydra.sweeper.pruner=median",
+                "hydra.sweeper.storage=memory",
+                "hydra/launcher=joblib",
+            ],
+            "error: hydra.sweeper.pruner=median with hydra.sweeper.storage=memory: the jobs of "
+            "this launcher run in other processes and cannot reach the study",
+        ),
     ],
-    ids=["sampler", "space", "directory", "url", "direction", "grid"],
+    ids=["sampler", "space", "directory", "url", "direction", "grid", "pruner", "unreachable"],
 )
 def test_a_bad_setting_is_one_line_and_the_sweep_ends_failed(
     monkeypatch, capfd, store_uri, client, workdir, args, error
@@ -154,6 +167,74 @@ def test_a_bad_setting_is_one_line_and_the_sweep_ends_failed(
     assert "Traceback" not in err
     (parent,) = runs_of(client, "minimize")
     assert parent.info.status == "FAILED"  # never left RUNNING
+
+
+# Eight rates, some far behind the others early in 40 steps: the median pruner stops them.
+PRUNED_SEARCH = [
+    "task.steps=40",
+    "hydra.sweeper.sampler.name=grid",
+    "optim.lr=choice(0.2,0.15,0.1,0.05,0.02,0.0002,0.0001,0.0003)",
+    "hydra.sweeper.n_trials=8",
+    "hydra.sweeper.prune_every=5",
+]
+
+
+def assert_pruned_alike(client, study: optuna.Study, out: str) -> None:
+    """The study's PRUNED trials are the sweep's PRUNED jobs and its runs ended early: KILLED,
+    tagged pruned at the step they stopped at, which their loss history ends with."""
+    trials = study.get_trials()
+    pruned = [t.number for t in trials if t.state == TrialState.PRUNED]
+    complete = [t.number for t in trials if t.state == TrialState.COMPLETE]
+    assert pruned and sorted(pruned + complete) == list(range(8)), [t.state for t in trials]
+    assert f"8 jobs: {len(complete)} finished, {len(pruned)} pruned" in out, out
+    runs = trial_runs(client)
+    for number in pruned:
+        run, trial = runs[number], trials[number]
+        step = int(run.data.tags["pruned"])
+        assert run.info.status == "KILLED", run.info
+        assert run.data.tags["error"].startswith(f"pruned at step {step} by the median pruner")
+        assert max(trial.intermediate_values) == step < 39
+        history = client.get_metric_history(run.info.run_id, "result/loss")
+        assert max(point.step for point in history) == step
+        assert trial.intermediate_values[step] == pytest.approx(history[-1].value)
+    for number in complete:
+        assert runs[number].info.status == "FINISHED"
+        assert "pruned" not in runs[number].data.tags
+
+
+def test_a_pruner_stops_hopeless_trials_and_the_runs_say_so(
+    monkeypatch, capfd, store_uri, client, workdir
+) -> None:
+    args = [*SEARCH, *PRUNED_SEARCH, "hydra.sweeper.pruner=median"]
+    assert sweep(monkeypatch, store_uri, args) == 0  # a pruned trial is no failure
+    out = capfd.readouterr().out
+    study = the_study(f"sqlite:///{workdir / 'optuna.db'}")
+    assert_pruned_alike(client, study, out)
+    (parent,) = [r for r in runs_of(client, "minimize") if r.data.tags.get("sweep") == "true"]
+    assert parent.info.status == "FINISHED"
+    figures = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert "report/intermediate_values.png" in figures
+
+
+@pytest.mark.slow
+def test_trials_in_other_processes_are_pruned_through_the_studys_file(
+    monkeypatch, capfd, store_uri, client, workdir
+) -> None:
+    journal = workdir / "study.journal"
+    args = [
+        *SEARCH,
+        *PRUNED_SEARCH,
+        "hydra.sweeper.pruner=median",
+        f"hydra.sweeper.storage=journal:{journal}",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "hydra.sweeper.n_jobs=2",
+    ]
+    assert sweep(monkeypatch, store_uri, args) == 0
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))
+    )
+    assert_pruned_alike(client, the_study(storage), capfd.readouterr().out)
 
 
 def test_studies_are_found_in_their_default_places(tmp_path: Path) -> None:

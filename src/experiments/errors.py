@@ -43,6 +43,15 @@ class StoreUnreachable(ConfigError):
     """
 
 
+class Pruned(Exception):
+    """A search stopped this trial early: its intermediate objective was not promising.
+
+    Not a failure: the run ends KILLED with the reason (``pruned at step 40: ...``) and a
+    ``pruned`` tag, the sweep's summary lists the job PRUNED, and the search tells its study
+    the trial was pruned. Raised by a recorder's ``report`` (see ``tasks.context``).
+    """
+
+
 def first_line(error: BaseException | str) -> str:
     """The first non-empty line of an error's message, or its type's name.
 

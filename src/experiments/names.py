@@ -20,6 +20,7 @@ SWEEP_TAG = "sweep"  # "true" on a sweep's parent run
 NOTE_TAG = "mlflow.note.content"  # MLflow's own: a run's description (how to rerun it)
 RERUN_OF_TAG = "rerun_of"  # a rerun names the run it ran again
 REPRODUCED_TAG = "reproduced"  # a rerun's verdict: true, false, or why it cannot say
+PRUNED_TAG = "pruned"  # a search stopped this trial early: the step it stopped at
 STUDY_TAG = "search.study"  # a search's parent run: its Optuna study (a rerun searches anew)
 # The files of a run's record that a rerun reads back (experiments.reproduce).
 OVERRIDES_FILE = "overrides.yaml"  # the command line's overrides that made the run

@@ -26,7 +26,7 @@ import logging
 import math
 import os
 import sys
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Iterator, Mapping
 
 _paused = False
@@ -67,21 +67,26 @@ def restore_env() -> None:
 
 
 @contextmanager
-def hydra_reraises() -> Iterator[None]:
+def env_for_block(name: str, value: str) -> Iterator[None]:
+    """Set an environment variable while the block runs; what was there comes back after."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+def hydra_reraises() -> AbstractContextManager[None]:
     """Have Hydra re-raise errors instead of printing them (``HYDRA_FULL_ERROR=1``).
 
     Hydra prints composition errors over several lines and job errors with a traceback;
     re-raised, they can be reported as one line. Undone when the block ends.
     """
-    before = os.environ.get("HYDRA_FULL_ERROR")
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("HYDRA_FULL_ERROR", None)
-        else:
-            os.environ["HYDRA_FULL_ERROR"] = before
+    return env_for_block("HYDRA_FULL_ERROR", "1")
 
 
 MLFLOW_HTTP = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")

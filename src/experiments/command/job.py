@@ -16,11 +16,12 @@ from omegaconf import DictConfig
 from experiments import runner, signals
 from experiments.command.exits import JobErrors
 from experiments.command.messages import one_line
-from experiments.errors import ConfigError, NotRecorded, RunFailure
+from experiments.errors import ConfigError, NotRecorded, Pruned, RunFailure
 from experiments.record import uris
 from experiments.runner import Result, not_recorded_line
 from experiments.sweeps import callback, outcomes
 from experiments.sweeps.parent import parent_of
+from experiments.sweeps.search import trial as search_trial
 
 log = logging.getLogger("experiments")
 
@@ -62,6 +63,7 @@ def _sweep_job(
             parent_run_id=parent.run_id,
             parent_journal=parent.journal_id,
             run_name=parent.child_name(overrides),
+            judge=search_trial.judge_for(cfg.tracking.tags),
             # In the launching process, the next job runs while this one's last records
             # are sent; the sweep collects how they fared before its summary.
             defer_delivery=callback.active(),
@@ -70,10 +72,13 @@ def _sweep_job(
         # A signal ends the job KILLED, also where a handler it reached raised an error of
         # its own (submitit's, on SIGUSR2 near the time limit), as the run itself does.
         stopped = signals.stop_reason(error)
-        outcome.status = "KILLED" if stopped is not None else "FAILED"
+        pruned = isinstance(error, Pruned)
+        outcome.status = "KILLED" if stopped is not None else "PRUNED" if pruned else "FAILED"
         outcome.reason = stopped or one_line(error)
         outcome.write(output_dir)
-        if stopped is None:
+        if pruned:
+            log.info("job %s %s", job, outcome.reason)
+        elif stopped is None:
             # Hydra re-raises only the sweep's first error: name every failed job here.
             log.error("job %s failed: %s", job, outcome.reason)
         raise

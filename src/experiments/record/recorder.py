@@ -14,6 +14,9 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
+from experiments.errors import Pruned
+from experiments.names import PRUNED_TAG
+
 if TYPE_CHECKING:
     from experiments.record.journal import Writer
 
@@ -37,7 +40,14 @@ class JournalRecorder:
         quiet: the live run's ``quiet`` (keeps the recording process idle); none offline.
         send_figure: hands a figure to the recording process to draw into the given file
             (a live run); returns False when it cannot, and the figure is drawn here.
+
+    Attributes:
+        judge: a search's judge of this trial (``sweeps.search.trial``), given each
+            reported value and step; it returns why the trial stops there, or None. Unset,
+            ``report`` does nothing.
     """
+
+    judge: Optional[Callable[[float, int], Optional[str]]] = None
 
     def __init__(
         self,
@@ -110,6 +120,14 @@ class JournalRecorder:
             file = str(path.resolve())
         folder = str(artifact_dir) if artifact_dir not in (None, "", Path(".")) else None
         self._append({"type": "artifact", "file": file, "dir": folder})
+
+    def report(self, value: float, step: int) -> None:
+        if self.judge is None:
+            return
+        reason = self.judge(value, step)
+        if reason is not None:
+            self.set_tags({PRUNED_TAG: str(step)})
+            raise Pruned(reason)
 
     def quiet(self) -> AbstractContextManager[None]:
         return self._quiet() if self._quiet is not None else nullcontext()

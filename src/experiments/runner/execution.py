@@ -13,13 +13,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import config, devices, optimizers, process, record, signals, tasks
-from experiments.errors import ConfigError, first_line
+from experiments.errors import ConfigError, Pruned, first_line
 from experiments.names import (
     CODE_DIFF_FILE,
     CONFIG_HASH_TAG,
@@ -119,6 +119,7 @@ def execute(
     parent_journal: str | None = None,
     defer_delivery: bool = False,
     run_name: str | None = None,
+    judge: Optional[Callable[[float, int], Optional[str]]] = None,
 ) -> Result:
     """Execute the task that ``cfg`` names and record it as one MLflow run.
 
@@ -138,6 +139,8 @@ def execute(
             meanwhile).
         run_name: the run's name unless ``tracking.run_name`` sets one; by default the
             task and the overrides.
+        judge: a search's judge of this trial (``sweeps.search.trial``): what the task
+            reports (``ctx.recorder.report``) goes to it, and it may stop the run early.
 
     Returns:
         The objective, the run that recorded it, and how its records fared.
@@ -147,6 +150,7 @@ def execute(
             is bad, inside the run (which ends FAILED) when this machine cannot honour it.
         RunFailure: the task could not finish (divergence, out of memory); the run is FAILED.
         signals.Interrupted: a signal stopped the run; it ended KILLED.
+        Pruned: the search's pruner stopped the trial; the run ended KILLED, marked pruned.
     """
     started = time.perf_counter()
     planned = plan(cfg, overrides, output_dir, parent_run_id, parent_journal, run_name)
@@ -164,6 +168,7 @@ def execute(
                 planned.skip,
             )
         end = _End()
+        recording.recorder.judge = judge
         try:
             signals.raise_deferred()
             prepare(planned.settings.task.name)  # the task's own start-up, while the store opens
@@ -342,6 +347,8 @@ class _End:
         stop = signals.stop_reason(failure)
         if stop is not None:
             self.status, self.error, self.hurry = "KILLED", stop, True
+        elif isinstance(failure, Pruned):  # stopped early on purpose, not a failure
+            self.status, self.error = "KILLED", first_line(failure)
         else:
             self.error = first_line(failure)
 

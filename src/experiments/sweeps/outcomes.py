@@ -19,7 +19,7 @@ from experiments.record import liveness
 log = logging.getLogger(__name__)
 
 OUTCOME_FILE = "outcome.json"
-STATUSES = ("FINISHED", "FAILED", "KILLED", "UNSYNCED", "SKIPPED", "RUNNING")
+STATUSES = ("FINISHED", "PRUNED", "FAILED", "KILLED", "UNSYNCED", "SKIPPED", "RUNNING")
 
 
 @dataclass
@@ -28,7 +28,8 @@ class Outcome:
 
     job: int
     overrides: list[str]
-    status: str  # RUNNING, then FINISHED, FAILED, KILLED, UNSYNCED or SKIPPED
+    status: str  # RUNNING, then FINISHED, PRUNED (a search stopped it), FAILED, KILLED,
+    # UNSYNCED or SKIPPED
     run_id: Optional[str] = None
     objective: Optional[float] = None
     reason: Optional[str] = None

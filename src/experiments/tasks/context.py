@@ -38,6 +38,14 @@ class Recorder(Protocol):
     def log_artifact(self, path: str | Path) -> None:
         """Record a file as an artifact."""
 
+    def report(self, value: float, step: int) -> None:
+        """The objective so far, at ``step`` of an iterative task (``minimize``'s loss).
+
+        Cheap to call at every step. In a search with a pruner, the search may judge the
+        trial hopeless at one of these steps: this then raises ``errors.Pruned``, which the
+        task lets through (the run ends KILLED, marked pruned). Elsewhere it does nothing.
+        """
+
     def quiet(self) -> AbstractContextManager[None]:
         """A block the task times: nothing else of the pipeline runs meanwhile.
 
@@ -56,6 +64,7 @@ class MemoryRecorder:
     figures: dict[str, Any] = field(default_factory=dict)
     texts: dict[str, str] = field(default_factory=dict)
     artifacts: list[Path] = field(default_factory=list)
+    reports: list[tuple[int, float]] = field(default_factory=list)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         self.params.update(params)
@@ -75,6 +84,9 @@ class MemoryRecorder:
 
     def log_artifact(self, path: str | Path) -> None:
         self.artifacts.append(Path(path))
+
+    def report(self, value: float, step: int) -> None:
+        self.reports.append((step, float(value)))
 
     def quiet(self) -> AbstractContextManager[None]:
         return nullcontext()

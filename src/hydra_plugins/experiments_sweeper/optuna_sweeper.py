@@ -37,6 +37,9 @@ class OptunaSweeperConf:
     study_name: Optional[str] = None  # default: the command line's overrides
     storage: Optional[str] = None  # default: beside the tracking store; or a URL, or memory
     sampler: SamplerConf = field(default_factory=SamplerConf)
+    pruner: str = "none"  # or median, hyperband: stop hopeless trials at a reported step
+    prune_every: int = 10  # a trial reports its objective to the pruner every N steps
+    prune_after: int = 0  # no trial is pruned before this step (its early steps mislead)
     params: Optional[Dict[str, Any]] = None  # the search space, in Hydra's sweep syntax
 
 

@@ -4,7 +4,9 @@
 - ``study``: where the study is stored, which of its trials count, trials left by a search
   that is gone.
 - ``loop``: the search itself: batches of trials through the sweep's launcher, each told
-  its job's objective, ``optimization_results.yaml`` at the end.
+  its job's objective (or that its pruner stopped it), ``optimization_results.yaml`` at the end.
+- ``trial``: a trial's side, in its job's process: the objective it reports at its steps,
+  and the pruner's verdict (the runner's recorder asks it; the task never sees Optuna).
 
 The Hydra plugin (``hydra_plugins.experiments_sweeper``) is its entry. Optuna is imported
 only when a search runs.

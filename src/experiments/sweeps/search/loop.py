@@ -21,12 +21,13 @@ from typing import Any, Mapping, Sequence
 from hydra.core.utils import JobStatus
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.errors import ConfigError
+from experiments.errors import ConfigError, Pruned
 from experiments.names import without_tags
 from experiments.record import uris
 from experiments.sweeps.search import note
 from experiments.sweeps.search import space as spaces
 from experiments.sweeps.search import study as studies
+from experiments.sweeps.search import trial as trials_of
 
 log = logging.getLogger("experiments.search")
 
@@ -60,11 +61,24 @@ def search(
     if grid is not None:
         n_trials = min(n_trials, math.prod(len(values) for values in grid.values()))
     sampler = studies.make_sampler(sampler_name, sampler_settings.get("seed"), grid)
+    pruner_name = str(settings.get("pruner") or "none")
+    every, after = int(settings.get("prune_every") or 1), int(settings.get("prune_after") or 0)
+    if every < 1 or after < 0:
+        raise ConfigError(
+            f"hydra.sweeper.prune_every={every}, prune_after={after}: at least 1 and 0"
+        )
+    pruner = studies.make_pruner(pruner_name, every, after)
     tracking_uri = uris.absolute(uris.resolve(config.tracking.uri)[0])
     url = studies.storage_url(settings.get("storage"), tracking_uri)
+    if url is None and pruner_name != "none" and not _jobs_run_here(config):
+        raise ConfigError(
+            f"hydra.sweeper.pruner={pruner_name} with hydra.sweeper.storage=memory: the jobs "
+            "of this launcher run in other processes and cannot reach the study; keep it in "
+            "a file or a database"
+        )
     storage = studies.open_storage(url)
     name = settings.get("study_name") or study_name(list(config.hydra.overrides.task))
-    study = studies.load(storage, name, str(settings["direction"]), sampler)
+    study = studies.load(storage, name, str(settings["direction"]), sampler, pruner)
     asked = len(study.get_trials(deepcopy=False))
     seed = sampler_settings.get("seed")
     if asked and seed is not None and sampler_name in ("tpe", "random"):
@@ -86,17 +100,26 @@ def search(
         max(0, n_trials - held),
         n_trials,
     )
+    if pruner_name != "none":
+        log.info(
+            "pruner %s: trials report their objective every %d steps, none is stopped before "
+            "step %d",
+            pruner_name,
+            every,
+            after,
+        )
     job = 0
-    while True:
-        trials = _ask(study, space, min(n_jobs, n_trials - held), n_trials, grace_s)
-        if not trials:
+    with trials_of.offered(study, name, url, pruner_name, every, after):
+        while True:
+            trials = _ask(study, space, min(n_jobs, n_trials - held), n_trials, grace_s)
+            if not trials:
+                held, _ = studies.counted(study, grace_s)
+                if held >= n_trials:
+                    break
+                time.sleep(1.0)  # another search holds the rest for now: look again
+                continue
+            job += _run_batch(study, space, launcher, trials, job, rate)
             held, _ = studies.counted(study, grace_s)
-            if held >= n_trials:
-                break
-            time.sleep(1.0)  # another search holds the rest for now: look again
-            continue
-        job += _run_batch(study, space, launcher, trials, job, rate)
-        held, _ = studies.counted(study, grace_s)
     best = _write_results(study, sweep_dir, name, shown)
     if best is not None:
         figures = _draw(study, sweep_dir)
@@ -162,6 +185,9 @@ def _run_batch(
         raise
     failed = []
     for trial, result in zip(trials, returns):
+        if _pruned(result):
+            _tell(study, trial, None, pruned=True)
+            continue
         value = _objective(result)
         if value is None:
             failed.append(result)
@@ -180,12 +206,14 @@ def _run_batch(
     return len(returns)
 
 
-def _tell(study: Any, trial: Any, value: float | None) -> None:
-    """Tell the study a trial's objective, or (None) that it failed."""
+def _tell(study: Any, trial: Any, value: float | None, pruned: bool = False) -> None:
+    """Tell the study a trial's objective, or (None) that it failed or was pruned."""
     from optuna.trial import TrialState
 
     try:
-        if value is None:
+        if pruned:
+            study.tell(trial, state=TrialState.PRUNED)
+        elif value is None:
             study.tell(trial, state=TrialState.FAIL)
         else:
             study.tell(trial, value)
@@ -194,6 +222,19 @@ def _tell(study: Any, trial: Any, value: float | None) -> None:
         # can take; the trial is told all the same.
         if "Study.stop" not in str(error):
             raise
+
+
+def _pruned(result: Any) -> bool:
+    """Whether the job stopped because the pruner judged its trial (``errors.Pruned``)."""
+    return result.status == JobStatus.FAILED and isinstance(
+        getattr(result, "_return_value", None), Pruned
+    )
+
+
+def _jobs_run_here(config: DictConfig) -> bool:
+    """Whether the sweep's launcher runs its jobs in this process (Hydra's basic launcher)."""
+    target = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
+    return target.endswith("BasicLauncher")
 
 
 def _objective(result: Any) -> float | None:
@@ -249,6 +290,8 @@ def _draw(study: Any, sweep_dir: Path) -> list[str]:
         ("optimization_history", plots.plot_optimization_history),
         ("slice", plots.plot_slice),
     ]
+    if any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
+        charts.append(("intermediate_values", plots.plot_intermediate_values))
     if len(study.best_trial.params) >= 2:
         charts += [
             ("param_importances", plots.plot_param_importances),

@@ -38,6 +38,7 @@ SURPLUS = "experiments.surplus"
 RETRY_OF = "experiments.retry_of"  # a trial queued again: the number of the one it retries
 BEAT_EVERY_S = 30.0
 SAMPLERS = ("tpe", "random", "grid", "qmc")
+PRUNERS = ("none", "median", "hyperband")
 
 
 def storage_url(setting: Optional[str], tracking_uri: str) -> Optional[str]:
@@ -95,7 +96,7 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
     return {}
 
 
-def load(storage: Any, name: str, direction: str, sampler: Any) -> Any:
+def load(storage: Any, name: str, direction: str, sampler: Any, pruner: Any = None) -> Any:
     """The study ``name`` (created when new); one stored with another direction is refused."""
     import optuna
     from optuna.study import StudyDirection
@@ -118,7 +119,21 @@ def load(storage: Any, name: str, direction: str, sampler: Any) -> Any:
             "another with hydra.sweeper.study_name"
         )
     return optuna.create_study(
-        storage=storage, sampler=sampler, study_name=name, direction=direction, load_if_exists=True
+        storage=storage,
+        sampler=sampler,
+        pruner=pruner,
+        study_name=name,
+        direction=direction,
+        load_if_exists=True,
+    )
+
+
+def reopen(url: str, name: str, pruner: str, every: int, after: int) -> Any:
+    """A search's study as one of its jobs in another process sees it: to report and prune."""
+    import optuna
+
+    return optuna.load_study(
+        study_name=name, storage=open_storage(url), pruner=make_pruner(pruner, every, after)
     )
 
 
@@ -137,6 +152,26 @@ def make_sampler(name: str, seed: Optional[int], grid: Optional[dict] = None) ->
     raise ConfigError(
         f"hydra.sweeper.sampler.name={name}: not a sampler here ({', '.join(SAMPLERS)})"
     )
+
+
+def make_pruner(name: str, every: int, after: int = 0) -> Any:
+    """The pruner ``hydra.sweeper.pruner`` names; a trial reports every ``every`` steps and
+    is never stopped before step ``after``.
+
+    ``median``: a trial stops at a step where its objective is worse than the median of the
+    earlier trials' there, once 5 trials have completed (Optuna's default). ``hyperband``:
+    trials race in brackets whose first rung is step ``after`` (at least ``every``), a third
+    of them going on at each rung.
+    """
+    from optuna import pruners
+
+    if name == "none":
+        return pruners.NopPruner()
+    if name == "median":
+        return pruners.MedianPruner(n_warmup_steps=after)
+    if name == "hyperband":
+        return pruners.HyperbandPruner(min_resource=max(1, every, after), reduction_factor=3)
+    raise ConfigError(f"hydra.sweeper.pruner={name}: not a pruner here ({', '.join(PRUNERS)})")
 
 
 def owner() -> str:

@@ -153,6 +153,7 @@ def _optimise(
             _check_finite(point, step, snapshot, trajectory.names, ctx)
             if step % ctx.log_every == 0:
                 ctx.recorder.log_metrics(point, step=step)
+            ctx.recorder.report(loss, step)  # a search's pruner may stop the trial here
             progress.update(step + 1, loss=loss)
             if cfg.tol is not None and grad_norm < cfg.tol:
                 # converged at the point this step started from; the step has moved on from
