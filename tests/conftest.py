@@ -87,6 +87,16 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
         GlobalHydra.instance().clear()
 
 
+def hydra_node(overrides: list[str]) -> DictConfig:
+    """The ``hydra`` node Hydra would use: which sweeper, launcher and sweep parameters."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return compose("config", overrides=overrides, return_hydra_config=True).hydra
+    finally:
+        GlobalHydra.instance().clear()
+
+
 def runs_of(client: MlflowClient, experiment: str) -> list:
     """Every run of an experiment, oldest first."""
     found = client.get_experiment_by_name(experiment)

@@ -43,6 +43,8 @@ LONG = ["task.steps=5000000", "optim.lr=1e-7", "tracking.log_every=100"]
 # Python has a handler for it, and the job would die of it.
 TIME_LIMIT = ["hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=60"]
 SWEEP_TIMEOUT_S = 400  # the requeue sweep: two attempts of up to a minute each, and a wait
+# A job Slurm holds PENDING (reason BeginTime) for an hour, and a launcher that waits 3 s.
+HELD = ["+hydra.launcher.additional_parameters.begin=now+1hour", "hydra.launcher.max_wait_min=0.05"]
 
 
 def missing() -> Optional[str]:
@@ -302,6 +304,32 @@ def test_without_accounting_a_cancelled_job_ends_the_sweep_all_the_same(cluster,
     statuses = {run.data.params["task.steps"]: run.info.status for run in jobs}
     assert statuses == {"31": "FINISHED", "5000002": "KILLED"}, sweep.logs()
     assert parent.info.status == "FAILED"
+
+
+def test_a_job_held_past_the_launchers_wait_is_cancelled_and_named(cluster, tmp_path) -> None:
+    # Its own sweep, timed from its start: the others of the module run meanwhile.
+    started = time.monotonic()
+    sweep = Sweep(cluster, tmp_path / "held", ["task.steps=5", *HELD])
+    status, out, err = sweep.wait(timeout=120)
+    took = time.monotonic() - started
+    assert status == 1, err + sweep.logs()
+    assert took < 60, f"the sweep took {took:.0f} s to end after a wait of 3 s"
+    assert "Traceback" not in err
+    (script,) = sweep.directory.glob("outputs/multirun/*/*/.submitit/*/*_submission.sh")
+    assert "#SBATCH --begin=now+1hour\n" in script.read_text()
+    job_id = script.parent.name
+    line = (
+        f"job 0 (Slurm job {job_id}) still PENDING after the launcher's wait of 0.05 min "
+        "(hydra.launcher.max_wait_min): cancelled"
+    )
+    assert err.strip().splitlines()[-1] == f"error: {line}"
+    assert cluster.run("squeue", "--noheader", "--jobs", job_id).stdout.strip() == ""
+    assert accounted_state(cluster, job_id).startswith("CANCELLED"), "Slurm did not cancel it"
+    runs = runs_of(sweep.client, "minimize")
+    (parent,) = [run for run in runs if run.data.tags.get("sweep") == "true"]
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["error"] == line
+    assert [run.info.run_id for run in runs] == [parent.info.run_id]  # the job never started
 
 
 def test_a_device_sweep_asks_each_job_for_its_own_gpus(cluster, sweeps) -> None:

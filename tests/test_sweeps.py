@@ -16,13 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from mlflow import MlflowClient
 
 from experiments import config
 from experiments.command import app, exits
-from tests.conftest import CONF_DIR, all_runs, compose_config, run_cli, runs_of
+from tests.conftest import all_runs, compose_config, hydra_node, run_cli, runs_of
 
 PARENT_TAG = "mlflow.parentRunId"
 QUICK_MATMUL = ["task.min_run_time_s=0.05", "task.warmup=1"]
@@ -68,16 +66,6 @@ def assert_children_of(parent, jobs: list, status: str = "FINISHED") -> None:
     assert jobs
     assert {run.data.tags[PARENT_TAG] for run in jobs} == {parent.info.run_id}
     assert {run.info.status for run in jobs} == {status}
-
-
-def hydra_node(overrides: list[str]):
-    """The ``hydra`` node Hydra would use: which sweeper, launcher and sweep parameters."""
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            return compose("config", overrides=overrides, return_hydra_config=True).hydra
-    finally:
-        GlobalHydra.instance().clear()
 
 
 @pytest.mark.parametrize(

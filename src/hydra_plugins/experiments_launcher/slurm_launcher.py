@@ -12,6 +12,11 @@ On a cluster that keeps no accounting (``sacct`` fails), Slurm cannot say how a 
 but ``squeue`` still says which jobs it holds: a job missing from the queue at two
 consecutive looks, with no result, has ended without one. So no sweep waits for a dead job.
 
+Nor for a job that never ends: the wait is bounded by ``hydra.launcher.max_wait_min``
+(:func:`max_wait_min`). The jobs that have not ended by then (held PENDING, still RUNNING,
+or on a controller that no longer answers) are cancelled, and each becomes a failed job
+whose error names the state Slurm last gave and that setting.
+
 It lives in ``hydra_plugins`` because Hydra only loads launchers from there; it is defined
 only where the ``sweeps`` extra (hydra-submitit-launcher) is installed.
 """
@@ -19,18 +24,19 @@ only where the ``sweeps`` extra (hydra-submitit-launcher) is installed.
 # No ``from __future__ import annotations``: Hydra's plugin scan runs this module before it
 # is in sys.modules, where dataclasses would look its string annotations up.
 import logging
+import math
 import os
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Set
+from typing import Any, Mapping, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 
-from experiments.errors import RunFailure
+from experiments.errors import ConfigError, RunFailure
 from experiments.sweeps.outcomes import read_outcomes
 
 try:
@@ -46,6 +52,15 @@ log = logging.getLogger(__name__)
 SACCT_EVERY_S = 10.0  # how often Slurm's accounting is asked which jobs have ended
 POLL_S = 1.0  # how often the jobs' result files are looked for
 LOOKS_GONE = 2  # without accounting: looks at the queue a job must be missing from to be ended
+# The default bound's allowance for queueing, on top of the jobs' own time limits: a busy
+# cluster holds jobs for hours, over a weekend for a day or two; a job still held after
+# three days is waiting for something that will not come (a --begin far away, a hold,
+# resources the partition does not have).
+QUEUE_ALLOWANCE_MIN = 3 * 24 * 60.0
+WAIT_KEY = "hydra.launcher.max_wait_min"
+# After the bound, how long the cancelled jobs get to leave the queue: Slurm sends SIGTERM,
+# then SIGKILL KillWait (30 s by default) later; a running job closes its run in between.
+CANCEL_WAIT_S = 90.0
 
 if _HydraSlurmLauncher is not None:
 
@@ -54,6 +69,10 @@ if _HydraSlurmLauncher is not None:
         """``hydra/launcher=experiments_slurm``: submitit_slurm's settings, this launcher."""
 
         _target_: str = f"{__name__}.SlurmLauncher"
+        # How long the sweep waits for its jobs, in minutes, before it cancels those that
+        # have not ended. None: the jobs' own time limits plus 3 days of queueing (see
+        # max_wait_min); never unbounded.
+        max_wait_min: Optional[float] = None
 
     # Its own option of the launcher group, so that hydra/launcher=submitit_local on the
     # command line still replaces all of it (the preset's rehearsal without a cluster).
@@ -88,10 +107,11 @@ if _HydraSlurmLauncher is not None:
                 params.append(
                     (list(overrides), "hydra.sweep.dir", index, f"job_id_for_{index}", state)
                 )
+            bound = max_wait_min(self.params, len(job_overrides))
             jobs = self._submit(submitit, job_overrides, params)
-            lost = wait_for_all(jobs, accounting=has_accounting(jobs))
+            unfinished = wait_for_all(jobs, accounting=has_accounting(jobs), max_wait=bound)
             return [
-                result_of(job, index, overrides, sweep_dir, lost)
+                result_of(job, index, overrides, sweep_dir, unfinished)
                 for job, (overrides, _, index, _, _) in zip(jobs, params)
             ]
 
@@ -153,7 +173,7 @@ if _HydraSlurmLauncher is not None:
             return {
                 key if key in shared else f"{self._EXECUTOR}_{key}": value
                 for key, value in self.params.items()
-                if key not in ("submitit_folder", "max_num_timeout")
+                if key not in ("submitit_folder", "max_num_timeout", "max_wait_min")
             }
 
         @staticmethod
@@ -179,15 +199,44 @@ def detail_of(error: BaseException) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
+def max_wait_min(params: Mapping[str, Any], jobs: int) -> float:
+    """How long a launch of ``jobs`` jobs waits for them, in minutes.
+
+    ``hydra.launcher.max_wait_min`` when set. By default, what the jobs may take by their
+    own settings plus :data:`QUEUE_ALLOWANCE_MIN` (3 days) of queueing: each round of
+    ``array_parallelism`` jobs runs up to ``timeout_min`` per attempt, for up to
+    ``max_num_timeout + 1`` attempts. For the preset's 30-minute jobs, a sweep of up to
+    256 jobs waits 3 days and 30 minutes at most.
+
+    Raises:
+        ConfigError: the setting is not a positive number of minutes.
+    """
+    given = params.get("max_wait_min")
+    if given is not None:
+        if not given > 0:  # the schema makes it a number
+            raise ConfigError(f"{WAIT_KEY} must be a positive number of minutes, got {given!r}")
+        return float(given)
+    rounds = math.ceil(jobs / max(1, int(params.get("array_parallelism") or 1)))
+    attempts = 1 + int(params.get("max_num_timeout") or 0)
+    return QUEUE_ALLOWANCE_MIN + rounds * attempts * float(params.get("timeout_min") or 0)
+
+
 def cancel(jobs: Sequence[Any]) -> None:
     """``scancel`` the arrays of ``jobs`` (a sweep that cannot start all of its jobs)."""
-    arrays = array_ids(jobs)
-    if not arrays:
-        return
+    scancel(array_ids(jobs))
+
+
+def scancel(ids: Sequence[str]) -> Optional[str]:
+    """``scancel`` Slurm jobs (whole arrays, ``12``, or their tasks, ``12_3``); None when
+    done, else why not (also logged as a warning)."""
+    if not ids:
+        return None
     try:
-        subprocess.run(["scancel", *arrays], capture_output=True, check=True, timeout=60)
+        subprocess.run(["scancel", *ids], capture_output=True, text=True, check=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as error:
-        log.warning("could not cancel Slurm jobs %s: %s", ", ".join(arrays), error)
+        log.warning("could not cancel Slurm jobs %s: %s", ", ".join(ids), detail_of(error))
+        return detail_of(error)
+    return None
 
 
 def has_accounting(jobs: Sequence[Any]) -> bool:
@@ -211,13 +260,14 @@ def has_accounting(jobs: Sequence[Any]) -> bool:
         return False
 
 
-def queued(jobs: Sequence[Any]) -> Optional[set[str]]:
-    """The ids of ``jobs`` that Slurm's queue holds (one per array task), or None when
-    ``squeue`` does not answer (the controller restarting, say)."""
+def queued(jobs: Sequence[Any]) -> Optional[dict[str, str]]:
+    """The ids of ``jobs`` that Slurm's queue holds (one per array task) and their states
+    (``PENDING``, ``RUNNING``, ...), or None when ``squeue`` does not answer (the controller
+    restarting, say)."""
     arrays = array_ids(jobs)
     try:
         listed = subprocess.run(
-            ["squeue", "--noheader", "--array", "--format=%i", "--jobs", ",".join(arrays)],
+            ["squeue", "--noheader", "--array", "--format=%i %T", "--jobs", ",".join(arrays)],
             capture_output=True,
             text=True,
             check=True,
@@ -225,26 +275,46 @@ def queued(jobs: Sequence[Any]) -> Optional[set[str]]:
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    return set(listed.split())
+    return dict(line.split(maxsplit=1) for line in listed.splitlines() if " " in line.strip())
 
 
-def wait_for_all(jobs: Sequence[Any], accounting: bool = True) -> set[str]:
-    """Wait until every job has a result or Slurm says it ended (completed, failed, ...).
+@dataclass
+class Unfinished:
+    """The jobs :func:`wait_for_all` stopped waiting for without a result."""
+
+    # Left the queue of a cluster without accounting: Slurm cannot say how they ended.
+    gone: set[str] = field(default_factory=set)
+    # Not ended when the wait's bound came: job id -> the end of its error line.
+    cut: dict[str, str] = field(default_factory=dict)
+
+
+def wait_for_all(
+    jobs: Sequence[Any], accounting: bool = True, max_wait: float = math.inf
+) -> Unfinished:
+    """Wait until every job has a result or Slurm says it ended (completed, failed, ...),
+    for ``max_wait`` minutes at most.
 
     A requeued job is pending again, so it is waited for too. Without ``accounting``, a job
-    missing from Slurm's queue at :data:`LOOKS_GONE` consecutive looks has ended: the ids
-    of such jobs without a result are returned.
+    missing from Slurm's queue at :data:`LOOKS_GONE` consecutive looks has ended. The jobs
+    that have not ended after ``max_wait`` minutes are cancelled (:func:`cut_short`).
     """
     pending = list(jobs)
     missing = {job.job_id: 0 for job in jobs}  # consecutive looks that did not find it
+    seen: dict[str, str] = {}  # without accounting: the state the queue last gave each job
+    cut: dict[str, str] = {}
     asked = time.monotonic()
+    deadline = asked + max_wait * 60
     while pending:
+        if time.monotonic() >= deadline:
+            cut = cut_short(pending, max_wait, seen if not accounting else None)
+            break
         if time.monotonic() - asked >= SACCT_EVERY_S:
             if accounting:
                 pending[0].watcher.update()  # one sacct call for every job of the sweep
             else:
                 held = queued(pending)
                 if held is not None:  # squeue did not answer: no look counts
+                    seen.update(held)
                     for job in pending:
                         missing[job.job_id] = 0 if job.job_id in held else missing[job.job_id] + 1
             asked = time.monotonic()
@@ -255,8 +325,63 @@ def wait_for_all(jobs: Sequence[Any], accounting: bool = True) -> set[str]:
                 job for job in pending if not has_result(job) and missing[job.job_id] < LOOKS_GONE
             ]
         if pending:
-            time.sleep(POLL_S)
-    return {job.job_id for job in jobs if missing[job.job_id] >= LOOKS_GONE and not has_result(job)}
+            time.sleep(max(0.0, min(POLL_S, deadline - time.monotonic())))
+    gone = {job.job_id for job in jobs if missing[job.job_id] >= LOOKS_GONE and not has_result(job)}
+    return Unfinished(gone=gone, cut=cut)
+
+
+def cut_short(
+    jobs: Sequence[Any], max_wait: float, seen: Optional[Mapping[str, str]] = None
+) -> dict[str, str]:
+    """Cancel the jobs still waited for when the bound came; what to say of each.
+
+    Slurm's queue is asked once more for their states: the jobs it holds are cancelled (all
+    of them when it does not answer) and given :data:`CANCEL_WAIT_S` to leave it (a running
+    job closes its run on Slurm's SIGTERM). A job that left its result meanwhile keeps it.
+
+    Args:
+        jobs: the jobs without a result.
+        max_wait: the bound, in minutes, for the error lines.
+        seen: the states the queue last gave the jobs, where Slurm keeps no accounting
+            (None: ask submitit's cache of what ``sacct`` said).
+
+    Returns:
+        job id -> the end of its error line, e.g. ``still PENDING after the launcher's wait
+        of 0.5 min (hydra.launcher.max_wait_min): cancelled``.
+    """
+    held = queued(jobs)
+    doomed = [job.job_id for job in jobs if held is None or job.job_id in held]
+    refused = scancel(doomed)
+    deadline = time.monotonic() + CANCEL_WAIT_S
+    while doomed and refused is None and time.monotonic() < deadline:
+        left = queued(jobs)
+        if left is not None and not set(doomed) & set(left):
+            break
+        time.sleep(POLL_S)
+    waited = f"after the launcher's wait of {max_wait:g} min ({WAIT_KEY})"
+    ending = ": cancelled" if refused is None else f": could not cancel it ({refused})"
+    cut = {}
+    for job in jobs:
+        if has_result(job):
+            continue
+        if held is None:
+            last = _last_seen(job, seen)
+            before = f" (last seen {last})" if last is not None else ""
+            cut[job.job_id] = f"with Slurm not answering{before} {waited}{ending}"
+        elif job.job_id in held:
+            cut[job.job_id] = f"still {held[job.job_id]} {waited}{ending}"
+        else:  # it left the queue as the bound came
+            cut[job.job_id] = f"out of Slurm's queue without a result {waited}"
+    return cut
+
+
+def _last_seen(job: Any, seen: Optional[Mapping[str, str]]) -> Optional[str]:
+    """The state Slurm last gave the job: at a look at the queue (``seen``), or else as
+    ``sacct`` said (submitit's cache); None when it never said."""
+    if seen is not None:
+        return seen.get(job.job_id)
+    state = job.watcher.get_state(job.job_id, mode="cache")
+    return None if state == "UNKNOWN" else state
 
 
 def has_result(job: Any) -> bool:
@@ -270,17 +395,28 @@ def has_result(job: Any) -> bool:
 
 
 def result_of(
-    job: Any, index: int, overrides: Sequence[str], sweep_dir: Path, lost: Set[str] = frozenset()
+    job: Any,
+    index: int,
+    overrides: Sequence[str],
+    sweep_dir: Path,
+    unfinished: Optional[Unfinished] = None,
 ) -> JobReturn:
     """The job's own result, or a failed one that says what Slurm says became of it.
 
-    ``lost`` are the jobs that left the queue of a cluster without accounting, with no
-    result. The reason the job itself recorded (in its ``outcome.json``) is added when it
-    left one: a run ended by ``scancel`` or a time limit says so.
+    ``unfinished`` are the jobs without a result that left the queue of a cluster without
+    accounting, or that the wait's bound cancelled. The reason the job itself recorded (in
+    its ``outcome.json``) is added when it left one: a run ended by ``scancel`` or a time
+    limit says so.
     """
     from submitit.core.utils import UncompletedJobError
 
-    if job.job_id in lost:  # job.results() would wait for it forever
+    if unfinished is None:
+        unfinished = Unfinished()
+    if job.job_id in unfinished.cut:  # job.results() would wait for it forever
+        return _failed(
+            overrides, f"job {index} (Slurm job {job.job_id}) {unfinished.cut[job.job_id]}"
+        )
+    if job.job_id in unfinished.gone:  # likewise
         state = "(no accounting: Slurm cannot say how)"
     else:
         try:
@@ -292,5 +428,9 @@ def result_of(
         why = f": {recorded.reason}"
     else:
         why = f" without a result; its log: {job.paths.stderr}"
-    error = RunFailure(f"job {index} (Slurm job {job.job_id}) ended {state}{why}")
+    return _failed(overrides, f"job {index} (Slurm job {job.job_id}) ended {state}{why}")
+
+
+def _failed(overrides: Sequence[str], line: str) -> JobReturn:
+    error = RunFailure(line)
     return JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=error)
