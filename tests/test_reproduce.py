@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 
 from experiments import runner
 from experiments.errors import ConfigError
-from experiments.names import NOTE_TAG, REPRODUCED_TAG, RERUN_OF_TAG, result
+from experiments.names import NOTE_TAG, REPRODUCED_TAG, RERUN_OF_TAG, objective, result
 from experiments.reproduce import command as rerun_command
 from experiments.reproduce import compare
 from experiments.runner import environment
@@ -192,8 +192,10 @@ def logged_run(client: MlflowClient, experiment: str, metrics: dict, params: dic
 )
 def test_timings_are_judged_against_their_spread(client, time_b, iqr, expected, reproduced) -> None:
     tags = {"task": "matmul"}
-    a = logged_run(client, "t", {result("time_ms"): 10.0, result("time_iqr_ms"): iqr}, {}, tags)
-    b = logged_run(client, "t", {result("time_ms"): time_b, result("time_iqr_ms"): 0.1}, {}, tags)
+    a = logged_run(client, "t", {objective("time_ms"): 10.0, result("time_iqr_ms"): iqr}, {}, tags)
+    b = logged_run(
+        client, "t", {objective("time_ms"): time_b, result("time_iqr_ms"): 0.1}, {}, tags
+    )
     verdict = compare.compare(compare.side(client, a), compare.side(client, b))
     assert verdict.results[0].startswith(expected), verdict.results
     assert verdict.reproduced is reproduced
@@ -203,23 +205,24 @@ def test_histories_are_compared_bit_for_bit_naming_the_first_step(client) -> Non
     tags = {"task": "minimize"}
     params = {"device": "cpu", "task.steps": "4"}
     losses = [4.0, 3.0, 2.0, 1.0]
-    a = logged_run(client, "h", {result("loss"): losses, "time/task_s": 1.0}, params, tags)
-    same = logged_run(client, "h", {result("loss"): losses, "time/task_s": 2.0}, params, tags)
-    off = logged_run(client, "h", {result("loss"): [4.0, 3.0, 2.0 + 1e-15, 1.0]}, params, tags)
+    a = logged_run(client, "h", {objective("loss"): losses, "time/task_s": 1.0}, params, tags)
+    same = logged_run(client, "h", {objective("loss"): losses, "time/task_s": 2.0}, params, tags)
+    off = logged_run(client, "h", {objective("loss"): [4.0, 3.0, 2.0 + 1e-15, 1.0]}, params, tags)
     equal = compare.compare(compare.side(client, a), compare.side(client, same))
     assert equal.reproduced and equal.results == ["bit-for-bit equal: 1 metric, 4 points"]
     assert equal.settings == ["equal"]
     differs = compare.compare(compare.side(client, a), compare.side(client, off))
     assert not differs.reproduced
     assert (
-        differs.results[0] == f"{result('loss')} differs first at step 2: 2.0 -> 2.000000000000001"
+        differs.results[0]
+        == f"{objective('loss')} differs first at step 2: 2.0 -> 2.000000000000001"
     )
 
 
 def test_a_setting_that_differs_unasked_is_not_a_reproduction(client) -> None:
     tags = {"task": "minimize"}
-    a = logged_run(client, "s", {result("loss"): 1.0}, {"optim.lr": "0.1", "seed": "0"}, tags)
-    b = logged_run(client, "s", {result("loss"): 1.0}, {"optim.lr": "0.2", "seed": "0"}, tags)
+    a = logged_run(client, "s", {objective("loss"): 1.0}, {"optim.lr": "0.1", "seed": "0"}, tags)
+    b = logged_run(client, "s", {objective("loss"): 1.0}, {"optim.lr": "0.2", "seed": "0"}, tags)
     asked = compare.compare(compare.side(client, a), compare.side(client, b), ["optim.lr=0.2"])
     assert asked.reproduced and asked.settings == ["optim.lr: 0.1 -> 0.2 (override)"]
     unasked = compare.compare(compare.side(client, a), compare.side(client, b))
@@ -382,7 +385,7 @@ def test_an_unknown_run_is_refused(workdir, store_uri, client, capsys) -> None:
 
 def test_a_run_with_no_record_to_rerun_from_says_what_to_do(workdir, store_uri, client, capsys):
     tags = {"task": "minimize", "overrides": "optim.lr=0.5"}
-    old = logged_run(client, "minimize", {result("loss"): 1.0}, {}, tags)
+    old = logged_run(client, "minimize", {objective("loss"): 1.0}, {}, tags)
     status = rerun_command.main([old.info.run_id])
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 1 and len(err) == 1, err
@@ -392,7 +395,7 @@ def test_a_run_with_no_record_to_rerun_from_says_what_to_do(workdir, store_uri, 
 
 
 def test_a_config_that_no_longer_composes_names_the_key(workdir, store_uri, client, capsys):
-    old = logged_run(client, "minimize", {result("loss"): 1.0}, {}, {"task": "minimize"})
+    old = logged_run(client, "minimize", {objective("loss"): 1.0}, {}, {"task": "minimize"})
     client.log_text(old.info.run_id, "- task.momentum_decay=0.5\n", "overrides.yaml")
     status = rerun_command.main([old.info.run_id])
     err = capsys.readouterr().err.strip().splitlines()
@@ -403,17 +406,19 @@ def test_a_config_that_no_longer_composes_names_the_key(workdir, store_uri, clie
 
 def test_report_compares_two_existing_runs_the_same_way(store_uri, client, capsys) -> None:
     tags = {"task": "minimize"}
-    a = logged_run(client, "c", {result("loss"): [3.0, 2.0]}, {"device": "cpu"}, tags)
-    b = logged_run(client, "c", {result("loss"): [3.0, 2.5]}, {"device": "cpu"}, tags)
+    a = logged_run(client, "c", {objective("loss"): [3.0, 2.0]}, {"device": "cpu"}, tags)
+    b = logged_run(client, "c", {objective("loss"): [3.0, 2.5]}, {"device": "cpu"}, tags)
     args = ["--compare", a.info.run_id, b.info.run_id, "--tracking-uri", store_uri]
     status = report_command.main(args)
     out = capsys.readouterr().out
     assert status == 0
-    assert f"verdict: not reproduced: {result('loss')} differs first at step 1: 2.0 -> 2.5" in out
+    assert (
+        f"verdict: not reproduced: {objective('loss')} differs first at step 1: 2.0 -> 2.5" in out
+    )
 
 
 def test_a_bad_override_on_a_rerun_is_refused_as_the_users(workdir, store_uri, client, capsys):
-    old = logged_run(client, "minimize", {result("loss"): 1.0}, {}, {"task": "minimize"})
+    old = logged_run(client, "minimize", {objective("loss"): 1.0}, {}, {"task": "minimize"})
     client.log_text(old.info.run_id, "- task.steps=3\n", "overrides.yaml")
     status = rerun_command.main([old.info.run_id, "task.stepz=4"])
     err = capsys.readouterr().err.strip().splitlines()
