@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
 
-from experiments import runner
+from experiments import names, runner
 from experiments.errors import ConfigError
 from experiments.names import NOTE_TAG, REPRODUCED_TAG, RERUN_OF_TAG, objective, result
 from experiments.reproduce import command as rerun_command
@@ -201,6 +202,17 @@ def test_timings_are_judged_against_their_spread(client, time_b, iqr, expected, 
     assert verdict.reproduced is reproduced
 
 
+def test_a_time_recorded_before_objective_names_is_compared_with_its_reruns(client) -> None:
+    tags = {"task": "matmul"}
+    old = logged_run(client, "t", {result("time_ms"): 10.0, result("time_iqr_ms"): 0.5}, {}, tags)
+    new = logged_run(
+        client, "t", {objective("time_ms"): 10.2, result("time_iqr_ms"): 0.1}, {}, tags
+    )
+    verdict = compare.compare(compare.side(client, old), compare.side(client, new))
+    assert verdict.reproduced, verdict.results
+    assert verdict.results[0].startswith("same within noise: 10 ms -> 10.2 ms (+2.0%)")
+
+
 def test_histories_are_compared_bit_for_bit_naming_the_first_step(client) -> None:
     tags = {"task": "minimize"}
     params = {"device": "cpu", "task.steps": "4"}
@@ -298,6 +310,55 @@ def test_a_rerun_with_more_steps_differs_only_there(original, tmp_path) -> None:
     verdict = next(line for line in lines if line.startswith("verdict: "))
     assert "differs first at step 21" in verdict
     assert "equal on the steps both have" in verdict
+
+
+def recorded_before(client: MlflowClient, run_id: str, era: str, scratch: Path) -> str:
+    """A copy of a run as a version before objective/<name> recorded it; its id.
+
+    ``era`` ``result``: the objective under ``result/<name>`` (``result/loss``); ``bare``:
+    every result under its bare name (``loss``, ``grad_norm``), as before results had a
+    prefix. Params, tags, every point of every history and the record a rerun reads
+    (``overrides.yaml``, ``environment.json``) are the run's own.
+    """
+    run = client.get_run(run_id)
+
+    def named(key: str) -> str:
+        bare = names.bare_name(key)
+        if bare is None:
+            return key
+        return bare if era == "bare" else names.result(bare)
+
+    copy = client.create_run(run.info.experiment_id, tags=run.data.tags)
+    metrics = [
+        Metric(named(key), point.value, point.timestamp, point.step)
+        for key in run.data.metrics
+        for point in client.get_metric_history(run_id, key)
+    ]
+    params = [Param(key, value) for key, value in run.data.params.items()]
+    client.log_batch(copy.info.run_id, metrics=metrics, params=params)
+    for name in (names.OVERRIDES_FILE, names.ENVIRONMENT_FILE):
+        client.log_artifact(copy.info.run_id, client.download_artifacts(run_id, name, str(scratch)))
+    client.set_terminated(copy.info.run_id, "FINISHED")
+    return copy.info.run_id
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("era", ["result", "bare"])
+def test_a_run_recorded_before_objective_names_is_reproduced_by_its_rerun(
+    original, tmp_path, era
+) -> None:
+    where, run_id = original
+    client = MlflowClient(f"sqlite:///{where / 'mlflow.db'}")
+    old = recorded_before(client, run_id, era, tmp_path)
+    assert names.objective("loss") not in client.get_run(old).data.metrics
+    done = rerun(where, old)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    assert "verdict: reproduced" in done.stdout
+    # the rerun records objective/loss; its verdict pairs it with the old run's name for it
+    (new,) = [r for r in runs_of(client, "minimize") if r.data.tags.get(RERUN_OF_TAG) == old]
+    assert names.objective("loss") in new.data.metrics
+    compared = [key for key in new.data.metrics if not key.startswith("time/")]
+    assert f"results      bit-for-bit equal: {len(compared)} metrics" in done.stdout
 
 
 @pytest.mark.slow
