@@ -4,7 +4,8 @@ A task's objective (its ``OBJECTIVE``: what ``run()`` returns, what sweeps optim
 the metric ``objective/<name>`` (``objective/loss``); its other results are
 ``result/<name>`` (``result/grad_norm``). MLflow's UI sorts its chart sections by the
 prefix, so a run's page opens on the objective's chart, then the other results, ahead of
-the timings (``time/``) and variables (``var/``).
+the timings (``time/``) and variables (``var/``); only derivative's ``check/...`` (its
+errors against sympy) sorts before the objective.
 
 Runs recorded before carry older names: the objective as ``result/<name>``, and before
 results had a prefix every result bare (``loss``). Readers of stored runs (the report,
