@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from mlflow import MlflowClient
 from omegaconf.errors import OmegaConfBaseException
 
-from experiments import config, runner
+from experiments import config, names, runner
 from experiments.errors import ConfigError, RunFailure
 from experiments.tasks.context import MemoryRecorder, TaskContext
 from experiments.tasks.derivative import autograd
@@ -46,8 +46,9 @@ def drawn(recorder: MemoryRecorder, name: str, tmp_path: Path) -> int:
 
 
 def values(recorder: MemoryRecorder) -> dict[str, float]:
-    """The derivative values (``result/...``) by name, without timings and checks."""
-    return {k[7:]: recorder.last(k) for k in recorder.metrics if k.startswith("result/")}
+    """f (``objective/f``) and its derivatives (``result/...``) by name, without timings
+    and checks."""
+    return {bare: recorder.last(k) for k in recorder.metrics if (bare := names.bare_name(k))}
 
 
 # The tutorial's examples.
@@ -307,8 +308,10 @@ def test_runs_are_recorded_in_mlflow(store_uri, client: MlflowClient, tmp_path) 
             run.data.metrics
         )
         assert run.data.metrics["check/max_abs_err"] == 0.0
-    assert {k: first.data.metrics[k] for k in ("result/f", "result/df_dx", "result/d2f_dx2")} == {
-        "result/f": 25.0,
+    assert {
+        k: first.data.metrics[k] for k in ("objective/f", "result/df_dx", "result/d2f_dx2")
+    } == {
+        "objective/f": 25.0,
         "result/df_dx": 10.0,
         "result/d2f_dx2": 2.0,
     }
@@ -330,7 +333,7 @@ def test_a_non_finite_point_fails_the_run_with_the_reason(store_uri, client, tmp
     (run,) = runs_of(client, "derivative")
     assert run.info.status == "FAILED"
     assert run.data.tags["error"].startswith("f is not finite at x=0")
-    assert "result/f" not in run.data.metrics
+    assert "objective/f" not in run.data.metrics
 
 
 @pytest.mark.slow

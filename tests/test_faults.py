@@ -72,7 +72,9 @@ def metric_lines(path: Path) -> int:
 
 def loss_points(path: Path) -> int:
     return sum(
-        1 for r in journal.records(path) if r["type"] == "metrics" and "result/loss" in r["values"]
+        1
+        for r in journal.records(path)
+        if r["type"] == "metrics" and "objective/loss" in r["values"]
     )
 
 
@@ -103,7 +105,7 @@ def test_a_signal_ends_the_run_killed_with_every_point_recorded(
     (run,) = runs_of(store(workdir), "minimize")
     assert run.info.status == "KILLED"
     assert named in run.data.tags["error"]
-    history = store(workdir).get_metric_history(run.info.run_id, "result/loss")
+    history = store(workdir).get_metric_history(run.info.run_id, "objective/loss")
     assert len(history) == loss_points(path) >= 3000  # every point recorded reached the store
     assert json.loads(Path(upload_mark(path)).read_text())["ended"] is True
 
@@ -131,7 +133,7 @@ def test_sigkill_of_the_task_is_closed_at_once_by_its_recording_process(workdir)
     assert run.info.status == "FAILED"
     assert run.data.tags["error"].startswith(f"lost: process {process.pid} on ")
     assert "died without closing the run" in run.data.tags["error"]
-    assert len(client.get_metric_history(run.info.run_id, "result/loss")) == kept  # nothing lost
+    assert len(client.get_metric_history(run.info.run_id, "objective/loss")) == kept  # nothing lost
     synced = sync(workdir, str(path.parent))
     assert synced.returncode == 0 and "1 already synced" in synced.stdout
 
@@ -147,7 +149,7 @@ def test_sigkill_of_both_processes_leaves_the_journal_for_the_next_run_and_sync(
     (run,) = runs_of(client, "minimize")
     assert run.info.status == "RUNNING"  # nothing could close it
     kept = loss_points(path)
-    assert len(client.get_metric_history(run.info.run_id, "result/loss")) < kept
+    assert len(client.get_metric_history(run.info.run_id, "objective/loss")) < kept
 
     # The next run in the experiment finds it lost: this host, and that pid is gone.
     next_run = subprocess.run(
@@ -166,12 +168,12 @@ def test_sigkill_of_both_processes_leaves_the_journal_for_the_next_run_and_sync(
     synced = sync(workdir, str(path.parent))
     assert synced.returncode == 0, synced.stderr
     assert "closed as lost" in synced.stdout and "1 journal: 1 closed as lost" in synced.stdout
-    assert len(client.get_metric_history(run.info.run_id, "result/loss")) == kept  # nothing lost
+    assert len(client.get_metric_history(run.info.run_id, "objective/loss")) == kept  # nothing lost
     assert client.get_run(run.info.run_id).info.status == "FAILED"
 
     again = sync(workdir, str(path.parent))
     assert again.returncode == 0 and "1 already synced" in again.stdout
-    assert len(client.get_metric_history(run.info.run_id, "result/loss")) == kept
+    assert len(client.get_metric_history(run.info.run_id, "objective/loss")) == kept
 
 
 def sync(workdir: Path, *args: str) -> subprocess.CompletedProcess:

@@ -35,7 +35,7 @@ def test_defaults_reproduce_the_tutorial(store_uri, client, tmp_path) -> None:
     assert xs[0][1] == 10.0
     # the tutorial's first SGD update: x <- x - 0.1 * (6x + 6) = 10 - 6.6
     assert xs[1][1] == pytest.approx(3.4)
-    assert len(history(client, run.info.run_id, "result/loss")) == 21
+    assert len(history(client, run.info.run_id, "objective/loss")) == 21
     assert len(history(client, run.info.run_id, "result/grad_norm")) == 21
 
 
@@ -89,7 +89,7 @@ def test_rosenbrock_in_two_variables_with_lbfgs(store_uri, client, tmp_path) -> 
 def test_tol_stops_early_and_log_every_thins(store_uri, client, tmp_path) -> None:
     run_minimize(store_uri, tmp_path, ["task.steps=500", "task.tol=1e-3", "tracking.log_every=5"])
     (run,) = runs_of(client, "minimize")
-    steps = [step for step, _ in history(client, run.info.run_id, "result/loss")]
+    steps = [step for step, _ in history(client, run.info.run_id, "objective/loss")]
     assert run.data.tags["stop_reason"] == "tol"
     stopped = int(run.data.metrics["result/steps_run"])
     assert stopped < 500
@@ -104,7 +104,7 @@ def test_divergence_fails_the_run_with_the_reason(store_uri, client, tmp_path) -
     (run,) = runs_of(client, "minimize")
     assert run.info.status == "FAILED"
     assert run.data.tags["error"].startswith("diverged")
-    assert len(history(client, run.info.run_id, "result/loss")) > 0  # what it recorded is kept
+    assert len(history(client, run.info.run_id, "objective/loss")) > 0  # what it recorded is kept
 
 
 def test_unavailable_device_fails_the_run_and_names_what_exists(store_uri, client, tmp_path):

@@ -92,7 +92,7 @@ def test_a_run_outlives_its_recording_process(workdir) -> None:
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     (run,) = runs_of(client, "minimize")
     assert run.info.status == "FINISHED"
-    history = client.get_metric_history(run.info.run_id, "result/loss")
+    history = client.get_metric_history(run.info.run_id, "objective/loss")
     assert len(history) == loss_points(path) == 30001
 
 

@@ -228,7 +228,7 @@ def test_table_lists_every_run_with_status_and_error(store: Store, tmp_path: Pat
         if run.info.status == "FAILED":
             assert run.data.tags["error"] in line and line.endswith("try a smaller optim.lr")
         else:
-            assert f"loss={run.data.metrics['result/loss']:.6g}" in line
+            assert f"loss={run.data.metrics['objective/loss']:.6g}" in line
     assert "5 runs: 1 failed, 4 finished" in out
     assert (tmp_path / "table.txt").read_text() in out
 

@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
 
-from experiments import runner
+from experiments import names, runner
 from experiments.errors import ConfigError
-from experiments.names import NOTE_TAG, REPRODUCED_TAG, RERUN_OF_TAG, result
+from experiments.names import NOTE_TAG, REPRODUCED_TAG, RERUN_OF_TAG, objective, result
 from experiments.reproduce import command as rerun_command
 from experiments.reproduce import compare
 from experiments.runner import environment
@@ -192,34 +193,48 @@ def logged_run(client: MlflowClient, experiment: str, metrics: dict, params: dic
 )
 def test_timings_are_judged_against_their_spread(client, time_b, iqr, expected, reproduced) -> None:
     tags = {"task": "matmul"}
-    a = logged_run(client, "t", {result("time_ms"): 10.0, result("time_iqr_ms"): iqr}, {}, tags)
-    b = logged_run(client, "t", {result("time_ms"): time_b, result("time_iqr_ms"): 0.1}, {}, tags)
+    a = logged_run(client, "t", {objective("time_ms"): 10.0, result("time_iqr_ms"): iqr}, {}, tags)
+    b = logged_run(
+        client, "t", {objective("time_ms"): time_b, result("time_iqr_ms"): 0.1}, {}, tags
+    )
     verdict = compare.compare(compare.side(client, a), compare.side(client, b))
     assert verdict.results[0].startswith(expected), verdict.results
     assert verdict.reproduced is reproduced
+
+
+def test_a_time_recorded_before_objective_names_is_compared_with_its_reruns(client) -> None:
+    tags = {"task": "matmul"}
+    old = logged_run(client, "t", {result("time_ms"): 10.0, result("time_iqr_ms"): 0.5}, {}, tags)
+    new = logged_run(
+        client, "t", {objective("time_ms"): 10.2, result("time_iqr_ms"): 0.1}, {}, tags
+    )
+    verdict = compare.compare(compare.side(client, old), compare.side(client, new))
+    assert verdict.reproduced, verdict.results
+    assert verdict.results[0].startswith("same within noise: 10 ms -> 10.2 ms (+2.0%)")
 
 
 def test_histories_are_compared_bit_for_bit_naming_the_first_step(client) -> None:
     tags = {"task": "minimize"}
     params = {"device": "cpu", "task.steps": "4"}
     losses = [4.0, 3.0, 2.0, 1.0]
-    a = logged_run(client, "h", {result("loss"): losses, "time/task_s": 1.0}, params, tags)
-    same = logged_run(client, "h", {result("loss"): losses, "time/task_s": 2.0}, params, tags)
-    off = logged_run(client, "h", {result("loss"): [4.0, 3.0, 2.0 + 1e-15, 1.0]}, params, tags)
+    a = logged_run(client, "h", {objective("loss"): losses, "time/task_s": 1.0}, params, tags)
+    same = logged_run(client, "h", {objective("loss"): losses, "time/task_s": 2.0}, params, tags)
+    off = logged_run(client, "h", {objective("loss"): [4.0, 3.0, 2.0 + 1e-15, 1.0]}, params, tags)
     equal = compare.compare(compare.side(client, a), compare.side(client, same))
     assert equal.reproduced and equal.results == ["bit-for-bit equal: 1 metric, 4 points"]
     assert equal.settings == ["equal"]
     differs = compare.compare(compare.side(client, a), compare.side(client, off))
     assert not differs.reproduced
     assert (
-        differs.results[0] == f"{result('loss')} differs first at step 2: 2.0 -> 2.000000000000001"
+        differs.results[0]
+        == f"{objective('loss')} differs first at step 2: 2.0 -> 2.000000000000001"
     )
 
 
 def test_a_setting_that_differs_unasked_is_not_a_reproduction(client) -> None:
     tags = {"task": "minimize"}
-    a = logged_run(client, "s", {result("loss"): 1.0}, {"optim.lr": "0.1", "seed": "0"}, tags)
-    b = logged_run(client, "s", {result("loss"): 1.0}, {"optim.lr": "0.2", "seed": "0"}, tags)
+    a = logged_run(client, "s", {objective("loss"): 1.0}, {"optim.lr": "0.1", "seed": "0"}, tags)
+    b = logged_run(client, "s", {objective("loss"): 1.0}, {"optim.lr": "0.2", "seed": "0"}, tags)
     asked = compare.compare(compare.side(client, a), compare.side(client, b), ["optim.lr=0.2"])
     assert asked.reproduced and asked.settings == ["optim.lr: 0.1 -> 0.2 (override)"]
     unasked = compare.compare(compare.side(client, a), compare.side(client, b))
@@ -295,6 +310,55 @@ def test_a_rerun_with_more_steps_differs_only_there(original, tmp_path) -> None:
     verdict = next(line for line in lines if line.startswith("verdict: "))
     assert "differs first at step 21" in verdict
     assert "equal on the steps both have" in verdict
+
+
+def recorded_before(client: MlflowClient, run_id: str, era: str, scratch: Path) -> str:
+    """A copy of a run as a version before objective/<name> recorded it; its id.
+
+    ``era`` ``result``: the objective under ``result/<name>`` (``result/loss``); ``bare``:
+    every result under its bare name (``loss``, ``grad_norm``), as before results had a
+    prefix. Params, tags, every point of every history and the record a rerun reads
+    (``overrides.yaml``, ``environment.json``) are the run's own.
+    """
+    run = client.get_run(run_id)
+
+    def named(key: str) -> str:
+        bare = names.bare_name(key)
+        if bare is None:
+            return key
+        return bare if era == "bare" else names.result(bare)
+
+    copy = client.create_run(run.info.experiment_id, tags=run.data.tags)
+    metrics = [
+        Metric(named(key), point.value, point.timestamp, point.step)
+        for key in run.data.metrics
+        for point in client.get_metric_history(run_id, key)
+    ]
+    params = [Param(key, value) for key, value in run.data.params.items()]
+    client.log_batch(copy.info.run_id, metrics=metrics, params=params)
+    for name in (names.OVERRIDES_FILE, names.ENVIRONMENT_FILE):
+        client.log_artifact(copy.info.run_id, client.download_artifacts(run_id, name, str(scratch)))
+    client.set_terminated(copy.info.run_id, "FINISHED")
+    return copy.info.run_id
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("era", ["result", "bare"])
+def test_a_run_recorded_before_objective_names_is_reproduced_by_its_rerun(
+    original, tmp_path, era
+) -> None:
+    where, run_id = original
+    client = MlflowClient(f"sqlite:///{where / 'mlflow.db'}")
+    old = recorded_before(client, run_id, era, tmp_path)
+    assert names.objective("loss") not in client.get_run(old).data.metrics
+    done = rerun(where, old)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    assert "verdict: reproduced" in done.stdout
+    # the rerun records objective/loss; its verdict pairs it with the old run's name for it
+    (new,) = [r for r in runs_of(client, "minimize") if r.data.tags.get(RERUN_OF_TAG) == old]
+    assert names.objective("loss") in new.data.metrics
+    compared = [key for key in new.data.metrics if not key.startswith("time/")]
+    assert f"results      bit-for-bit equal: {len(compared)} metrics" in done.stdout
 
 
 @pytest.mark.slow
@@ -382,7 +446,7 @@ def test_an_unknown_run_is_refused(workdir, store_uri, client, capsys) -> None:
 
 def test_a_run_with_no_record_to_rerun_from_says_what_to_do(workdir, store_uri, client, capsys):
     tags = {"task": "minimize", "overrides": "optim.lr=0.5"}
-    old = logged_run(client, "minimize", {result("loss"): 1.0}, {}, tags)
+    old = logged_run(client, "minimize", {objective("loss"): 1.0}, {}, tags)
     status = rerun_command.main([old.info.run_id])
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 1 and len(err) == 1, err
@@ -392,7 +456,7 @@ def test_a_run_with_no_record_to_rerun_from_says_what_to_do(workdir, store_uri, 
 
 
 def test_a_config_that_no_longer_composes_names_the_key(workdir, store_uri, client, capsys):
-    old = logged_run(client, "minimize", {result("loss"): 1.0}, {}, {"task": "minimize"})
+    old = logged_run(client, "minimize", {objective("loss"): 1.0}, {}, {"task": "minimize"})
     client.log_text(old.info.run_id, "- task.momentum_decay=0.5\n", "overrides.yaml")
     status = rerun_command.main([old.info.run_id])
     err = capsys.readouterr().err.strip().splitlines()
@@ -403,17 +467,19 @@ def test_a_config_that_no_longer_composes_names_the_key(workdir, store_uri, clie
 
 def test_report_compares_two_existing_runs_the_same_way(store_uri, client, capsys) -> None:
     tags = {"task": "minimize"}
-    a = logged_run(client, "c", {result("loss"): [3.0, 2.0]}, {"device": "cpu"}, tags)
-    b = logged_run(client, "c", {result("loss"): [3.0, 2.5]}, {"device": "cpu"}, tags)
+    a = logged_run(client, "c", {objective("loss"): [3.0, 2.0]}, {"device": "cpu"}, tags)
+    b = logged_run(client, "c", {objective("loss"): [3.0, 2.5]}, {"device": "cpu"}, tags)
     args = ["--compare", a.info.run_id, b.info.run_id, "--tracking-uri", store_uri]
     status = report_command.main(args)
     out = capsys.readouterr().out
     assert status == 0
-    assert f"verdict: not reproduced: {result('loss')} differs first at step 1: 2.0 -> 2.5" in out
+    assert (
+        f"verdict: not reproduced: {objective('loss')} differs first at step 1: 2.0 -> 2.5" in out
+    )
 
 
 def test_a_bad_override_on_a_rerun_is_refused_as_the_users(workdir, store_uri, client, capsys):
-    old = logged_run(client, "minimize", {result("loss"): 1.0}, {}, {"task": "minimize"})
+    old = logged_run(client, "minimize", {objective("loss"): 1.0}, {}, {"task": "minimize"})
     client.log_text(old.info.run_id, "- task.steps=3\n", "overrides.yaml")
     status = rerun_command.main([old.info.run_id, "task.stepz=4"])
     err = capsys.readouterr().err.strip().splitlines()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from experiments import names, runner
+from experiments.runner.identity import config_hash
 from experiments.sweeps import parent as sweep
 from experiments.sweeps.report.figures import MatmulResult, matmul_figure
 from experiments.tasks.matmul import task as matmul
@@ -22,22 +23,53 @@ def run_task(store_uri: str, tmp_path, overrides: list[str]) -> None:
     runner.run(cfg, overrides=overrides, output_dir=tmp_path / "out")
 
 
-# --- results first ---
+# --- the objective first, then the results ---
 
 
-def test_every_task_result_is_under_the_result_prefix() -> None:
+def test_every_tasks_objective_has_a_section_of_its_own_before_its_results() -> None:
     from experiments import tasks
 
     for task in map(tasks.load, tasks.NAMES):
-        assert task.OBJECTIVE.startswith(names.RESULT), task.__name__
-    assert names.result("loss") == "result/loss"
-    assert names.legacy_name("result/loss") == "loss"
-    assert names.legacy_name("time/total_s") is None
+        assert task.OBJECTIVE.startswith(names.OBJECTIVE), task.__name__
+    assert names.objective("loss") == "objective/loss"
+    assert names.result("grad_norm") == "result/grad_norm"
+    assert names.bare_name("objective/loss") == names.bare_name("result/loss") == "loss"
+    assert names.bare_name("time/total_s") is None
 
 
-def test_results_read_runs_recorded_before_the_prefix_too() -> None:
-    assert names.results({"result/loss": 1.0, "time/total_s": 2.0}) == {"loss": 1.0}
+def test_a_metric_is_found_under_the_names_older_runs_gave_it() -> None:
+    assert names.legacy_names("objective/loss") == ("result/loss", "loss")
+    assert names.legacy_names("result/grad_norm") == ("grad_norm",)
+    assert names.legacy_names("time/total_s") == ()
+    for before in ({"objective/loss": 1.0}, {"result/loss": 1.0}, {"loss": 1.0}):
+        assert names.recorded({**before, "time/total_s": 2.0}, "objective/loss") == 1.0
+    assert names.recorded_name({"result/loss": 1.0}, "objective/loss") == "result/loss"
+    assert names.recorded({"time/total_s": 2.0}, "objective/loss") is None
+
+
+def test_results_read_runs_recorded_before_the_objectives_section_too() -> None:
+    both = {"objective/loss": 1.0, "result/grad_norm": 3.0, "time/total_s": 2.0}
+    assert names.results(both) == {"loss": 1.0, "grad_norm": 3.0}
+    assert names.results({"result/loss": 1.0, "result/grad_norm": 3.0}) == {
+        "loss": 1.0,
+        "grad_norm": 3.0,
+    }
     assert names.results({"loss": 1.0, "time/total_s": 2.0}) == {"loss": 1.0}
+
+
+@pytest.mark.parametrize("recorded_as", ["result/loss", "loss"])
+def test_skip_existing_reuses_a_run_that_recorded_its_objective_under_an_older_name(
+    store_uri, client, tmp_path, recorded_as
+) -> None:
+    overrides = ["task.steps=3", "skip_existing=true"]
+    cfg = compose_config([f"tracking.uri={store_uri}", *overrides])
+    # A FINISHED run of the same config, as a version before objective/loss recorded it.
+    experiment_id = client.create_experiment("minimize")
+    old = client.create_run(experiment_id, tags={names.CONFIG_HASH_TAG: config_hash(cfg)})
+    client.log_metric(old.info.run_id, recorded_as, 1.5)
+    client.set_terminated(old.info.run_id, "FINISHED")
+    assert runner.run(cfg, overrides=overrides, output_dir=tmp_path / "out") == 1.5
+    assert [run.info.run_id for run in runs_of(client, "minimize")] == [old.info.run_id]
 
 
 # --- params that apply ---
@@ -179,7 +211,7 @@ def test_a_noisy_run_is_tagged_and_warned_about(store_uri, client, tmp_path, cap
             args = ["task=matmul", "task.size=96", "task.min_run_time_s=0.3"]
             run_task(store_uri, tmp_path / f"attempt{attempt}", args)
             run = max(runs_of(client, "matmul"), key=lambda found: found.info.start_time)
-            spread = run.data.metrics["result/time_iqr_ms"] / run.data.metrics["result/time_ms"]
+            spread = run.data.metrics["result/time_iqr_ms"] / run.data.metrics["objective/time_ms"]
             warned = any("noisy measurement: IQR" in r.getMessage() for r in caplog.records)
             assert (matmul.NOISY_TAG in run.data.tags) == warned
             if abs(spread - matmul.NOISY_SPREAD) > 0.005:  # (the metrics are rounded)

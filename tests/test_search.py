@@ -60,7 +60,7 @@ def test_a_search_is_kept_beside_the_runs_and_a_rerun_tops_it_up(
     for trial in trials:
         run = runs[trial.number]
         assert float(run.data.params["optim.lr"]) == pytest.approx(trial.params["optim.lr"])
-        assert run.data.metrics["result/loss"] == pytest.approx(trial.value)
+        assert run.data.metrics["objective/loss"] == pytest.approx(trial.value)
 
     # Nothing left to run: the parent finishes, and says why no job ran.
     assert sweep(monkeypatch, store_uri, [*SEARCH, "hydra.sweeper.n_trials=5"]) == 0

@@ -92,7 +92,7 @@ def test_a_server_restarted_mid_run_loses_nothing(stoppable, workdir) -> None:
     client = MlflowClient(stoppable.uri)
     (run,) = runs_of(client, "restarted")
     assert run.info.status == "FINISHED"
-    assert len(client.get_metric_history(run.info.run_id, "result/loss")) == 10001  # every step
+    assert len(client.get_metric_history(run.info.run_id, "objective/loss")) == 10001  # every step
     assert run.data.params["task.steps"] == "10000"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "function.png", "loss.png", "overrides.yaml"} <= artifacts
@@ -119,12 +119,12 @@ def test_a_server_gone_past_the_retry_window_keeps_the_run_for_sync(stoppable, w
     assert "uploaded: " in synced.stdout and "FINISHED" in synced.stdout
     run = client.get_run(run.info.run_id)
     assert run.info.status == "FINISHED"
-    assert len(client.get_metric_history(run.info.run_id, "result/loss")) == 5001
+    assert len(client.get_metric_history(run.info.run_id, "objective/loss")) == 5001
     assert {"function.png", "loss.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
     again = sync(workdir, str(path.parent))
     assert again.returncode == 0 and "1 already synced" in again.stdout
-    assert len(client.get_metric_history(run.info.run_id, "result/loss")) == 5001
+    assert len(client.get_metric_history(run.info.run_id, "objective/loss")) == 5001
 
 
 def test_a_sweep_goes_on_when_the_server_goes_and_sync_completes_it(stoppable, workdir) -> None:
@@ -160,7 +160,7 @@ def test_a_sweep_goes_on_when_the_server_goes_and_sync_completes_it(stoppable, w
     assert sorted(run.data.params["task.steps"] for run in jobs) == ["10000", "10001", "10002"]
     assert {run.data.tags["mlflow.parentRunId"] for run in jobs} == {parent.info.run_id}
     assert {run.info.status for run in jobs} == {"FINISHED"}
-    assert [len(client.get_metric_history(run.info.run_id, "result/loss")) for run in jobs] == [
+    assert [len(client.get_metric_history(run.info.run_id, "objective/loss")) for run in jobs] == [
         len(range(0, int(run.data.params["task.steps"]), 10)) + 1
         for run in jobs  # and the end
     ]

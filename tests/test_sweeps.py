@@ -120,11 +120,11 @@ def test_sweep_in_process_groups_jobs_under_a_finished_parent(
     for run in jobs:  # each row links the job to its run
         assert run.info.run_id in printed[run.data.tags["overrides"]][1]
     # The summary names its objective; the parent holds the best one and its run.
-    assert re.search(r"^job\s+overrides\s+status\s+result/loss\s+reason / run$", out, re.M), out
-    best = min(jobs, key=lambda run: run.data.metrics["result/loss"])
-    assert parent.data.metrics["best/loss"] == best.data.metrics["result/loss"]
+    assert re.search(r"^job\s+overrides\s+status\s+objective/loss\s+reason / run$", out, re.M), out
+    best = min(jobs, key=lambda run: run.data.metrics["objective/loss"])
+    assert parent.data.metrics["best/loss"] == best.data.metrics["objective/loss"]
     assert parent.data.tags["best_run"] == best.info.run_id
-    assert f"best result/loss: {best.data.metrics['result/loss']:.6g} (job " in out
+    assert f"best objective/loss: {best.data.metrics['objective/loss']:.6g} (job " in out
     assert f"), run {best.info.run_id}" in out
     page = f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}"
     page += "?workflowType=machine_learning"  # MLflow's UI opens on runs, not in GenAI mode
@@ -392,8 +392,8 @@ def test_optuna_search_gets_each_jobs_objective(
     assert all(1e-4 <= float(run.data.params["optim.lr"]) <= 1.0 for run in jobs)
     (results,) = (workdir / "outputs" / "multirun").glob("*/*/optimization_results.yaml")
     found = yaml.safe_load(results.read_text())
-    best = min(jobs, key=lambda run: run.data.metrics["result/loss"])
-    assert found["best_value"] == pytest.approx(best.data.metrics["result/loss"])
+    best = min(jobs, key=lambda run: run.data.metrics["objective/loss"])
+    assert found["best_value"] == pytest.approx(best.data.metrics["objective/loss"])
     assert found["best_params"]["optim.lr"] == pytest.approx(float(best.data.params["optim.lr"]))
 
 

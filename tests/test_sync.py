@@ -52,7 +52,7 @@ def test_an_offline_run_touches_no_store_and_sync_uploads_it_whole(
     assert run.info.run_name == "minimize tracking.offline=true task.steps=30"
     assert run.data.params["task.steps"] == "30" and run.data.tags["task"] == "minimize"
     assert run.data.tags["journal.id"] == journal.read_header(path).journal_id
-    assert len(client.get_metric_history(run.info.run_id, "result/loss")) == 31
+    assert len(client.get_metric_history(run.info.run_id, "objective/loss")) == 31
     # code.diff too where the checkout the tests run from has changes not committed
     assert {a.path for a in client.list_artifacts(run.info.run_id)} - {"code.diff"} == {
         "config.yaml",
@@ -64,7 +64,7 @@ def test_an_offline_run_touches_no_store_and_sync_uploads_it_whole(
 
     assert sync.main([str(workdir / "outputs")]) == 0
     assert "1 journal: 1 already synced" in capfd.readouterr().out
-    assert len(client.get_metric_history(run.info.run_id, "result/loss")) == 31
+    assert len(client.get_metric_history(run.info.run_id, "objective/loss")) == 31
     assert len(all_runs(client)) == 1
 
 

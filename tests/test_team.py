@@ -125,7 +125,7 @@ def test_a_run_a_sweep_a_resumed_sweep_and_the_report(team, admin, workdir) -> N
     assert single.returncode == 0, single.stderr[-2000:]
     (run,) = runs_of(admin, "team-single")
     assert run.info.status == "FINISHED"
-    history = admin.get_metric_history(run.info.run_id, "result/loss")
+    history = admin.get_metric_history(run.info.run_id, "objective/loss")
     assert [point.step for point in history] == list(range(6))
     png = admin.download_artifacts(run.info.run_id, "loss.png", str(workdir))
     assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # downloaded through the server
@@ -177,10 +177,10 @@ def test_a_store_on_postgresql_directly_records_every_point(team, workdir) -> No
     client = MlflowClient(uri)
     (run,) = runs_of(client, "minimize")
     assert run.info.status == "FINISHED"
-    assert len(client.get_metric_history(run.info.run_id, "result/loss")) == 301
+    assert len(client.get_metric_history(run.info.run_id, "objective/loss")) == 301
     assert (
-        run.data.metrics["result/loss"]
-        == client.get_metric_history(run.info.run_id, "result/loss")[-1].value
+        run.data.metrics["objective/loss"]
+        == client.get_metric_history(run.info.run_id, "objective/loss")[-1].value
     )
 
 

@@ -23,7 +23,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from experiments import names, tasks
+from experiments import tasks
 from tests.conftest import run_cli
 from tests.services import MlflowServer
 
@@ -102,7 +102,7 @@ class Sweep:
 
 
 def _logged_objective(task: str, run: Run) -> str:
-    """The metric name holding the task's ``OBJECTIVE`` (``result/...``)."""
+    """The metric name holding the task's ``OBJECTIVE`` (``objective/...``)."""
     name = tasks.load(task).OBJECTIVE
     assert name in run.data.metrics, f"{run.info.run_name}: no {name!r} in {run.data.metrics}"
     return name
@@ -210,9 +210,11 @@ def visit(page, server: MlflowServer, route: str, shown: str) -> None:
     expect(page.get_by_text(shown, exact=True).first).to_be_visible()
 
 
-def screenshot_charts(page, shots: Path, name: str, record_property) -> None:
-    """A screenshot once the charts have drawn (plotly's traces are there)."""
-    page.locator(f'[data-testid="{CARD}"] .js-plotly-plot g.trace').first.wait_for()
+def screenshot_charts(page, shots: Path, name: str, record_property, chart: str) -> None:
+    """A screenshot once the chart titled ``chart`` has drawn (plotly's traces are there)."""
+    title = page.get_by_role("heading", name=chart, exact=True)
+    card = page.get_by_test_id(CARD).filter(has=title)
+    card.locator(".js-plotly-plot g.trace").first.wait_for()
     screenshot(page, shots, name, record_property)
 
 
@@ -297,75 +299,98 @@ SCROLLER = """card => {
     box = box.parentElement;
   return box || document.scrollingElement;
 }"""
-# Each rendered card's title and the top of the card within the scrolled content.
-CARD_TOPS = f"""box => Array.from(box.querySelectorAll('[data-testid="{CARD}"]')).map(card => [
+# Each rendered card's title and where the card is within the scrolled content (its top
+# and its left: a section lays its cards out in rows).
+CARD_PLACES = f"""box => Array.from(box.querySelectorAll('[data-testid="{CARD}"]')).map(card => [
   card.querySelector('h4') && card.querySelector('h4').innerText,
-  card.getBoundingClientRect().top - box.getBoundingClientRect().top + box.scrollTop])"""
+  card.getBoundingClientRect().top - box.getBoundingClientRect().top + box.scrollTop,
+  card.getBoundingClientRect().left - box.getBoundingClientRect().left])"""
 
 
-def chart_tops(page) -> dict[str, float]:
-    """Every chart of the metrics tab: its title -> the top of its card in the content.
+def chart_places(page) -> dict[str, tuple[float, float]]:
+    """Every chart of the metrics tab: its title -> (top, left) of its card in the content.
 
     Cards out of view are not rendered, so this scrolls down half a view at a time.
     """
     box = page.get_by_test_id(CARD).first.evaluate_handle(SCROLLER)
-    tops: dict[str, float] = {}
+    places: dict[str, tuple[float, float]] = {}
     position = 0
     while True:
         page.wait_for_timeout(300)  # cards scrolled into view render
-        for title, top in box.evaluate(CARD_TOPS):
-            tops.setdefault(title, top)
+        for title, top, left in box.evaluate(CARD_PLACES):
+            places.setdefault(title, (top, left))
         height, view = box.evaluate("box => [box.scrollHeight, box.clientHeight]")
         if position + view >= height:
-            return tops
+            return places
         position += view // 2
         box.evaluate("(box, y) => box.scrollTo(0, y)", position)
 
 
+def short_title(metric: str) -> str:
+    """A chart's title on a run's page: the metric's name without its section."""
+    return metric.rsplit("/", 1)[-1]
+
+
 @pytest.mark.parametrize("task", list(SWEEPS))
-def test_a_child_run_shows_its_objective_chart_before_the_timings(
+def test_a_child_runs_first_chart_is_its_objective(
     page, server, sweeps, task, shots, record_property
 ) -> None:
     sweep = sweeps[task]
     run = sweep.best
-    title = sweep.objective.rsplit("/", 1)[-1]
-    timings = {name.rsplit("/", 1)[-1] for name in run.data.metrics if name.startswith("time/")}
-    assert timings
+    title = short_title(sweep.objective)
+    # Every other chart of the run: its other results, its timings, its variables.
+    others = {short_title(name) for name in run.data.metrics if name != sweep.objective}
+    assert title not in others, f"two charts would be titled {title!r}: {sorted(run.data.metrics)}"
+    assert any(name.startswith("time/") for name in run.data.metrics)
     route = f"experiments/{sweep.experiment_id}/runs/{run.info.run_id}/model-metrics"
     visit(page, server, route, run.info.run_name)
     page.get_by_test_id(CARD).first.wait_for()
     if task == "minimize":
-        screenshot_charts(page, shots, "metrics", record_property)
-    assert_first(chart_tops(page), title, timings)
+        screenshot_charts(page, shots, "metrics", record_property, title)
+    assert_first(chart_places(page), title, others)
 
 
-def assert_first(tops: dict[str, float], title: str, timings: set[str]) -> None:
-    """The chart ``title`` is above every chart in ``timings``."""
-    assert title in tops, f"no {title!r} chart among {sorted(tops, key=tops.get)}"
-    assert timings <= tops.keys(), f"timing charts {timings - tops.keys()} not shown"
-    later = {name: tops[name] for name in timings if tops[name] <= tops[title]}
-    assert not later, (
-        f"the objective's chart {title!r} is not first: it is at {tops[title]:.0f} px, below "
-        f"{later}; charts top to bottom: {sorted(tops, key=tops.get)}"
+def assert_first(places: dict[str, tuple[float, float]], title: str, others: set[str]) -> None:
+    """The chart ``title`` comes before every chart in ``others``: above them, or left of
+    those in its row."""
+    assert title in places, f"no {title!r} chart among {ordered(places)}"
+    assert others <= places.keys(), f"charts {sorted(others - places.keys())} not shown"
+    first = places[title]
+    before = [name for name in ordered(places) if name in others and precedes(places[name], first)]
+    assert not before, (
+        f"the objective's chart {title!r} is not first: {before} come before it; "
+        f"charts in order: {ordered(places)}"
     )
 
 
+def precedes(place: tuple[float, float], other: tuple[float, float]) -> bool:
+    """A card at ``place`` comes before one at ``other``: a row above, or left in the row."""
+    (top, left), (other_top, other_left) = place, other
+    return top < other_top - 1 or (abs(top - other_top) <= 1 and left <= other_left)
+
+
+def ordered(places: dict[str, tuple[float, float]]) -> list[str]:
+    """The charts' titles as a reader meets them: row by row, left to right."""
+    return sorted(places, key=lambda name: (round(places[name][0]), places[name][1]))
+
+
 @pytest.mark.parametrize("task", list(SWEEPS))
-def test_the_runs_chart_view_shows_the_objective_before_the_timings(
+def test_the_runs_chart_view_shows_the_objective_first_of_the_jobs_charts(
     page, server, sweeps, task, shots, record_property
 ) -> None:
     sweep = sweeps[task]
-    timings = {name for name in sweep.best.data.metrics if name.startswith("time/")}
+    others = {name for run in sweep.children for name in run.data.metrics} - {sweep.objective}
     # The runs table's chart view (its own URL parameter), children shown: one chart per
-    # metric across the sweep's runs, titled with the whole metric name.
+    # metric across the sweep's runs, titled with the whole metric name. The parent's own
+    # best/<name> section stays above the jobs' charts.
     route = f"experiments/{sweep.experiment_id}/runs?compareRunsMode=CHART"
     visit(page, server, route, sweep.parent.info.run_name)
     expand(page, sweep)
-    # The children's charts replace the parent's own (best/...): results are theirs.
-    page.get_by_role("heading", name=re.compile("^" + names.RESULT.rstrip("/"))).first.wait_for()
+    section = sweep.objective.rsplit("/", 1)[0]
+    page.get_by_role("heading", name=re.compile("^" + section)).first.wait_for()
     if task == "minimize":
-        screenshot_charts(page, shots, "charts", record_property)
-    assert_first(chart_tops(page), sweep.objective, timings)
+        screenshot_charts(page, shots, "charts", record_property, sweep.objective)
+    assert_first(chart_places(page), sweep.objective, others)
 
 
 @pytest.mark.parametrize("task", list(SWEEPS))

@@ -1,16 +1,25 @@
 """The names a reviewer, the report and other runs read: results' metrics, shared tags.
 
-A task's results are metrics named ``result/<name>``, first in MLflow's UI. Runs recorded
-before results had their prefix carry the bare name (``loss``); readers of stored runs (the
-report, ``skip_existing``) fall back to it through :func:`legacy_name`. The tags below are
-set by one part and read by another (the record path, the runner, sweeps, the report).
+A task's objective (its ``OBJECTIVE``: what ``run()`` returns, what sweeps optimise) is
+the metric ``objective/<name>`` (``objective/loss``); its other results are
+``result/<name>`` (``result/grad_norm``). MLflow's UI sorts its chart sections by the
+prefix, so a run's page opens on the objective's chart, then the other results, ahead of
+the timings (``time/``) and variables (``var/``); only derivative's ``check/...`` (its
+errors against sympy) sorts before the objective.
+
+Runs recorded before carry older names: the objective as ``result/<name>``, and before
+results had a prefix every result bare (``loss``). Readers of stored runs (the report,
+``skip_existing``, a rerun's verdict) find a result under any of its names, by its bare
+name (:func:`bare_name`, :func:`results`) or through :func:`legacy_names`. The tags below
+are set by one part and read by another (the record path, the runner, sweeps, the report).
 """
 
 from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-RESULT = "result/"
+OBJECTIVE = "objective/"  # a task's objective: its own section, sorted before the others
+RESULT = "result/"  # a task's other results
 NOISY_TAG = "noisy"  # a matmul run's tag when its timings spread widely, saying why
 ERROR_TAG = "error"  # why a run ended FAILED or KILLED
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: a sweep's job names its parent run
@@ -34,19 +43,53 @@ def without_tags(overrides: Sequence[str]) -> list[str]:
     return [item for item in overrides if not item.lstrip("+~").startswith("tracking.tags.")]
 
 
+def objective(name: str) -> str:
+    """The metric name of a task's objective ``name``: ``objective("loss") == "objective/loss"``."""
+    return OBJECTIVE + name
+
+
 def result(name: str) -> str:
-    """The metric name of a task's result ``name``: ``result("loss") == "result/loss"``."""
+    """The metric name of another result ``name``: ``result("gflops") == "result/gflops"``."""
     return RESULT + name
 
 
-def legacy_name(key: str) -> str | None:
-    """The bare name a result had in runs recorded before the prefix, or None."""
-    return key[len(RESULT) :] if key.startswith(RESULT) else None
+def bare_name(key: str) -> str | None:
+    """The bare name of a result's metric (``objective/loss`` and ``result/loss``: ``loss``),
+    or None for any other metric."""
+    for prefix in (OBJECTIVE, RESULT):
+        if key.startswith(prefix):
+            return key[len(prefix) :]
+    return None
+
+
+def legacy_names(key: str) -> tuple[str, ...]:
+    """The names the metric ``key`` had in runs recorded before, newest first.
+
+    ``objective/loss`` was ``result/loss``, and before that ``loss``; ``result/grad_norm``
+    was ``grad_norm``; any other metric kept its name (none).
+    """
+    bare = bare_name(key)
+    if bare is None:
+        return ()
+    return (result(bare), bare) if key.startswith(OBJECTIVE) else (bare,)
+
+
+def recorded_name(metrics: Mapping[str, float], key: str) -> str | None:
+    """The name a run recorded the metric ``key`` under (its name now or a legacy one),
+    or None when the run's ``metrics`` have neither."""
+    return next((name for name in (key, *legacy_names(key)) if name in metrics), None)
+
+
+def recorded(metrics: Mapping[str, float], key: str) -> float | None:
+    """The value of the metric ``key`` in a run's ``metrics``, under whichever name the run
+    recorded it, or None when it has none."""
+    name = recorded_name(metrics, key)
+    return None if name is None else metrics[name]
 
 
 def results(metrics: Mapping[str, float]) -> dict[str, float]:
     """A run's results by bare name (``{"loss": ...}``), whichever way it recorded them."""
-    found = {bare: value for key, value in metrics.items() if (bare := legacy_name(key))}
+    found = {bare: value for key, value in metrics.items() if (bare := bare_name(key))}
     if found:
         return found
     return {key: value for key, value in metrics.items() if "/" not in key}  # before the prefix

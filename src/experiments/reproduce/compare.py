@@ -24,10 +24,10 @@ from typing import Any, Optional, Sequence
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from experiments.names import PARENT_TAG, SWEEP_TAG, result
+from experiments.names import PARENT_TAG, SWEEP_TAG, bare_name, objective, recorded, result
 from experiments.reproduce.records import environment_of
 
-TIME_MS, TIME_IQR_MS = result("time_ms"), result("time_iqr_ms")
+TIME_MS, TIME_IQR_MS = objective("time_ms"), result("time_iqr_ms")  # matmul's
 # Not results: how long things took (time/...), MLflow's system metrics, how a timing was
 # measured (repeats, timing_s).
 NOT_RESULTS = ("time/", "system/")
@@ -226,15 +226,20 @@ def environment_rows(
 
 
 def history_rows(first: Side, second: Side) -> tuple[bool, list[str]]:
-    """Every result and per-step history, bit for bit."""
-    keys_a = {k for k in first.run.data.metrics if _is_result(k)}
-    keys_b = {k for k in second.run.data.metrics if _is_result(k)}
-    rows: list[str] = []
-    for key in sorted(keys_a ^ keys_b):
-        rows.append(f"{key}: only in the {'first' if key in keys_a else 'second'} run")
+    """Every result and per-step history, bit for bit.
+
+    A result is matched by its bare name, so a run recorded before its result's name
+    changed (``result/loss``, ``loss``) is compared with one recording ``objective/loss``;
+    the rows name a metric as the second run has it.
+    """
+    keys_a, keys_b = _result_keys(first.run), _result_keys(second.run)
+    only = [(keys_a[name], "first") for name in keys_a.keys() - keys_b.keys()]
+    only += [(keys_b[name], "second") for name in keys_b.keys() - keys_a.keys()]
+    rows = [f"{key}: only in the {which} run" for key, which in sorted(only)]
     points, firsts = 0, []
-    for key in sorted(keys_a & keys_b):
-        a = _history(first.client, first.run_id, key)
+    for name in sorted(keys_a.keys() & keys_b.keys(), key=keys_b.__getitem__):
+        key = keys_b[name]
+        a = _history(first.client, first.run_id, keys_a[name])
         b = _history(second.client, second.run_id, key)
         points += min(len(a), len(b))
         differs = _first_difference(a, b)
@@ -262,15 +267,16 @@ def history_rows(first: Side, second: Side) -> tuple[bool, list[str]]:
 
 def timing_rows(first: Run, second: Run) -> tuple[bool, list[str]]:
     """Two matmul times against their spreads: within noise, or slower/faster by how much."""
-    a, b = first.data.metrics, second.data.metrics
-    if TIME_MS not in a or TIME_MS not in b:
+    a, b = first.data.metrics, second.data.metrics  # either may hold a legacy name
+    time_a, time_b = recorded(a, TIME_MS), recorded(b, TIME_MS)
+    if time_a is None or time_b is None:
         return False, [f"not compared: {TIME_MS} is missing"]
-    time_a, time_b = a[TIME_MS], b[TIME_MS]
-    noise = max(a.get(TIME_IQR_MS, 0.0), b.get(TIME_IQR_MS, 0.0))
+    iqr_a, iqr_b = recorded(a, TIME_IQR_MS), recorded(b, TIME_IQR_MS)
+    noise = max(iqr_a or 0.0, iqr_b or 0.0)
     change = (time_b - time_a) / time_a
     measured = (
         f"{time_a:.4g} ms -> {time_b:.4g} ms ({change:+.1%}); spread (IQR) "
-        f"{a.get(TIME_IQR_MS, math.nan):.2g} / {b.get(TIME_IQR_MS, math.nan):.2g} ms"
+        f"{_or_nan(iqr_a):.2g} / {_or_nan(iqr_b):.2g} ms"
     )
     if abs(time_b - time_a) <= noise:
         return True, [f"same within noise: {measured}"]
@@ -280,6 +286,15 @@ def timing_rows(first: Run, second: Run) -> tuple[bool, list[str]]:
 
 def _is_result(key: str) -> bool:
     return not key.startswith(NOT_RESULTS) and key not in MEASUREMENT
+
+
+def _result_keys(run: Run) -> dict[str, str]:
+    """A run's results to compare: bare name (``loss``; else the key) -> metric key."""
+    return {bare_name(key) or key: key for key in run.data.metrics if _is_result(key)}
+
+
+def _or_nan(value: Optional[float]) -> float:
+    return math.nan if value is None else value
 
 
 def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:

@@ -14,7 +14,7 @@ BEST_RUN_TAG = "best_run"  # the parent's tag: the run that reached the best obj
 
 
 def best_metric(objective: str) -> str:
-    """The parent's metric holding the best objective: ``best/loss`` for ``result/loss``."""
+    """The parent's metric holding the best objective: ``best/loss`` for ``objective/loss``."""
     return "best/" + objective.rsplit("/", 1)[-1]
 
 

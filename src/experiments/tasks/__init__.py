@@ -11,7 +11,7 @@ A task module provides:
   ``conf/task/<name>.yaml`` extends it);
 - ``run(cfg, ctx) -> float | None``, which does the work, records through ``ctx.recorder``
   and returns the objective a sweeper would optimise;
-- ``OBJECTIVE``, the name of the metric holding that objective;
+- ``OBJECTIVE``, the name of the metric holding that objective (``objective/<name>``);
 - optionally ``prepare()`` (imports the task needs, done while the tracking store opens),
   ``USES_OPTIMIZER`` (its runs record the ``optim.*`` settings) and ``resolved_params(cfg)``
   (settings the task resolves itself, recorded as params).
@@ -23,9 +23,10 @@ MLflow, the runner, the record path or the sweeps. Importing this package loads 
 
 Metric names say where a reviewer finds them. MLflow's UI makes one chart section per
 prefix before the last ``/`` and sorts the sections by name, putting metrics without a
-prefix last. So a task's own results are ``result/<name>`` (``result/loss``), ahead of the
-``time/...`` timings and ``var/...`` paths; ``check/...`` (derivative's check against
-sympy) sorts first, with them.
+prefix last. So a task's objective is ``objective/<name>`` (``objective/loss``), and its
+other results are ``result/<name>`` (``result/grad_norm``), ahead of the ``time/...``
+timings and ``var/...`` paths (see :mod:`experiments.names`). ``check/...`` (derivative's
+check against sympy) sorts before them all.
 """
 
 from __future__ import annotations

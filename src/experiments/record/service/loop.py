@@ -365,7 +365,6 @@ def _finished_run(
     if not found:
         return None
     metrics = found[0].data.metrics
-    objective = None
-    if objective_key is not None:  # a run recorded before results had their prefix: bare
-        objective = metrics.get(objective_key, metrics.get(names.legacy_name(objective_key) or ""))
+    # A run recorded before may hold its objective under a legacy name (result/loss, loss).
+    objective = None if objective_key is None else names.recorded(metrics, objective_key)
     return {"run_id": found[0].info.run_id, "objective": objective}

@@ -182,11 +182,9 @@ def minimize_results(client: MlflowClient, runs: Iterable[Run]) -> list[Minimize
 
 
 def _loss_history(client: MlflowClient, run: Run) -> list:
-    """The run's loss at every recorded step (named ``loss`` in runs before the prefix)."""
-    key = names.result("loss")
-    if key not in run.data.metrics and "loss" in run.data.metrics:
-        key = "loss"
-    return client.get_metric_history(run.info.run_id, key)
+    """The run's loss at every recorded step (under a legacy name in runs recorded before)."""
+    key = names.recorded_name(run.data.metrics, names.objective("loss"))
+    return client.get_metric_history(run.info.run_id, key) if key is not None else []
 
 
 def steps_to_converge(

@@ -25,7 +25,7 @@ from experiments.config import (
     open_mapping,
 )
 from experiments.errors import ConfigError, RunFailure
-from experiments.names import result
+from experiments.names import objective, result
 from experiments.tasks.context import TaskContext
 from experiments.tasks.derivative.autograd import compute, held_point
 from experiments.tasks.derivative.plots import contour_with_gradient, curve_with_tangent
@@ -67,7 +67,7 @@ class DerivativeConfig:
 
 
 SCHEMA = DerivativeConfig
-OBJECTIVE = result("f")  # the metric run() returns: f at the point
+OBJECTIVE = objective("f")  # the metric run() returns: f at the point
 
 
 def run(cfg: DerivativeConfig, ctx: TaskContext) -> float:
@@ -86,14 +86,14 @@ def run(cfg: DerivativeConfig, ctx: TaskContext) -> float:
     try:
         check_finite(values, point)
     except RunFailure:
-        ctx.recorder.log_metrics({result(k): v for k, v in values.items() if math.isfinite(v)})
+        ctx.recorder.log_metrics({k: v for k, v in _named(values).items() if math.isfinite(v)})
         raise
 
     started = time.perf_counter()
     rows = against_sympy(expression, point, values, cfg.order)
     ctx.recorder.log_metrics({"time/sympy_s": time.perf_counter() - started})
     checked = [row for row in rows if math.isfinite(row.exact)]
-    ctx.recorder.log_metrics({result(k): v for k, v in values.items()})
+    ctx.recorder.log_metrics(_named(values))
     ctx.recorder.log_metrics(
         {
             "check/max_abs_err": max((row.abs_err for row in checked), default=0.0),
@@ -108,6 +108,11 @@ def run(cfg: DerivativeConfig, ctx: TaskContext) -> float:
     ctx.recorder.log_metrics({"time/plot_s": time.perf_counter() - started})
     log.info("derivative: %s at %s: %s", expression.text, where(point), _summary(rows))
     return values["f"]
+
+
+def _named(values: Mapping[str, float]) -> dict[str, float]:
+    """The metrics of f and its derivatives: f is the objective, the others results."""
+    return {(OBJECTIVE if name == "f" else result(name)): value for name, value in values.items()}
 
 
 def _variables(expression: Expression, at: Mapping[str, float]) -> dict[str, float]:

@@ -24,7 +24,7 @@ from experiments.config import (
     open_mapping,
 )
 from experiments.errors import ConfigError, RunFailure
-from experiments.names import result
+from experiments.names import objective, result
 from experiments.tasks.context import TaskContext
 from experiments.tasks.expressions import Expression, check_expression, parse
 from experiments.tasks.minimize import plots
@@ -59,7 +59,7 @@ class MinimizeConfig:
 
 
 SCHEMA = MinimizeConfig
-OBJECTIVE = result("loss")  # the metric run() returns: what a sweeper minimises
+OBJECTIVE = objective("loss")  # the metric run() returns: what a sweeper minimises
 LOSS, GRAD_NORM = OBJECTIVE, result("grad_norm")
 USES_OPTIMIZER = True  # the run records the optim.* settings as params
 
