@@ -53,7 +53,7 @@ def steps_and_best(directory: Path) -> tuple[int, float, int]:
             pruned += 1
         elif run.info.status == "FINISHED":
             steps += int(run.data.metrics["result/steps_run"])
-            best = min(best, run.data.metrics["result/loss"])
+            best = min(best, run.data.metrics["objective/loss"])
     return steps, best, pruned
 
 

@@ -40,6 +40,7 @@ def test_every_tasks_objective_has_a_section_of_its_own_before_its_results() -> 
 def test_a_metric_is_found_under_the_names_older_runs_gave_it() -> None:
     assert names.legacy_names("objective/loss") == ("result/loss", "loss")
     assert names.legacy_names("result/grad_norm") == ("grad_norm",)
+    assert names.legacy_names("sympy/max_rel_err") == ("check/max_rel_err",)
     assert names.legacy_names("time/total_s") == ()
     for before in ({"objective/loss": 1.0}, {"result/loss": 1.0}, {"loss": 1.0}):
         assert names.recorded({**before, "time/total_s": 2.0}, "objective/loss") == 1.0

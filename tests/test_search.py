@@ -194,7 +194,7 @@ def assert_pruned_alike(client, study: optuna.Study, out: str) -> None:
         assert run.info.status == "KILLED", run.info
         assert run.data.tags["error"].startswith(f"pruned at step {step} by the median pruner")
         assert max(trial.intermediate_values) == step < 39
-        history = client.get_metric_history(run.info.run_id, "result/loss")
+        history = client.get_metric_history(run.info.run_id, "objective/loss")
         assert max(point.step for point in history) == step
         assert trial.intermediate_values[step] == pytest.approx(history[-1].value)
     for number in complete:

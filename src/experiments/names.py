@@ -4,13 +4,14 @@ A task's objective (its ``OBJECTIVE``: what ``run()`` returns, what sweeps optim
 the metric ``objective/<name>`` (``objective/loss``); its other results are
 ``result/<name>`` (``result/grad_norm``). MLflow's UI sorts its chart sections by the
 prefix, so a run's page opens on the objective's chart, then the other results, ahead of
-the timings (``time/``) and variables (``var/``); only derivative's ``check/...`` (its
-errors against sympy) sorts before the objective.
+the timings (``time/``), derivative's errors against sympy (``sympy/``) and variables
+(``var/``).
 
 Runs recorded before carry older names: the objective as ``result/<name>``, and before
-results had a prefix every result bare (``loss``). Readers of stored runs (the report,
-``skip_existing``, a rerun's verdict) find a result under any of its names, by its bare
-name (:func:`bare_name`, :func:`results`) or through :func:`legacy_names`. The tags below
+results had a prefix every result bare (``loss``); the errors against sympy as
+``check/...``. Readers of stored runs (the report, ``skip_existing``, a rerun's verdict)
+find a result under any of its names, by its bare name (:func:`bare_name`,
+:func:`results`) or through :func:`legacy_names`. The tags below
 are set by one part and read by another (the record path, the runner, sweeps, the report).
 """
 
@@ -20,6 +21,8 @@ from typing import Mapping, Sequence
 
 OBJECTIVE = "objective/"  # a task's objective: its own section, sorted before the others
 RESULT = "result/"  # a task's other results
+SYMPY = "sympy/"  # derivative's errors against sympy (``check/`` before: it sorted first)
+_CHECK = "check/"
 NOISY_TAG = "noisy"  # a matmul run's tag when its timings spread widely, saying why
 ERROR_TAG = "error"  # why a run ended FAILED or KILLED
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: a sweep's job names its parent run
@@ -66,8 +69,11 @@ def legacy_names(key: str) -> tuple[str, ...]:
     """The names the metric ``key`` had in runs recorded before, newest first.
 
     ``objective/loss`` was ``result/loss``, and before that ``loss``; ``result/grad_norm``
-    was ``grad_norm``; any other metric kept its name (none).
+    was ``grad_norm``; ``sympy/max_rel_err`` was ``check/max_rel_err``; any other metric
+    kept its name (none).
     """
+    if key.startswith(SYMPY):
+        return (_CHECK + key[len(SYMPY) :],)
     bare = bare_name(key)
     if bare is None:
         return ()

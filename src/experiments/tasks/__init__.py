@@ -25,8 +25,8 @@ Metric names say where a reviewer finds them. MLflow's UI makes one chart sectio
 prefix before the last ``/`` and sorts the sections by name, putting metrics without a
 prefix last. So a task's objective is ``objective/<name>`` (``objective/loss``), and its
 other results are ``result/<name>`` (``result/grad_norm``), ahead of the ``time/...``
-timings and ``var/...`` paths (see :mod:`experiments.names`). ``check/...`` (derivative's
-check against sympy) sorts before them all.
+timings, derivative's ``sympy/...`` errors against sympy and the ``var/...`` paths (see
+:mod:`experiments.names`).
 """
 
 from __future__ import annotations

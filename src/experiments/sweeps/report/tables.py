@@ -8,13 +8,13 @@ from typing import Sequence
 
 from mlflow.entities import Run
 
-from experiments.names import ERROR_TAG, results
+from experiments.names import ERROR_TAG, SYMPY, recorded, results
 from experiments.sweeps.report import figures
 
 KEY_METRICS = {  # results by bare name (see experiments.names), and the check
     "minimize": ("loss",),
     "matmul": ("gflops",),
-    "derivative": ("f", "check/max_rel_err"),
+    "derivative": ("f", SYMPY + "max_rel_err"),
 }
 DERIVATIVE_METRIC = re.compile(r"^(f|d(\d*)f_\w+)$")
 
@@ -51,8 +51,8 @@ def derivative_table(runs: Sequence[Run]) -> str:
                 params.get("task.expr", ""),
                 at,
                 " ".join(f"{m}={number(values_of[m])}" for m in values),
-                number(metrics.get("check/max_abs_err")),
-                number(metrics.get("check/max_rel_err")),
+                number(recorded(metrics, SYMPY + "max_abs_err")),
+                number(recorded(metrics, SYMPY + "max_rel_err")),
             )
         )
     return aligned(rows)
@@ -95,8 +95,12 @@ def aligned(rows: Sequence[Sequence[str]]) -> str:
 def key_metric(run: Run) -> str:
     """The run's key results in words: ``loss=-12``, ``f=25 max_rel_err=0``."""
     metrics = {**run.data.metrics, **results(run.data.metrics)}
-    shown = [key for key in KEY_METRICS.get(task_of(run), ()) if key in metrics]
-    return " ".join(f"{key.rsplit('/', 1)[-1]}={number(metrics[key])}" for key in shown)
+    found = {key: recorded(metrics, key) for key in KEY_METRICS.get(task_of(run), ())}
+    return " ".join(
+        f"{key.rsplit('/', 1)[-1]}={number(value)}"
+        for key, value in found.items()
+        if value is not None
+    )
 
 
 def _derivative_order(name: str) -> tuple[int, str]:

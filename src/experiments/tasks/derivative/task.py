@@ -25,7 +25,7 @@ from experiments.config import (
     open_mapping,
 )
 from experiments.errors import ConfigError, RunFailure
-from experiments.names import objective, result
+from experiments.names import SYMPY, objective, result
 from experiments.tasks.context import TaskContext
 from experiments.tasks.derivative.autograd import compute, held_point
 from experiments.tasks.derivative.plots import contour_with_gradient, curve_with_tangent
@@ -96,8 +96,8 @@ def run(cfg: DerivativeConfig, ctx: TaskContext) -> float:
     ctx.recorder.log_metrics(_named(values))
     ctx.recorder.log_metrics(
         {
-            "check/max_abs_err": max((row.abs_err for row in checked), default=0.0),
-            "check/max_rel_err": max((row.rel_err for row in checked), default=0.0),
+            SYMPY + "max_abs_err": max((row.abs_err for row in checked), default=0.0),
+            SYMPY + "max_rel_err": max((row.rel_err for row in checked), default=0.0),
         }
     )
     ctx.recorder.log_text(table(expression, point, rows, cfg.dtype, ctx.device), "derivatives.txt")
