@@ -34,7 +34,7 @@ run: setup
 	$(VENV)/bin/python -m experiments $(ARGS)
 
 test: setup-tests
-	$(VENV)/bin/python -m pytest -n $(WORKERS) --dist loadscope --no-loadscope-reorder
+	$(VENV)/bin/python -m pytest -n $(WORKERS) --dist loadscope --no-loadscope-reorder --durations=15
 
 lint: setup-tests
 	$(VENV)/bin/ruff check .

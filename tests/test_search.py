@@ -144,17 +144,8 @@ def test_a_study_in_optunas_journal_file_is_topped_up_too(
             ["hydra.sweeper.pruner=asha"],
             "error: hydra.sweeper.pruner=asha: not a pruner here (none, median, hyperband)",
         ),
-        (
-            [
-                "hydra.sweeper.pruner=median",
-                "hydra.sweeper.storage=memory",
-                "hydra/launcher=joblib",
-            ],
-            "error: hydra.sweeper.pruner=median with hydra.sweeper.storage=memory: the jobs of "
-            "this launcher run in other processes and cannot reach the study",
-        ),
     ],
-    ids=["sampler", "space", "directory", "url", "direction", "grid", "pruner", "unreachable"],
+    ids=["sampler", "space", "directory", "url", "direction", "grid", "pruner"],
 )
 def test_a_bad_setting_is_one_line_and_the_sweep_ends_failed(
     monkeypatch, capfd, store_uri, client, workdir, args, error
@@ -220,21 +211,48 @@ def test_a_pruner_stops_hopeless_trials_and_the_runs_say_so(
 def test_trials_in_other_processes_are_pruned_through_the_studys_file(
     monkeypatch, capfd, store_uri, client, workdir
 ) -> None:
-    journal = workdir / "study.journal"
     args = [
         *SEARCH,
         *PRUNED_SEARCH,
         "hydra.sweeper.pruner=median",
-        f"hydra.sweeper.storage=journal:{journal}",
+        # In memory, the study would be out of the workers' reach: the sweep keeps one of its
+        # own in a journal file in its directory instead.
+        "hydra.sweeper.storage=memory",
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=2",
         "hydra.sweeper.n_jobs=2",
     ]
     assert sweep(monkeypatch, store_uri, args) == 0
+    (journal,) = workdir.glob(f"outputs/multirun/*/*/{studies.JOURNAL_FILE}")
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(journal))
     )
     assert_pruned_alike(client, the_study(storage), capfd.readouterr().out)
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0])
+def test_failed_trials_beyond_max_failure_rate_stop_the_search(
+    monkeypatch, capfd, store_uri, client, workdir, rate
+) -> None:
+    args = [
+        *SEARCH,
+        "optim=sgd",
+        "hydra.sweeper.sampler.name=grid",
+        "optim.lr=choice(50,60,0.001)",  # two of three diverge
+        f"hydra.sweeper.max_failure_rate={rate}",
+        "hydra.sweeper.storage=memory",
+    ]
+    assert sweep(monkeypatch, store_uri, args) == 1  # a failed trial fails the sweep's exit
+    err = capfd.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "diverged: loss=" in errors[0], err
+    ran = sorted(float(run.data.params["optim.lr"]) for run in trial_runs(client).values())
+    if rate == 0.0:  # stopped at the first failure: never more than one converging trial
+        assert errors[0].startswith("error: diverged: loss=")
+        assert ran in ([50.0], [60.0], [0.001, 50.0], [0.001, 60.0]), ran
+    else:  # every trial tried, and the failures counted
+        assert errors[0].startswith("error: 2 of 3 jobs failed: diverged: loss=")
+        assert ran == [0.001, 50.0, 60.0]
 
 
 def test_studies_are_found_in_their_default_places(tmp_path: Path) -> None:

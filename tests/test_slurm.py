@@ -197,10 +197,48 @@ def sweeps(cluster, tmp_path_factory):
             + ["optim.lr=interval(0.01,0.1)", "task.steps=5"],
         ),
     }
-    yield started
+    # Two search commands on one study, each a Slurm job of its own (basic launcher inside).
+    started_searches = [submit_search(cluster, root / "shared_search") for _ in range(2)]
+    yield {**started, "shared_search": started_searches}
     for sweep in started.values():
         if sweep.process.poll() is None:
             sweep.process.kill()
+    subprocess.run(["scancel", *started_searches], env={**os.environ, **cluster.env})
+
+
+SHARED_SEARCH = ["experiment=lr_search", "task.steps=10", "hydra.sweeper.n_trials=6"]
+
+
+def submit_search(cluster: Cluster, directory: Path) -> str:
+    """``sbatch`` a search on the study ``shared`` in ``directory``'s journal file; its job id.
+
+    The search's runs (its parent and its trials) are tagged with the Slurm job running it.
+    """
+    directory.mkdir(exist_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "experiments",
+        "-m",
+        *SHARED_SEARCH,
+        "hydra.sweeper.study_name=shared",
+        f"hydra.sweeper.storage=journal:{directory / 'study.journal'}",
+        f"tracking.uri=sqlite:///{directory / 'mlflow.db'}",
+        "device=cpu",
+        "++tracking.tags.slurm_job=$SLURM_JOB_ID",
+    ]
+    submitted = cluster.run(
+        "sbatch",
+        "--parsable",
+        f"--partition={cluster.partition}",
+        "--cpus-per-task=1",
+        "--mem=1G",
+        f"--chdir={directory}",
+        "--output=%j.out",
+        "--wrap",
+        " ".join(command),
+    )
+    return submitted.stdout.strip().split(";")[0]
 
 
 def test_a_sweep_runs_every_job_as_a_finished_child_and_never_twice(cluster, sweeps) -> None:
@@ -420,3 +458,28 @@ def test_a_search_runs_its_trials_as_slurm_jobs(sweeps) -> None:
         storage=f"sqlite:///{sweep.directory / 'optuna.db'}",  # beside the sweep's mlflow.db
     )
     assert [trial.state.name for trial in study.get_trials()] == ["COMPLETE"] * 3
+
+
+def test_two_searches_as_slurm_jobs_share_one_study(cluster, sweeps) -> None:
+    job_ids = sweeps["shared_search"]
+    for job_id in job_ids:
+        assert accounted_state(cluster, job_id, wait_s=240) == "COMPLETED", job_id
+    directory = next(iter(sweeps.values())).directory.parent / "shared_search"
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(directory / "study.journal"))
+    )
+    trials = optuna.load_study(study_name="shared", storage=storage).get_trials()
+    complete = sorted(t.number for t in trials if t.state.name == "COMPLETE")
+    assert len(complete) == 6  # n_trials in all, not 6 for each search
+    others = [t for t in trials if t.state.name != "COMPLETE"]
+    assert all(t.user_attrs.get("experiments.surplus") for t in others)  # asked, never run
+    client = MlflowClient(f"sqlite:///{directory / 'mlflow.db'}")
+    runs = runs_of(client, "minimize")
+    parents = {r.info.run_id: r for r in runs if r.data.tags.get("sweep") == "true"}
+    assert {p.data.tags["slurm_job"] for p in parents.values()} == set(job_ids)
+    children = [r for r in runs if r.info.run_id not in parents]
+    assert sorted(int(r.data.tags["trial"]) for r in children) == complete  # each run once
+    for run in children:  # by its own command: the parent in the same Slurm job
+        parent = parents[run.data.tags[PARENT_TAG]]
+        assert run.data.tags["slurm_job"] == parent.data.tags["slurm_job"]
+        assert run.info.status == "FINISHED"

@@ -70,12 +70,12 @@ def search(
     pruner = studies.make_pruner(pruner_name, every, after)
     tracking_uri = uris.absolute(uris.resolve(config.tracking.uri)[0])
     url = studies.storage_url(settings.get("storage"), tracking_uri)
+    sweep_dir = Path(str(config.hydra.sweep.dir))
     if url is None and pruner_name != "none" and not _jobs_run_here(config):
-        raise ConfigError(
-            f"hydra.sweeper.pruner={pruner_name} with hydra.sweeper.storage=memory: the jobs "
-            "of this launcher run in other processes and cannot reach the study; keep it in "
-            "a file or a database"
-        )
+        # This process's memory is out of its jobs' reach: a study of this sweep's own, in
+        # a journal file in its directory, is what they can report to.
+        url = f"journal:{(sweep_dir / studies.JOURNAL_FILE).resolve()}"
+        log.info("the jobs run in other processes: the study is kept in %s", url[8:])
     storage = studies.open_storage(url)
     name = settings.get("study_name") or study_name(list(config.hydra.overrides.task))
     study = studies.load(storage, name, str(settings["direction"]), sampler, pruner)
@@ -88,7 +88,6 @@ def search(
     held, running = studies.counted(study, grace_s)
     first_held = held
     shown = uris.scrub(url) if url else "memory"
-    sweep_dir = Path(str(config.hydra.sweep.dir))
     note.write(sweep_dir, name, shown, held, n_trials)
     log.info(
         "study %r in %s: it holds %d trial%s%s; %d to run for n_trials=%d",
