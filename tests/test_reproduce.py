@@ -478,13 +478,30 @@ def test_report_compares_two_existing_runs_the_same_way(store_uri, client, capsy
     )
 
 
-def test_a_bad_override_on_a_rerun_is_refused_as_the_users(workdir, store_uri, client, capsys):
-    old = logged_run(client, "minimize", {objective("loss"): 1.0}, {}, {"task": "minimize"})
-    client.log_text(old.info.run_id, "- task.steps=3\n", "overrides.yaml")
-    status = rerun_command.main([old.info.run_id, "task.stepz=4"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert status == 1 and len(err) == 1, err
-    assert err[0].startswith("error: the overrides given do not apply: ") and "stepz" in err[0]
+@pytest.mark.parametrize(
+    ("recorded", "given", "named"),
+    [
+        ("- task.steps=3", "task.stepz=4", "'task.stepz'"),
+        # Hydra's own settings, checked against the launcher's and sweeper's schemas.
+        ("- task.steps=3", "hydra.launcher.foo=1", "'hydra.launcher.foo'"),
+        ("- task.steps=3", "hydra.sweeper.n_trials=abc", "'hydra.sweeper.n_trials'"),
+        ("- experiment=lr_search", "hydra.sweeper.n_trials=abc", "hydra.sweeper.n_trials=abc"),
+    ],
+    ids=["task-key", "launcher-key", "sweeper-key", "sweeper-value"],
+)
+def test_a_bad_override_on_a_rerun_is_refused_as_the_users(
+    workdir, store_uri, client, capsys, recorded, given, named
+) -> None:
+    tags = {"task": "minimize"} | ({"sweep": "true"} if "experiment=" in recorded else {})
+    old = logged_run(client, "minimize", {objective("loss"): 1.0}, {}, tags)
+    client.log_text(old.info.run_id, recorded + "\n", "overrides.yaml")
+    status = rerun_command.main([old.info.run_id, given])
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert status == 1 and len(lines) == 1, lines
+    assert lines[0].startswith("error: the overrides given do not apply: "), lines
+    assert named in lines[0]
+    assert out == ""  # refused before the rerun starts
     assert len(runs_of(client, "minimize")) == 1
 
 

@@ -159,7 +159,9 @@ def check_composes(record: Record, arguments: list[str], given: Sequence[str] = 
     """Compose and validate the config that ``arguments`` give, as the command would.
 
     The recorded overrides first, then with the user's (``given``, the last of
-    ``arguments``) on top, so that a refusal says which of the two is at fault. A sweep's
+    ``arguments``) on top, so that a refusal says which of the two is at fault. Hydra's own
+    settings (``hydra.launcher.n_jobs=2``, ``hydra/launcher=joblib``) are composed with the
+    rest: Hydra checks them against its launcher's and sweeper's schemas. A sweep's
     overrides are composed with the first value of each swept key. Where the config asks to
     skip what already finished (a preset's ``skip_existing``), the rerun asks not to
     (``skip_existing=false`` is appended), or it would find the original; where it would go
@@ -187,7 +189,12 @@ def check_composes(record: Record, arguments: list[str], given: Sequence[str] = 
 
 
 def _compose(arguments: Sequence[str]) -> Any:
-    """The validated config of ``python -m experiments ARGUMENTS`` (a sweep: its first job)."""
+    """The validated config of ``python -m experiments ARGUMENTS`` (a sweep: its first job).
+
+    The ``hydra`` node is composed too, with the ``hydra.*`` overrides, and then left out:
+    a key its launcher or sweeper does not have, or a value of the wrong type, is refused
+    here as the command would refuse it; so is a sweep over one of Hydra's own settings.
+    """
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -195,10 +202,10 @@ def _compose(arguments: Sequence[str]) -> Any:
     from experiments import config, tasks
 
     config.register(tasks.schemas())
-    overrides = [item for item in arguments if item != "-m" and not item.startswith("hydra")]
+    overrides = [item for item in arguments if item != "-m"]
     single = []
     for item, parsed in zip(overrides, OverridesParser.create().parse_overrides(overrides)):
-        if parsed.is_sweep_override():
+        if parsed.is_sweep_override() and not parsed.is_hydra_override():
             first = next(iter(parsed.sweep_string_iterator()))
             single.append(f"{item.split('=', 1)[0]}={first}")
         else:
