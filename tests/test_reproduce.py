@@ -117,7 +117,24 @@ def test_the_environment_says_what_decides_a_timing(monkeypatch) -> None:
         if k != "OMP_NUM_THREADS" and k.startswith(environment.SETTINGS_PREFIXES)
     }
     assert found["settings"]["float32_matmul_precision"] == "high"
-    assert {pool["user_api"] for pool in found["threadpools"]} <= {"blas", "openmp"}
+    # The BLAS and OpenMP libraries loaded here (numpy's OpenBLAS, torch's OpenMP), each
+    # named by its file, with its version and its threads.
+    pools = found["threadpools"]
+    assert pools, "threadpoolctl found no BLAS or OpenMP library loaded"
+    for pool in pools:
+        assert set(pool) == {
+            "user_api",
+            "internal_api",
+            "prefix",
+            "version",
+            "threading_layer",
+            "num_threads",
+            "library",
+        }, pool
+        assert pool["user_api"] in ("blas", "openmp"), pool
+        assert pool["library"] and "/" not in pool["library"], pool  # a file name, not a path
+        assert isinstance(pool["num_threads"], int) and pool["num_threads"] >= 1, pool
+    assert any(pool["version"] for pool in pools), pools  # (libgomp's is not known)
     json.dumps(found)  # every value is JSON
     tags = environment.tags(found)
     assert tags["blas"] == found["torch"]["blas"]
