@@ -28,6 +28,7 @@ from experiments.sweeps.report import command as report_command
 from tests.conftest import compose_config, run_cli, runs_of
 
 REPO = Path(__file__).resolve().parents[1]
+PARENT = "mlflow.parentRunId"
 
 
 def rerun(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -384,6 +385,20 @@ def test_a_sweeps_rerun_is_a_new_sweep_with_the_same_jobs(workdir, store_uri, cl
     assert done.returncode == 0, done.stderr[-2000:]
     assert "is a SQLite file" not in done.stderr  # said of Slurm sweeps only
     parent = next(r for r in runs_of(client, "minimize") if r.data.tags.get("sweep") == "true")
+    # The parent records where the sweep was launched, as its jobs record where they ran.
+    assert "environment.json" in {item.path for item in client.list_artifacts(parent.info.run_id)}
+    job = next(
+        r for r in runs_of(client, "minimize") if r.data.tags.get(PARENT) == parent.info.run_id
+    )
+    launched, ran = (
+        json.loads(artifact(client, run.info.run_id, "environment.json", workdir / name))
+        for run, name in ((parent, "parent"), (job, "job"))
+    )
+    assert launched["command"][-2:] == ["-m", "task.steps=3,4"]
+    assert launched["gpu"] is None  # the parent uses no device
+    for part in ("python", "packages", "torch", "code"):  # one process, one checkout
+        assert launched[part] == ran[part], part
+    assert parent.data.tags["blas"] == job.data.tags["blas"]
     again = rerun(workdir, parent.info.run_id)
     assert again.returncode == 0, again.stdout + again.stderr[-2000:]
     parents = [r for r in runs_of(client, "minimize") if r.data.tags.get("sweep") == "true"]

@@ -14,7 +14,14 @@ It imports the tasks, the record path and the shared modules; never the sweeps o
 command line.
 """
 
-from experiments.runner.execution import Result, execute, prepare, reproduce_note, run
+from experiments.runner.execution import (
+    Result,
+    execute,
+    prepare,
+    record_environment,
+    reproduce_note,
+    run,
+)
 from experiments.runner.identity import config_hash
 from experiments.runner.store import journal_header, live_settings, not_recorded_line, store_of
 
@@ -26,6 +33,7 @@ __all__ = [
     "live_settings",
     "not_recorded_line",
     "prepare",
+    "record_environment",
     "reproduce_note",
     "run",
     "store_of",

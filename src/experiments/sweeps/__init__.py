@@ -13,9 +13,10 @@
   ask-and-tell loop over the sweep's launcher (the Hydra plugin in
   ``hydra_plugins.experiments_sweeper`` is its entry).
 
-Sweeps sit on the runner (``prepare``, where a run is recorded) and the record path; the
-command line sits on them. Nothing here imports the command line, and nothing below imports
-this package (the recording process calls ``report.assemble.publish`` by name).
+Sweeps sit on the runner (``prepare``, ``record_environment``, where a run is recorded) and
+the record path; the command line sits on them. Nothing here imports the command line, and
+nothing below imports this package (the recording process calls ``report.assemble.publish``
+by name).
 
 Importing this package imports none of its modules: the recording process imports
 ``report.assemble`` to make a sweep's report, and must not load the runner (and torch) with

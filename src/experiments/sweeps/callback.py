@@ -31,6 +31,7 @@ from experiments.runner import (
     live_settings,
     not_recorded_line,
     prepare,
+    record_environment,
     reproduce_note,
     store_of,
 )
@@ -112,7 +113,8 @@ def start(config: DictConfig) -> str | None:
     """Open the parent run of the sweep ``config`` describes and export its id to jobs.
 
     The parent is recorded like any run: a journal in the sweep directory, uploaded while
-    the sweep goes on, with its own heartbeat.
+    the sweep goes on, with its own heartbeat, and where it was launched
+    (``environment.json``, as a job records where it ran).
 
     Returns:
         The parent run's id (None when the sweep is kept offline).
@@ -150,6 +152,9 @@ def start(config: DictConfig) -> str | None:
         if launching:
             recording.recorder.log_text(OmegaConf.to_yaml(launching), LAUNCH_FILE)
         prepare(config.task.name)  # the jobs' start-up, while the store opens
+        # Where the sweep was launched, as each job records where it ran: the parent uses
+        # no device (its jobs name theirs); git's answers were found just above.
+        record_environment(recording.recorder, None)
         recording.started()  # a store that cannot take the parent stops the sweep here
     except BaseException:
         if recording.discarded:  # no parent run exists: nothing to close
