@@ -413,6 +413,26 @@ def test_a_sweeps_rerun_is_a_new_sweep_with_the_same_jobs(workdir, store_uri, cl
     assert "job 0 steps=3: reproduced" in again.stdout
     assert "job 1 steps=4: reproduced" in again.stdout
 
+    # The two sweeps compared as they exist: the same verdict, job by job, and nothing written.
+    compared = run_cli(
+        ["--compare", parent.info.run_id, new.info.run_id], workdir, module="experiments.report"
+    )
+    assert compared.returncode == 0, compared.stdout + compared.stderr[-2000:]
+    lines = compared.stdout.splitlines()
+    assert lines[0] == (
+        f"{new.info.run_id} ({new.info.run_name}) against "
+        f"{parent.info.run_id} ({parent.info.run_name})"
+    )
+    assert lines[1] == "verdict: reproduced"
+    assert lines[-2:] == [  # one line per pair of jobs, by job number
+        "jobs         job 0 steps=3: reproduced",
+        "             job 1 steps=4: reproduced",
+    ]
+    verdict = again.stdout.splitlines()
+    assert lines[1:] == verdict[verdict.index("verdict: reproduced") :]  # the rerun's own
+    assert len(runs_of(client, "minimize")) == 6
+    assert not (workdir / "outputs" / "reports").exists()
+
 
 @pytest.mark.slow
 def test_a_matmul_rerun_on_one_thread_names_the_thread_difference(workdir, store_uri, client):
