@@ -112,8 +112,13 @@ def _login_in_the_uri(team: Team) -> str:
     return team.uri.replace("://", f"://{ADMIN[0]}:{ADMIN[1]}@", 1)
 
 
-SWEEP = ["-m", "optim.lr=0.01,0.02,0.03,0.04", "task.steps=5", "tracking.experiment=team-sweep"]
-SWEEP += ["skip_existing=true"]
+SWEEP = [
+    "-m",
+    "optim.lr=0.01,0.02,0.03,0.04",
+    "task.steps=5",
+    "tracking.experiment=team-sweep",
+    "skip_existing=true",  # run again, it resumes
+]
 
 
 @pytest.fixture(scope="module")
