@@ -96,6 +96,65 @@ def test_a_run_outlives_its_recording_process(workdir) -> None:
     assert len(history) == loss_points(path) == 30001
 
 
+@pytest.mark.usefixtures("store_uri")  # an empty store here: its making is not the point
+@pytest.mark.slow
+def test_a_recording_process_that_stops_answering_is_ended_within_the_runs_bound(
+    workdir,
+) -> None:
+    # The shortest bound the settings give: no retries, a second per store call.
+    settings = ["tracking.retry_s=0", "tracking.timeout_s=1"]
+    process = start_cli(["task.steps=30000", "optim.lr=1e-7", *settings], workdir)
+    (path,) = wait_for_points(workdir / "outputs", 2000)
+    (recorder,) = children(process.pid, "experiments.record.service")
+    os.kill(recorder, signal.SIGSTOP)  # alive and silent (a debugger, a frozen cgroup)
+    stopped = time.monotonic()
+    try:
+        out, err = process.communicate(timeout=300)
+    finally:
+        if process_state(recorder) == "T" and recording_process(recorder):
+            os.kill(recorder, signal.SIGKILL)  # still stopped: not left behind by the test
+    took = time.monotonic() - stopped
+    bound = live.answer_within(live.Settings(retry_s=0), live.Store("", "", timeout_s=1))
+    assert took < bound + 60  # the task's last steps, then the one wait for the store
+    assert process.returncode == 75, err  # finished, not recorded
+    assert "Traceback" not in out + err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert errors == [err.strip().splitlines()[-1]], err  # one line, the last
+    assert errors[0].startswith(
+        f"error: the recording process (pid {recorder}) did not answer within {bound:.0f} s "
+        "and was ended; "
+    )
+    assert errors[0].endswith(f"python -m experiments.sync {path.parent}")
+    assert process_state(recorder) is None  # ended and reaped, not left stopped
+    assert journal.last_record(path)["status"] == "FINISHED"  # the task went on to its end
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    (run,) = runs_of(client, "minimize")
+    assert run.info.status == "RUNNING"  # created before it stopped: the journal has the rest
+    synced = sync(workdir, str(path.parent))  # the store's lock went with the process
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    assert "1 journal: 1 uploaded" in synced.stdout
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "FINISHED"
+    history = client.get_metric_history(run.info.run_id, "objective/loss")
+    assert len(history) == loss_points(path) == 30001
+
+
+def recording_process(pid: int) -> bool:
+    try:
+        return b"experiments.record.service" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def process_state(pid: int) -> str | None:
+    """The state of process ``pid`` (``T``: stopped), or None when there is none."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
 def children(pid: int, command: str) -> list[int]:
     """The processes ``pid`` started whose command line mentions ``command``."""
     found = []

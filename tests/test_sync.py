@@ -19,6 +19,7 @@ from experiments.record import journal, marks, sync
 from experiments.record.journal import Header, Writer
 from experiments.record.service import figures
 from experiments.record.store import upload
+from experiments.sweeps.report import command as report
 from tests.conftest import all_runs, runs_of
 
 
@@ -227,6 +228,9 @@ def crafted_journal(directory: Path, uri: str, marker: Path) -> Path:
     directory.mkdir(parents=True)
     path = directory / journal.NAME
     writer = Writer(path, Header(tracking_uri=uri, experiment="crafted", run_name="crafted"))
+    # Where the run's files are, as a live run tags it: a reader that looked there for its
+    # figures would find the pickle.
+    writer.append({"type": "tags", "tags": {"output_dir": str(directory)}})
     (directory / ".loss.png.pickle").write_bytes(pickle.dumps(Payload()))
     writer.append({"type": "artifact", "file": "loss.png", "dir": None, "figure": True})
     writer.append(
@@ -250,8 +254,8 @@ def test_the_live_uploader_waits_for_a_figure_sent_to_its_process(workdir, store
     assert uploader.counts.skipped == [] and not uploader.waiting
 
 
-def test_a_crafted_journal_is_adopted_and_synced_without_running_its_pickle(
-    workdir, store_uri, client
+def test_a_crafted_journal_is_adopted_synced_and_reported_without_running_its_pickle(
+    capsys, workdir, store_uri, client
 ) -> None:
     from experiments import record
 
@@ -263,6 +267,12 @@ def test_a_crafted_journal_is_adopted_and_synced_without_running_its_pickle(
     assert sync.main([str(synced.parent), "--tracking-uri", store_uri]) in (0, 1)
     assert not marker.exists()
     assert len(runs_of(client, "crafted")) == 2  # recorded, closed, no picture
+    out = workdir / "report"  # python -m experiments.report, as sync.main above
+    args = ["--experiment", "crafted", "--tracking-uri", store_uri, "--out", str(out)]
+    assert report.main(args) == 0
+    assert "Experiment 'crafted': 2 runs: 2 failed" in capsys.readouterr().out
+    assert (out / "table.txt").is_file()
+    assert not marker.exists()
 
 
 def test_sync_never_unpickles_a_figure(caplog, workdir, store_uri, client) -> None:

@@ -22,6 +22,7 @@ from mlflow import MlflowClient
 
 from tests.conftest import run_cli, runs_of
 from tests.services import MlflowServer, Postgres, missing_postgres
+from tests.test_reproduce import rerun
 
 pytestmark = [pytest.mark.server, pytest.mark.postgres, pytest.mark.slow]
 
@@ -106,6 +107,37 @@ def admin(team: Team, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
     return MlflowClient(team.uri)
 
 
+def _login_in_the_uri(team: Team) -> str:
+    """The server's URI with the admin's login in it (``http://admin:PASSWORD@host:port``)."""
+    return team.uri.replace("://", f"://{ADMIN[0]}:{ADMIN[1]}@", 1)
+
+
+SWEEP = [
+    "-m",
+    "optim.lr=0.01,0.02,0.03,0.04",
+    "task.steps=5",
+    "tracking.experiment=team-sweep",
+    "skip_existing=true",  # run again, it resumes
+]
+
+
+@pytest.fixture(scope="module")
+def single(team: Team, tmp_path_factory: pytest.TempPathFactory) -> subprocess.CompletedProcess:
+    """A run recorded into the server (experiment ``team-single``), once for the module: the
+    tests that read it back share it (each command costs seconds to start)."""
+    return run_cli(
+        ["task.steps=5", "tracking.experiment=team-single"],
+        tmp_path_factory.mktemp("single"),
+        team.env(),
+    )
+
+
+@pytest.fixture(scope="module")
+def sweep(team: Team, tmp_path_factory: pytest.TempPathFactory) -> subprocess.CompletedProcess:
+    """A sweep recorded into the server (experiment ``team-sweep``), once for the module."""
+    return run_cli(SWEEP, tmp_path_factory.mktemp("sweep"), team.env())
+
+
 def _count_runs_in_postgres(team: Team, experiment_id: str) -> int:
     import psycopg2
 
@@ -119,9 +151,8 @@ def _count_runs_in_postgres(team: Team, experiment_id: str) -> int:
         return cursor.fetchone()[0]
 
 
-def test_a_run_a_sweep_a_resumed_sweep_and_the_report(team, admin, workdir) -> None:
+def test_a_run_a_sweep_a_resumed_sweep_and_the_report(team, admin, single, sweep, workdir) -> None:
     # (Parallel jobs recording into a server are tests/test_server.py's; here, PostgreSQL.)
-    single = run_cli(["task.steps=5", "tracking.experiment=team-single"], workdir, team.env())
     assert single.returncode == 0, single.stderr[-2000:]
     (run,) = runs_of(admin, "team-single")
     assert run.info.status == "FINISHED"
@@ -130,17 +161,8 @@ def test_a_run_a_sweep_a_resumed_sweep_and_the_report(team, admin, workdir) -> N
     png = admin.download_artifacts(run.info.run_id, "loss.png", str(workdir))
     assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # downloaded through the server
 
-    rates = ",".join(f"0.0{i}" for i in range(1, 5))
-    sweep = [
-        "-m",
-        f"optim.lr={rates}",
-        "task.steps=5",
-        "tracking.experiment=team-sweep",
-        "skip_existing=true",
-    ]
-    first = run_cli(sweep, workdir, team.env())
-    assert first.returncode == 0, first.stderr[-2000:]
-    assert "4 jobs: 4 finished" in first.stdout
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    assert "4 jobs: 4 finished" in sweep.stdout
     runs = runs_of(admin, "team-sweep")
     assert len(runs) == 5 and {r.info.status for r in runs} == {"FINISHED"}
     (parent,) = [r for r in runs if r.data.tags.get("sweep") == "true"]
@@ -149,7 +171,7 @@ def test_a_run_a_sweep_a_resumed_sweep_and_the_report(team, admin, workdir) -> N
     experiment_id = parent.info.experiment_id
     assert _count_runs_in_postgres(team, experiment_id) == 5  # the server's store is PostgreSQL
 
-    again = run_cli(sweep, workdir, team.env())  # resumed: every job is already done
+    again = run_cli(SWEEP, workdir, team.env())  # resumed: every job is already done
     assert again.returncode == 0, again.stderr[-2000:]
     assert "4 jobs: 4 skipped" in again.stdout
     children = [r for r in runs_of(admin, "team-sweep") if "mlflow.parentRunId" in r.data.tags]
@@ -275,6 +297,72 @@ def test_sync_logs_in_with_a_password_in_its_uri_and_keeps_it_out(team, admin, w
     assert run.info.status == "FINISHED"
     marks = [p.read_text() for p in (workdir / "outputs").rglob("journal.uploaded.json")]
     assert marks and not [text for text in marks if secret in text]
+
+
+def test_the_report_logs_in_with_a_password_in_its_uri_and_keeps_it_out(
+    team, admin, sweep, workdir
+) -> None:
+    secret = ADMIN[1]
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    parent = [r for r in runs_of(admin, "team-sweep") if r.data.tags.get("sweep") == "true"][0]
+    report = run_cli(  # no login but the URI's (an empty one in the environment)
+        ["--tracking-uri", _login_in_the_uri(team), "--parent", parent.info.run_id]
+        + ["--out", "report"],
+        workdir,
+        team.env(None),
+        module="experiments.report",
+    )
+    assert report.returncode == 0, report.stderr[-2000:]  # the server answers 401 without it
+    assert "4 runs: 4 finished" in report.stdout
+    assert secret not in report.stdout + report.stderr
+    written = {path.name: path for path in (workdir / "report").iterdir()}
+    assert [name for name in written if name.endswith(".png")]
+    assert not [name for name, path in written.items() if secret.encode() in path.read_bytes()]
+    logged = _artifact_texts(admin, parent.info.run_id, "report", workdir / "logged")
+    assert set(written) <= {Path(path).name for path in logged}  # logged through the server
+    assert not [path for path, text in logged.items() if secret in text]
+
+
+def test_a_rerun_reads_a_run_with_a_password_in_its_uri_and_records_it_here(
+    team, admin, single, workdir, store_uri
+) -> None:
+    secret = ADMIN[1]
+    assert single.returncode == 0, single.stderr[-2000:]
+    (published,) = runs_of(admin, "team-single")
+    no_login = {"MLFLOW_TRACKING_USERNAME": "", "MLFLOW_TRACKING_PASSWORD": ""}
+    again = rerun(  # recorded in the default store here: sqlite:///mlflow.db
+        workdir, published.info.run_id, "--from", _login_in_the_uri(team), env=no_login
+    )
+    assert again.returncode == 0, again.stdout + again.stderr[-2000:]  # 401 without it
+    assert "verdict: reproduced" in again.stdout
+    assert secret not in again.stdout + again.stderr
+    local = MlflowClient(store_uri)
+    (run,) = runs_of(local, "team-single")
+    assert run.data.tags["rerun_of"] == published.info.run_id
+    assert run.data.tags["reproduced"] == "true"
+    assert "mlflow.note.content" in run.data.tags  # its description: how to rerun it
+    stored = [run.info.run_name, *run.data.params.values(), *run.data.tags.values()]
+    assert not [value for value in stored if secret in value]
+    texts = _artifact_texts(local, run.info.run_id, None, workdir / "artifacts")
+    assert {"rerun.txt", "config.yaml", "overrides.yaml", "environment.json"} <= set(texts)
+    assert not [path for path, text in texts.items() if secret in text]
+    files = [path for path in (workdir / "outputs").rglob("*") if path.is_file()]
+    assert files and not [path for path in files if secret.encode() in path.read_bytes()]
+    assert len(runs_of(admin, "team-single")) == 1  # nothing new on the server
+
+
+def _artifact_texts(
+    client: MlflowClient, run_id: str, under: str | None, scratch: Path
+) -> dict[str, str]:
+    """The run's artifacts under ``under`` (all of them: None), by path, as text."""
+    texts = {}
+    for artifact in client.list_artifacts(run_id, under):
+        if artifact.is_dir:
+            texts.update(_artifact_texts(client, run_id, artifact.path, scratch))
+        else:
+            path = client.download_artifacts(run_id, artifact.path, str(scratch))
+            texts[artifact.path] = Path(path).read_text(errors="replace")
+    return texts
 
 
 def test_a_store_on_postgresql_directly_bounds_its_connections_and_statements(team) -> None:

@@ -4,12 +4,16 @@ Requests and replies are JSON lines over the process's standard input and output
 ``{"id": 3, "op": "start", ...}`` is answered by ``{"id": 3, "ok": true, ...}`` or
 ``{"id": 3, "ok": false, "kind": "StoreUnreachable", "error": "..."}``; the process also
 sends events (``{"event": "log", "level": "WARNING", "message": "..."}``), which are logged
-here. A thread reads the replies, so a request can be sent now and its answer collected
+here. One thread writes the requests and another reads the replies, so a request is sent
+without waiting (a figure larger than the pipe holds included) and its answer collected
 later (:meth:`Recorder.request`). Nothing here imports MLflow.
 
 If the recording process ends unexpectedly, every request fails with
 :class:`RecorderGone`; the runs it was uploading stay in their journals, and the next run
-of this process starts a new one.
+of this process starts a new one. So does one that does not answer within the bound the
+run's settings give (stopped, or stuck): the run gives up on it and ends it
+(:meth:`Pending.result` with ``give_up``), so that it is not left behind holding what
+``python -m experiments.sync`` then needs (a SQLite store's write lock).
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ import itertools
 import json
 import logging
 import os
+import queue
 import signal
 import subprocess
 import sys
 import threading
-from typing import IO, Any, Optional
+from typing import IO, Any, Callable, Optional
 
 from experiments import errors, signals
 
@@ -37,21 +42,40 @@ class RecorderGone(RuntimeError):
 
 
 class Pending:
-    """The answer to one request, once it comes."""
+    """The answer to one request, once it comes.
 
-    def __init__(self) -> None:
+    Args:
+        silent: called with the reason when a wait that gives up (``result(give_up=True)``)
+            saw no answer: it ends the recording process.
+    """
+
+    def __init__(self, silent: Optional[Callable[[str], None]] = None) -> None:
         self._event = threading.Event()
         self._reply: Optional[dict[str, Any]] = None
         self._failure: Optional[BaseException] = None
+        self._silent = silent
 
     def set(self, reply: Optional[dict[str, Any]], failure: Optional[BaseException]) -> None:
         self._reply, self._failure = reply, failure
         self._event.set()
 
-    def result(self, timeout: Optional[float] = None) -> dict[str, Any]:
-        """The reply; raises what the recording process reported, or :class:`RecorderGone`."""
+    def result(self, timeout: Optional[float] = None, give_up: bool = False) -> dict[str, Any]:
+        """The reply; raises what the recording process reported, or :class:`RecorderGone`.
+
+        Args:
+            timeout: how long to wait (None: until it comes or the process ends).
+            give_up: ``timeout`` is the longest the run waits for the recording process at
+                all (the bound its settings give, ``live.answer_within``): past it the
+                process is taken for stopped or stuck and ended, and every request waiting
+                on it fails. A shorter wait (after a signal) leaves it to finish alone.
+        """
         if not self._event.wait(timeout):
-            raise RecorderGone(f"the recording process did not answer within {timeout:.0f} s")
+            reason = f"did not answer within {timeout:.0f} s"
+            if give_up and self._silent is not None:
+                self._silent(reason)
+                self._event.wait()  # set at once: ended, with the process's pid named
+            else:
+                raise RecorderGone(f"the recording process {reason}")
         if self._failure is not None:
             raise self._failure
         assert self._reply is not None
@@ -91,6 +115,12 @@ class Recorder:
         self._ready = threading.Event()
         self._used = False
         self.gone: Optional[str] = None
+        # Requests in the order made; None closes the pipe. A write waits while the pipe is
+        # full (a figure sent to a busy process, or one that is stopped): the writer waits,
+        # never the run.
+        self._outbox: queue.SimpleQueue[Optional[bytes]] = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write, name="recorder requests", daemon=True)
+        self._writer.start()
         self._reader = threading.Thread(
             target=self._read, args=(self.process.stdout,), name="recorder replies", daemon=True
         )
@@ -102,7 +132,7 @@ class Recorder:
 
     def request(self, op: str, **fields: Any) -> Pending:
         """Send a request now; collect its answer later with ``.result()``."""
-        pending = Pending()
+        pending = Pending(self.end)
         self._used = True
         with self._lock:
             if self.gone is not None:
@@ -110,17 +140,14 @@ class Recorder:
                 return pending
             number = next(self._ids)
             self._pending[number] = pending
-            try:
-                self._stdin.write((json.dumps({"id": number, "op": op, **fields}) + "\n").encode())
-                self._stdin.flush()
-            except (BrokenPipeError, OSError, ValueError):
-                self._pending.pop(number, None)
-                pending.set(None, RecorderGone(self._gone_reason()))
+            self._outbox.put((json.dumps({"id": number, "op": op, **fields}) + "\n").encode())
         return pending
 
-    def call(self, op: str, timeout: Optional[float] = None, **fields: Any) -> dict[str, Any]:
-        """Send a request and wait for its answer."""
-        return self.request(op, **fields).result(timeout)
+    def call(
+        self, op: str, timeout: Optional[float] = None, give_up: bool = False, **fields: Any
+    ) -> dict[str, Any]:
+        """Send a request and wait for its answer (see :meth:`Pending.result`)."""
+        return self.request(op, **fields).result(timeout, give_up)
 
     def close(self, timeout: float = 120.0) -> None:
         """Say goodbye and wait (up to ``timeout``) for the process to finish and exit.
@@ -137,14 +164,37 @@ class Recorder:
                 self.call("bye", timeout=timeout)
             except (RecorderGone, errors.RunFailure):
                 pass
-            try:
-                self._stdin.close()
-            except OSError:
-                pass
+            self._outbox.put(None)  # then the pipe closes
         try:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             log.info("the recording process (pid %s) finishes its uploads alone", self.pid)
+
+    def end(self, reason: str) -> None:
+        """Give up on the recording process (``reason``: what it did not do) and end it.
+
+        It is killed (SIGKILL ends a stopped process too), and every request waiting on it
+        fails with :class:`RecorderGone`; its runs stay in their journals.
+        """
+        with self._lock:
+            if self.gone is None:
+                self.gone = f"the recording process (pid {self.pid}) {reason} and was ended"
+            gone, waiting, self._pending = self.gone, list(self._pending.values()), {}
+        self.process.kill()
+        for pending in waiting:
+            pending.set(None, RecorderGone(gone))
+
+    def _write(self) -> None:
+        while True:
+            line = self._outbox.get()
+            try:
+                if line is None:
+                    self._stdin.close()
+                    return
+                self._stdin.write(line)
+                self._stdin.flush()
+            except (OSError, ValueError):  # it ended: the reader says so, and how
+                return
 
     def _read(self, stream: IO[bytes]) -> None:
         for line in stream:
@@ -159,8 +209,9 @@ class Recorder:
                 pending = self._pending.pop(message.get("id"), None)
             if pending is not None:
                 pending.set(message, None)
+        reason = self._gone_reason()
         with self._lock:
-            self.gone = self._gone_reason()
+            self.gone = self.gone or reason  # given up on (:meth:`end`): that reason stands
             waiting, self._pending = list(self._pending.values()), {}
         for pending in waiting:
             pending.set(None, RecorderGone(self.gone))

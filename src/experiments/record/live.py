@@ -97,10 +97,13 @@ class PendingDelivery:
         self.wait_s = wait_s  # the longest wait for the answer (answer_within)
 
     def wait(self, timeout: Optional[float] = None) -> Delivery:
-        """How the delivery fared; not answered within ``timeout`` (default: the bound that
-        the run's settings give) counts as not recorded, with the reason."""
+        """How the delivery fared; not answered within ``timeout`` counts as not recorded,
+        with the reason. By default the wait is the bound that the run's settings give, and
+        a recording process silent that long is ended (:meth:`client.Pending.result`)."""
         try:
-            reply = self._pending.result(self.wait_s if timeout is None else timeout)
+            reply = self._pending.result(
+                self.wait_s if timeout is None else timeout, give_up=timeout is None
+            )
         except (client.RecorderGone, TrackingError) as failure:
             return Delivery(self.journal, recorded=False, reason=str(failure))
         return Delivery(self.journal, recorded=reply["recorded"], reason=reply.get("reason"))
@@ -162,7 +165,9 @@ class LiveRun:
         Args:
             fallback: a store that does not answer keeps this run in its journal (a job of
                 a sweep goes on) instead of stopping it.
-            timeout: give up waiting after this long (then as if the store did not answer).
+            timeout: give up waiting after this long (then as if the store did not answer);
+                by default the bound that the run's settings give, past which the recording
+                process is ended (:meth:`client.Pending.result`).
 
         Returns:
             None, or ``{"run_id": ..., "objective": ...}`` when ``skip_existing`` found this
@@ -176,7 +181,9 @@ class LiveRun:
             return None
         pending, self._pending = self._pending, None
         try:
-            reply = pending.result(self.wait_s if timeout is None else timeout)
+            reply = pending.result(
+                self.wait_s if timeout is None else timeout, give_up=timeout is None
+            )
         except (StoreUnreachable, client.RecorderGone) as error:
             if not fallback:
                 self._discard()
@@ -319,6 +326,7 @@ def adopt(path: Path, store: Store, status: str, reason: str) -> Optional[str]:
     reply = client.get().call(
         "adopt",
         timeout=answer_within(Settings(), store),
+        give_up=True,
         journal=str(Path(path).resolve()),
         uri=store.uri,
         source=store.source,
