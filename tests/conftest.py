@@ -34,6 +34,21 @@ def _no_process_left():
         if process.poll() is None:
             process.kill()
             process.communicate()
+    _end_joblib_workers()
+
+
+def _end_joblib_workers() -> None:
+    """End the worker pool a sweep in this process left (the joblib launcher's pool outlives
+    a sweep, as it does in a user's process).
+
+    Its workers keep the environment they started with, ``MLFLOW_TRACKING_URI`` and the
+    working directory included: a later test's jobs would otherwise record into an earlier
+    test's store.
+    """
+    executors = sys.modules.get("joblib.externals.loky.reusable_executor")
+    if executors is not None and executors._executor is not None:
+        executors._executor.shutdown(wait=True, kill_workers=True)
+        executors._executor = None
 
 
 @pytest.fixture
