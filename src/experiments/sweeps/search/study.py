@@ -137,6 +137,13 @@ def reopen(url: str, name: str, pruner: str, every: int, after: int) -> Any:
     )
 
 
+def optuna_warnings() -> type[Warning]:
+    """Optuna's warning that a feature is experimental."""
+    from optuna.exceptions import ExperimentalWarning
+
+    return ExperimentalWarning
+
+
 def make_sampler(name: str, seed: Optional[int], grid: Optional[dict] = None) -> Any:
     """The sampler ``hydra.sweeper.sampler.name`` names, seeded."""
     from optuna import samplers
@@ -146,7 +153,11 @@ def make_sampler(name: str, seed: Optional[int], grid: Optional[dict] = None) ->
     if name == "random":
         return samplers.RandomSampler(seed=seed)
     if name == "qmc":
-        return samplers.QMCSampler(seed=seed)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna_warnings())  # "experimental": chosen here
+            return samplers.QMCSampler(seed=seed)
     if name == "grid":
         return samplers.GridSampler(grid or {}, seed=seed)
     raise ConfigError(
