@@ -369,3 +369,32 @@ def test_a_searchs_rerun_searches_anew_and_reproduces_it(monkeypatch, store_uri,
     assert "hydra.sweeper.storage=memory" in again.stdout
     assert "2 jobs: 2 finished" in again.stdout
     assert len(the_study(f"sqlite:///{workdir / 'optuna.db'}").get_trials()) == 2  # untouched
+
+
+@pytest.mark.parametrize(
+    ("launcher", "pruner", "storage", "warned"),
+    [
+        ("experiment=slurm", "median", "sqlite:////shared/optuna.db", True),
+        ("experiment=slurm", "none", "sqlite:////shared/optuna.db", False),  # jobs never open it
+        ("experiment=slurm", "median", "journal:/shared/study.journal", False),
+        ("hydra/launcher=joblib", "median", "sqlite:////shared/optuna.db", False),  # one host
+    ],
+)
+def test_a_pruned_search_on_slurm_is_warned_off_a_sqlite_study(
+    caplog, launcher, pruner, storage, warned
+) -> None:
+    from omegaconf import OmegaConf
+
+    from experiments.sweeps.search import loop
+    from tests.conftest import hydra_node
+
+    node = hydra_node([launcher, "hydra/sweeper=optuna", f"hydra.sweeper.pruner={pruner}"])
+    with caplog.at_level("WARNING", logger=loop.__name__):
+        loop._warn_sqlite_on_a_cluster(OmegaConf.create({"hydra": node}), storage, pruner)
+    lines = [record.getMessage() for record in caplog.records]
+    if warned:
+        (line,) = lines
+        assert "/shared/optuna.db is a SQLite file" in line
+        assert "hydra.sweeper.storage=journal:PATH" in line
+    else:
+        assert lines == []

@@ -76,6 +76,7 @@ def search(
         # a journal file in its directory, is what they can report to.
         url = f"journal:{(sweep_dir / studies.JOURNAL_FILE).resolve()}"
         log.info("the jobs run in other processes: the study is kept in %s", url[8:])
+    _warn_sqlite_on_a_cluster(config, url, pruner_name)
     storage = studies.open_storage(url)
     name = settings.get("study_name") or study_name(list(config.hydra.overrides.task))
     study = studies.load(storage, name, str(settings["direction"]), sampler, pruner)
@@ -227,6 +228,27 @@ def _pruned(result: Any) -> bool:
     """Whether the job stopped because the pruner judged its trial (``errors.Pruned``)."""
     return result.status == JobStatus.FAILED and isinstance(
         getattr(result, "_return_value", None), Pruned
+    )
+
+
+def _warn_sqlite_on_a_cluster(config: DictConfig, url: str | None, pruner: str) -> None:
+    """Say that a SQLite study is no place for pruned trials on a cluster's nodes.
+
+    With a pruner, every trial reports to the study from its own job; on Slurm those jobs
+    reach the file over a shared filesystem, where SQLite's locking is not reliable.
+    Optuna's journal file is made for that (its lock is a file created atomically).
+    """
+    target = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
+    if pruner == "none" or not target.endswith("SlurmLauncher"):
+        return
+    if url is None or not url.startswith("sqlite:"):
+        return
+    log.warning(
+        "the study %s is a SQLite file, which pruned trials on several nodes reach over a "
+        "shared filesystem, where SQLite's locking is not reliable: use "
+        "hydra.sweeper.storage=journal:PATH (Optuna's journal file, made for NFS) or a "
+        "database server (docs/slurm.md)",
+        uris.scrub(url),
     )
 
 
