@@ -453,6 +453,11 @@ def test_a_matmul_rerun_on_one_thread_names_the_thread_difference(workdir, store
     )
     new = runs_of(client, "matmul")[1]
     assert new.data.tags[REPRODUCED_TAG] == ("true" if again.returncode == 0 else "false")
+    # environment.json names the threads the task used, as the tag does.
+    for run, threads in ((run_id, 2), (new.info.run_id, 1)):
+        env = json.loads(artifact(client, run, "environment.json", workdir / run))
+        assert env["torch"]["threads"] == threads
+        assert client.get_run(run).data.tags["threads"] == str(threads)
 
 
 @pytest.mark.slow

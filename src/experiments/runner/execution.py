@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -278,9 +278,10 @@ def _run_task(planned: Plan, rec: Recorder, started: float) -> float | None:
         rec.log_params(task_params(planned.task, settings, cfg, settings.device))
         record_environment(rec, None)
         raise
-    rec.log_params(task_params(planned.task, settings, cfg, device))
+    params = task_params(planned.task, settings, cfg, device)
+    rec.log_params(params)
     rec.set_tags({"device": str(device), "device.name": devices.describe(device)})
-    record_environment(rec, device)
+    record_environment(rec, device, params.get("task.threads"))
     torch.manual_seed(settings.seed)
     ctx = TaskContext(
         device=device,
@@ -312,9 +313,18 @@ def apply_torch_settings(settings: config.Config) -> None:
     torch.use_deterministic_algorithms(settings.deterministic)
 
 
-def record_environment(rec: Recorder, device: Optional[torch.device]) -> None:
-    """Where the run ran (``environment.json``, a dirty tree's ``code.diff``, a few tags)."""
+def record_environment(
+    rec: Recorder, device: Optional[torch.device], threads: Optional[Any] = None
+) -> None:
+    """Where the run ran (``environment.json``, a dirty tree's ``code.diff``, a few tags).
+
+    ``threads``: the CPU threads the task itself uses (matmul's ``task.threads``), where it
+    sets its own: recorded as torch's threads, the process's default beside it.
+    """
     found = environment.collect(device)
+    if threads is not None and int(threads) != found["torch"]["threads"]:
+        found["torch"]["default_threads"] = found["torch"]["threads"]
+        found["torch"]["threads"] = int(threads)
     code = found["code"]
     diff = code.pop("diff", "")
     rec.log_text(json.dumps(found, indent=2, default=str), ENVIRONMENT_FILE)
