@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
-from experiments import names, runner
+from experiments import names, process, runner
 from experiments.errors import ConfigError
 from experiments.names import NOTE_TAG, REPRODUCED_TAG, RERUN_OF_TAG, objective, result
 from experiments.reproduce import command as rerun_command
@@ -149,9 +150,12 @@ def test_precision_and_determinism_are_settings_each_run_applies(store_uri, clie
         runner.run(compose_config([f"tracking.uri={store_uri}", *asked]), asked, tmp_path / "a")
         # The next run in this process (a sweep's next job) sets its own, not the last one's.
         runner.run(compose_config([f"tracking.uri={store_uri}"]), [], tmp_path / "b")
+        # cuBLAS's deterministic workspace, set for the first run (never the user's own).
+        assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") == ":4096:8"
     finally:
         torch.set_float32_matmul_precision("highest")
         torch.use_deterministic_algorithms(False)
+        process.restore_env()  # as the command's end does
     first, second = runs_of(client, "minimize")
     assert first.data.params["float32_matmul_precision"] == "high"
     assert first.data.params["deterministic"] == "True"
@@ -579,10 +583,21 @@ def test_a_sweeps_record_keeps_how_it_launched_not_where_it_wrote() -> None:
     ]
 
 
-def test_commands_run_in_process_leave_the_environment_as_they_found_it(workdir, capsys):
+def test_commands_run_in_process_leave_the_environment_as_they_found_it(
+    workdir, store_uri, capsys, monkeypatch
+):
+    from experiments.command import app, exits
     from experiments.record import sync
 
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     before = dict(os.environ)
+    run = ["experiments", f"tracking.uri={store_uri}", "task.steps=2", "deterministic=true"]
+    monkeypatch.setattr(sys, "argv", run)
+    try:
+        assert exits.invoke(app.hydra_main) == 0
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert dict(os.environ) == before  # the run's CUBLAS_WORKSPACE_CONFIG undone
     nowhere = "http://127.0.0.1:9"  # refused at once
     assert report_command.main(["--experiment", "x", "--tracking-uri", nowhere]) == 1
     assert rerun_command.main(["0" * 32, "--from", nowhere]) == 1

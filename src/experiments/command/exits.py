@@ -49,6 +49,15 @@ def invoke(hydra_main: Callable[[], object]) -> int:
         signal's number when a signal stopped it (130 SIGINT, 143 SIGTERM, 129 SIGHUP).
     """
     JobErrors.errors.clear()
+    try:
+        return _invoke(hydra_main)
+    finally:
+        # What a run set for itself (CUBLAS_WORKSPACE_CONFIG for deterministic=true) is
+        # undone, so a command called in-process (tests, scripts) leaves nothing behind.
+        process.restore_env()
+
+
+def _invoke(hydra_main: Callable[[], object]) -> int:
     with signals.handling():
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             _call(hydra_main)
