@@ -101,8 +101,8 @@ def test_a_run_outlives_its_recording_process(workdir) -> None:
 def test_a_recording_process_that_stops_answering_is_ended_within_the_runs_bound(
     workdir,
 ) -> None:
-    # The shortest bound the settings give: no retries, a second per store call.
-    settings = ["tracking.retry_s=0", "tracking.timeout_s=1"]
+    # A short bound: no retries, a second per store call, 15 s for the process itself.
+    settings = ["tracking.retry_s=0", "tracking.timeout_s=1", "tracking.recorder_wait_s=15"]
     process = start_cli(["task.steps=30000", "optim.lr=1e-7", *settings], workdir)
     (path,) = wait_for_points(workdir / "outputs", 2000)
     (recorder,) = children(process.pid, "experiments.record.service")
@@ -114,7 +114,9 @@ def test_a_recording_process_that_stops_answering_is_ended_within_the_runs_bound
         if process_state(recorder) == "T" and recording_process(recorder):
             os.kill(recorder, signal.SIGKILL)  # still stopped: not left behind by the test
     took = time.monotonic() - stopped
-    bound = live.answer_within(live.Settings(retry_s=0), live.Store("", "", timeout_s=1))
+    bound = live.answer_within(
+        live.Settings(retry_s=0, recorder_wait_s=15), live.Store("", "", timeout_s=1)
+    )
     assert took < bound + 60  # the task's last steps, then the one wait for the store
     assert process.returncode == 75, err  # finished, not recorded
     assert "Traceback" not in out + err

@@ -84,6 +84,9 @@ class TrackingConfig:
     retry_s: float = 60.0  # how long a failing store is retried mid-run
     heartbeat_s: float = 30.0  # how often a running run says it is alive
     lost_after_s: float = 300.0  # a run silent this long (seen from another host) is lost
+    # The recording process's own time to answer, beyond retry_s + timeout_s: past it the
+    # run takes it for stopped or stuck, ends it and keeps its records in the journal.
+    recorder_wait_s: float = 60.0
     tags: Dict[str, str] = field(default_factory=dict)  # extra tags on every run (and parent)
 
     def __post_init__(self) -> None:
@@ -92,6 +95,7 @@ class TrackingConfig:
         check_non_negative("tracking.retry_s", self.retry_s)
         check_positive("tracking.heartbeat_s", self.heartbeat_s)
         check_positive("tracking.lost_after_s", self.lost_after_s)
+        check_positive("tracking.recorder_wait_s", self.recorder_wait_s)
         if self.lost_after_s < 2 * self.heartbeat_s:
             raise ConfigError(
                 "tracking.lost_after_s must be at least twice tracking.heartbeat_s "

@@ -34,7 +34,7 @@ QUIET_LIMIT_S = 300.0  # the longest a task may keep the recording process idle
 # is not confirmed by then is the recording process's to finish, after this one exits.
 HURRY_WAIT_S = 8.0
 # Beyond the store's own bounds (a request's timeout, the retry window), how long a run waits
-# for the recording process before it says it did not answer.
+# for the recording process before it says it did not answer (tracking.recorder_wait_s).
 ANSWER_SLACK_S = 60.0
 
 
@@ -42,10 +42,11 @@ def answer_within(settings: Settings, store: Store) -> float:
     """How long a run waits for an answer of the recording process: bounded by its settings.
 
     The recording process answers within the retry window (``tracking.retry_s``) plus one
-    request in flight (``tracking.timeout_s``); past that and a minute's slack, the run says
-    that it did not answer, and keeps its records in its journal.
+    request in flight (``tracking.timeout_s``); past that and its own time to answer
+    (``tracking.recorder_wait_s``, a minute), the run says that it did not answer, ends it,
+    and keeps its records in its journal.
     """
-    return settings.retry_s + store.timeout_s + ANSWER_SLACK_S
+    return settings.retry_s + store.timeout_s + settings.recorder_wait_s
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Settings:
     retry_s: float = 60.0
     heartbeat_s: float = 30.0
     lost_after_s: float = 300.0
+    recorder_wait_s: float = ANSWER_SLACK_S
 
 
 @dataclass

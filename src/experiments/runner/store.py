@@ -32,6 +32,7 @@ def live_settings(tracking: Any) -> record.Settings:
         retry_s=float(tracking.retry_s),
         heartbeat_s=float(tracking.heartbeat_s),
         lost_after_s=float(tracking.lost_after_s),
+        recorder_wait_s=float(tracking.recorder_wait_s),
     )
 
 
