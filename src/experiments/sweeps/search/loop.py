@@ -238,8 +238,7 @@ def _warn_sqlite_on_a_cluster(config: DictConfig, url: str | None, pruner: str) 
     reach the file over a shared filesystem, where SQLite's locking is not reliable.
     Optuna's journal file is made for that (its lock is a file created atomically).
     """
-    target = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
-    if pruner == "none" or not target.endswith("SlurmLauncher"):
+    if pruner == "none" or not _launcher(config).endswith("SlurmLauncher"):
         return
     if url is None or not url.startswith("sqlite:"):
         return
@@ -254,8 +253,12 @@ def _warn_sqlite_on_a_cluster(config: DictConfig, url: str | None, pruner: str) 
 
 def _jobs_run_here(config: DictConfig) -> bool:
     """Whether the sweep's launcher runs its jobs in this process (Hydra's basic launcher)."""
-    target = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
-    return target.endswith("BasicLauncher")
+    return _launcher(config).endswith("BasicLauncher")
+
+
+def _launcher(config: DictConfig) -> str:
+    """The class of the sweep's launcher, as Hydra's config names it."""
+    return str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
 
 
 def _objective(result: Any) -> float | None:

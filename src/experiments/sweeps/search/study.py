@@ -137,13 +137,6 @@ def reopen(url: str, name: str, pruner: str, every: int, after: int) -> Any:
     )
 
 
-def optuna_warnings() -> type[Warning]:
-    """Optuna's warning that a feature is experimental."""
-    from optuna.exceptions import ExperimentalWarning
-
-    return ExperimentalWarning
-
-
 def make_sampler(name: str, seed: Optional[int], grid: Optional[dict] = None) -> Any:
     """The sampler ``hydra.sweeper.sampler.name`` names, seeded."""
     from optuna import samplers
@@ -155,8 +148,10 @@ def make_sampler(name: str, seed: Optional[int], grid: Optional[dict] = None) ->
     if name == "qmc":
         import warnings
 
+        from optuna.exceptions import ExperimentalWarning
+
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna_warnings())  # "experimental": chosen here
+            warnings.simplefilter("ignore", ExperimentalWarning)  # the user chose it
             return samplers.QMCSampler(seed=seed)
     if name == "grid":
         return samplers.GridSampler(grid or {}, seed=seed)
