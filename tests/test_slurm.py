@@ -175,7 +175,7 @@ def sweeps(cluster, tmp_path_factory):
     """Every sweep of this module, started at once (they run side by side on the cluster)."""
     root = tmp_path_factory.mktemp("slurm")
     started = {
-        "several": Sweep(cluster, root / "several", ["task.steps=5,6,7"]),
+        "several": Sweep(cluster, root / "several", ["task.steps=5,6"]),
         "cancel": Sweep(cluster, root / "cancel", ["task.steps=5000000,30", *LONG[1:]]),
         "no_accounting": Sweep(
             cluster,
@@ -183,7 +183,6 @@ def sweeps(cluster, tmp_path_factory):
             ["task.steps=5000002,31", *LONG[1:]],
             path=no_accounting(root / "bin"),
         ),
-        "time_limit": Sweep(cluster, root / "time_limit", [*LONG, *TIME_LIMIT]),
         "devices": Sweep(cluster, root / "devices", ["device=cpu,cuda", "task.steps=5"]),
         "requeue": Sweep(
             cluster,
@@ -245,14 +244,14 @@ def test_a_sweep_runs_every_job_as_a_finished_child_and_never_twice(cluster, swe
     sweep = sweeps["several"]
     status, out, err = sweep.wait()
     assert status == 0, err + sweep.logs()
-    assert "Sweep 'sweep slurm': 3 jobs: 3 finished" in out
+    assert "Sweep 'sweep slurm': 2 jobs: 2 finished" in out
     # A SQLite store for jobs on a cluster's nodes: said once, with what to use instead.
     warned = [line for line in (out + err).splitlines() if "is a SQLite file" in line]
     assert len(warned) == 1, out + err
     assert "use a tracking server" in warned[0] and "tracking.offline=true" in warned[0]
     parent, jobs = sweep.split()
     assert parent.info.status == "FINISHED"
-    assert sorted(run.data.params["task.steps"] for run in jobs) == ["5", "6", "7"]
+    assert sorted(run.data.params["task.steps"] for run in jobs) == ["5", "6"]
     assert {run.data.tags[PARENT_TAG] for run in jobs} == {parent.info.run_id}
     assert {run.info.status for run in jobs} == {"FINISHED"}
     # device=cpu asked Slurm for no GPU, without the user saying so.
@@ -261,13 +260,13 @@ def test_a_sweep_runs_every_job_as_a_finished_child_and_never_twice(cluster, swe
     assert "#SBATCH --cpus-per-task=1" in script.read_text()
     # Run again with skip_existing=true: every job is found FINISHED and none runs twice.
     again = Sweep(
-        cluster, sweep.directory / "again", ["task.steps=5,6,7", "skip_existing=true"], sweep.store
+        cluster, sweep.directory / "again", ["task.steps=5,6", "skip_existing=true"], sweep.store
     )
     status, out, err = again.wait()
     assert status == 0, err + again.logs()
-    assert "3 jobs: 3 skipped" in out
+    assert "2 jobs: 2 skipped" in out
     jobs = [run for run in runs_of(sweep.client, "minimize") if "sweep" not in run.data.tags]
-    assert len(jobs) == 3
+    assert len(jobs) == 2
 
 
 def wait_for_job(sweep: Sweep, index: int, timeout: float = 180) -> str:
@@ -405,23 +404,9 @@ def accounted_state(cluster: Cluster, job_id: str, wait_s: float = 30.0) -> str:
         time.sleep(1)
 
 
-def test_a_job_past_its_time_limit_ends_killed_naming_it(sweeps) -> None:
-    sweep = sweeps["time_limit"]
-    status, out, err = sweep.wait()
-    assert status == 1, err + sweep.logs()
-    assert "Traceback" not in err
-    parent, (run,) = sweep.split()
-    assert run.info.status == "KILLED", sweep.logs()
-    assert run.data.tags["error"].startswith(
-        "Slurm time limit near (SIGUSR2); not requeued: Job not requeued because: "
-        "timed-out too many times"
-    )
-    assert parent.info.status == "FAILED"
-    assert "1 job: 1 killed" in out
-
-
-def test_a_requeued_job_records_a_fresh_run_linked_to_the_first(sweeps) -> None:
+def test_a_job_past_its_time_limit_is_requeued_then_ends_killed_naming_it(sweeps) -> None:
     # max_num_timeout=1: submitit requeues the job once at its time limit, then gives up.
+    # Each attempt is a fresh run linked to the one before; the last names the time limit.
     sweep = sweeps["requeue"]
     status, out, err = sweep.wait()
     assert status == 1, err + sweep.logs()
@@ -431,7 +416,10 @@ def test_a_requeued_job_records_a_fresh_run_linked_to_the_first(sweeps) -> None:
     assert first.data.tags["error"] == (
         "Slurm time limit near (SIGUSR2); submitit requeued the job"
     )
-    assert second.data.tags["error"].startswith("Slurm time limit near (SIGUSR2); not requeued")
+    assert second.data.tags["error"].startswith(
+        "Slurm time limit near (SIGUSR2); not requeued: Job not requeued because: "
+        "timed-out too many times"
+    )
     assert second.data.tags["retry_of"] == first.info.run_id
     assert {first.data.tags[PARENT_TAG], second.data.tags[PARENT_TAG]} == {parent.info.run_id}
     assert parent.info.status == "FAILED"
