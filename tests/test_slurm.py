@@ -258,13 +258,18 @@ def test_a_sweep_runs_every_job_as_a_finished_child_and_never_twice(cluster, swe
     (script,) = sweep.directory.glob("outputs/multirun/*/*/.submitit/*/*_submission.sh")
     assert "--gpus-per-node" not in script.read_text()
     assert "#SBATCH --cpus-per-task=1" in script.read_text()
-    # Run again with skip_existing=true: every job is found FINISHED and none runs twice.
+    # Run again with skip_existing=true: every job is found FINISHED in the launching
+    # process, and none is queued or runs twice.
     again = Sweep(
         cluster, sweep.directory / "again", ["task.steps=5,6", "skip_existing=true"], sweep.store
     )
     status, out, err = again.wait()
     assert status == 0, err + again.logs()
     assert "2 jobs: 2 skipped" in out
+    assert again.job_dirs() == [], "a finished job was submitted to Slurm"
+    for index, run in enumerate(sorted(jobs, key=lambda run: run.data.params["task.steps"])):
+        line = f"job {index} skipped: this config already FINISHED as run {run.info.run_id}"
+        assert line in out + err, out + err
     jobs = [run for run in runs_of(sweep.client, "minimize") if "sweep" not in run.data.tags]
     assert len(jobs) == 2
 

@@ -38,6 +38,7 @@ from experiments.record.live import (
     Settings,
     Store,
     adopt,
+    answer_within,
     call,
     open_run,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "Settings",
     "Store",
     "adopt",
+    "answer_within",
     "call",
     "open_run",
 ]

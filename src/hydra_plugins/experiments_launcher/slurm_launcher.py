@@ -37,6 +37,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 
 from experiments.errors import ConfigError, RunFailure
+from experiments.sweeps import resume
 from experiments.sweeps.outcomes import read_outcomes
 
 try:
@@ -100,20 +101,29 @@ if _HydraSlurmLauncher is not None:
             sweep_dir.mkdir(parents=True, exist_ok=True)
             if "mode" in self.config.hydra.sweep:
                 os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
+            assert self.hydra_context is not None
+            # skip_existing: a job already FINISHED is not queued at all.
+            skipped = resume.already_finished(
+                self.hydra_context.config_loader, self.config, job_overrides, initial_job_idx
+            )
             params = []
             for index, overrides in enumerate(job_overrides, start=initial_job_idx):
                 self._log_job(index, overrides)
+                if index in skipped:
+                    continue
                 state = Singleton.get_state()
                 params.append(
                     (list(overrides), "hydra.sweep.dir", index, f"job_id_for_{index}", state)
                 )
-            bound = max_wait_min(self.params, len(job_overrides))
-            jobs = self._submit(submitit, job_overrides, params)
-            unfinished = wait_for_all(jobs, accounting=has_accounting(jobs), max_wait=bound)
-            return [
-                result_of(job, index, overrides, sweep_dir, unfinished)
-                for job, (overrides, _, index, _, _) in zip(jobs, params)
-            ]
+            results = {index: _skipped(found) for index, found in skipped.items()}
+            if params:
+                submitted = [overrides for overrides, *_ in params]
+                bound = max_wait_min(self.params, len(params))
+                jobs = self._submit(submitit, submitted, params)
+                unfinished = wait_for_all(jobs, accounting=has_accounting(jobs), max_wait=bound)
+                for job, (overrides, _, index, _, _) in zip(jobs, params):
+                    results[index] = result_of(job, index, overrides, sweep_dir, unfinished)
+            return [results[index] for index in sorted(results)]
 
         def _submit(
             self, submitit: Any, job_overrides: Sequence[Sequence[str]], params: list[tuple]
@@ -429,6 +439,15 @@ def result_of(
     else:
         why = f" without a result; its log: {job.paths.stderr}"
     return _failed(overrides, f"job {index} (Slurm job {job.job_id}) ended {state}{why}")
+
+
+def _skipped(found: "resume.Skipped") -> JobReturn:
+    """A job found FINISHED before it was submitted: its objective, as if it had run."""
+    return JobReturn(
+        overrides=list(found.overrides),
+        status=JobStatus.COMPLETED,
+        _return_value=found.objective,
+    )
 
 
 def _failed(overrides: Sequence[str], line: str) -> JobReturn:

@@ -23,13 +23,14 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO, Optional
 
-from experiments import names, process
+from experiments import process
 from experiments.errors import ConfigError, TrackingError
 from experiments.record import journal, liveness
 from experiments.record.marks import State
 from experiments.record.service import figures
 from experiments.record.service.watch import Watch, fsync_if_grown
 from experiments.record.store.failures import describe, is_transient
+from experiments.record.store.tracker import finished_run
 from experiments.record.store.upload import Uploader
 
 log = logging.getLogger("experiments.recorder")
@@ -352,19 +353,8 @@ def _finished_run(
     from mlflow.exceptions import MlflowException
 
     try:
-        found = tracker.client.search_runs(
-            [experiment_id],
-            filter_string=(f"tags.`config.hash` = '{identity}' and attributes.status = 'FINISHED'"),
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
+        return finished_run(tracker.client, experiment_id, identity, objective_key)
     except MlflowException as error:
         if not is_transient(error):
             raise
         raise tracker.unreachable(error) from error
-    if not found:
-        return None
-    metrics = found[0].data.metrics
-    # A run recorded before may hold its objective under a legacy name (result/loss, loss).
-    objective = None if objective_key is None else names.recorded(metrics, objective_key)
-    return {"run_id": found[0].info.run_id, "objective": objective}

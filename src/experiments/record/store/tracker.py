@@ -22,6 +22,7 @@ from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from experiments import names
 from experiments.errors import ConfigError, StoreUnreachable, TrackingError, first_line
 from experiments.record import liveness
 from experiments.record.store.bulk import BulkMetrics
@@ -186,6 +187,29 @@ class Tracker:
         digest = hashlib.sha1(str(path).encode()).hexdigest()[:16]
         lock = Path(tempfile.gettempdir()) / f"experiments-store-{digest}.lock"
         return FileLock(str(lock), timeout=max(60.0, self.timeout_s))
+
+
+def finished_run(
+    client: MlflowClient, experiment_id: str, identity: str, objective_key: str | None
+) -> dict[str, Any] | None:
+    """The newest FINISHED run of an experiment with this config hash (``skip_existing``):
+    ``{"run_id": ..., "objective": ...}``, or None.
+
+    Raises:
+        MlflowException: the store failed.
+    """
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`config.hash` = '{identity}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not found:
+        return None
+    metrics = found[0].data.metrics
+    # A run recorded before may hold its objective under a legacy name (result/loss, loss).
+    objective = None if objective_key is None else names.recorded(metrics, objective_key)
+    return {"run_id": found[0].info.run_id, "objective": objective}
 
 
 def _check_server(uri: str, shown: str, timeout_s: float) -> None:
