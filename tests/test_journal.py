@@ -202,3 +202,34 @@ def test_a_process_never_probes_the_journal_it_writes(tmp_path, monkeypatch) -> 
     assert other.stdout.strip() == "True", other.stderr  # the lock is still there
     writer.close()
     assert journal.held(path) is False
+
+
+def test_a_sweep_job_reads_its_parents_journal_without_dropping_its_lock(
+    tmp_path, monkeypatch
+) -> None:
+    # An in-process sweep's job reads the header of the parent's journal, which this same
+    # process writes: with byte-range locks (NFS), opening and closing it would drop the lock.
+    import fcntl
+
+    from experiments.sweeps.parent import parent_of
+
+    monkeypatch.setattr(journal, "_lock", fcntl.lockf)
+    path = tmp_path / journal.NAME
+    writer = Writer(path, header(config_hash="abc"))
+    writer.append({"type": "tags", "tags": {"a": "b"}})
+    assert parent_of(tmp_path).journal_id == writer.header.journal_id
+    assert journal.read_header(path) == writer.header
+    assert [r["type"] for r in journal.records(path)] == ["header", "tags"]
+    assert journal.last_record(path)["type"] == "tags" and not journal.ended(path)
+    probe = (
+        "import fcntl, sys\n"
+        "from experiments.record import journal\n"
+        "journal._lock = fcntl.lockf\n"
+        "print(journal.held(sys.argv[1]))\n"
+    )
+    other = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True)
+    assert other.stdout.strip() == "True", other.stderr  # the parent's run is still held
+    writer.append({"type": "end", "status": "FINISHED", "error": None})
+    assert journal.ended(path)
+    writer.close()
+    assert journal.read_header(path) == writer.header and journal.held(path) is False

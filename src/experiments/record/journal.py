@@ -36,9 +36,11 @@ filesystems give ``flock`` its own semantics; Linux's NFS client emulates it wit
 locks, where an exclusive lock needs the file open for writing and a shared one open for
 reading, which this rule satisfies (Lustre and GPFS honour ``flock`` where mounted with it).
 Byte-range locks belong to a process and any ``close`` of the file in that process drops
-them, so a process never probes a journal it is writing: it knows it holds it. Where locks do
-not work at all, :func:`held` answers None and callers fall back on the writer's pid and the
-journal's age.
+them, so a process never opens a second time a journal it is writing: it knows it holds it
+(:func:`held`), and it reads it (:func:`read_header`, :func:`read`, :func:`last_record`: a
+sweep's job in the launching process reads its parent's header) through the writer's own
+descriptor. Where locks do not work at all, :func:`held` answers None and callers fall back
+on the writer's pid and the journal's age.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ import re
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional
@@ -61,7 +64,7 @@ NAME = "journal.jsonl"
 _NAME_PATTERN = re.compile(r"^journal(-\d+)?\.jsonl$")
 _SPECIAL = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 _lock = fcntl.flock  # how journals are locked (see the module's rule)
-_written_here: set[str] = set()  # journals this process writes now: never probed
+_written_here: dict[str, Writer] = {}  # journals this process writes now: never reopened
 
 
 class JournalError(Exception):
@@ -146,9 +149,10 @@ class Writer:
     def __init__(self, path: Path, header: Header) -> None:
         self.path = path
         self.header = header
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        # Open for reading too: this process reads the journal through this descriptor.
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         lock_for_writing(self._fd)
-        _written_here.add(os.path.abspath(path))
+        _written_here[os.path.abspath(path)] = self
         self._dirty = False
         self._lock = threading.Lock()  # the task and the uploading thread both append
         self.closed = False
@@ -194,7 +198,7 @@ class Writer:
                     os.fsync(self._fd)
                 self.closed = True
                 os.close(self._fd)
-                _written_here.discard(os.path.abspath(self.path))
+                _written_here.pop(os.path.abspath(self.path), None)
 
 
 def encode(record: Mapping[str, Any]) -> bytes:
@@ -243,7 +247,7 @@ def read(path: Path, offset: int = 0, final: bool = False, limit: int = 4 << 20)
         The records in order, the offset after the last line consumed, and a description of
         every line skipped because it was not valid JSON.
     """
-    with open(path, "rb") as handle:
+    with _opened(path) as handle:
         handle.seek(offset)
         data = handle.read(limit)
         while data and b"\n" not in data:  # a line longer than the limit: read all of it
@@ -275,7 +279,7 @@ def read(path: Path, offset: int = 0, final: bool = False, limit: int = 4 << 20)
 def read_header(path: Path) -> Header:
     """The header of a journal; :class:`JournalError` if the file is not a journal."""
     try:
-        with open(path, "rb") as handle:
+        with _opened(path) as handle:
             first = handle.readline()
     except OSError as error:
         raise JournalError(f"{path}: cannot read the journal: {error.strerror}") from error
@@ -286,6 +290,56 @@ def read_header(path: Path) -> Header:
     if not isinstance(record, dict):
         raise JournalError(f"{path}: not a journal (its first line is not a journal header)")
     return Header.from_record(record, path)
+
+
+@contextmanager
+def _opened(path: Path) -> Iterator[Any]:
+    """The journal opened for reading; one this process writes is read through its writer's
+    descriptor, never opened and closed a second time (the module's rule)."""
+    writer = _written_here.get(os.path.abspath(path))
+    if writer is not None:
+        with writer._lock:  # no record is written, and the descriptor stays open, meanwhile
+            if not writer.closed:
+                yield _Positioned(writer._fd)
+                return
+    with open(path, "rb") as handle:
+        yield handle
+
+
+class _Positioned:
+    """Reads a descriptor with a position of its own (``pread``), as a file read from does."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._position = 0
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position}.get(whence)
+        if base is None:  # SEEK_END
+            base = os.fstat(self._fd).st_size
+        self._position = max(0, base + offset)
+        return self._position
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0:
+            size = max(0, os.fstat(self._fd).st_size - self._position)
+        data = os.pread(self._fd, size, self._position)
+        self._position += len(data)
+        return data
+
+    def readline(self) -> bytes:
+        line = b""
+        while True:
+            chunk = os.pread(self._fd, 65536, self._position + len(line))
+            end = chunk.find(b"\n")
+            if end >= 0:
+                line += chunk[: end + 1]
+                break
+            line += chunk
+            if not chunk:
+                break
+        self._position += len(line)
+        return line
 
 
 def records(path: Path) -> Iterator[dict[str, Any]]:
@@ -302,7 +356,7 @@ def records(path: Path) -> Iterator[dict[str, Any]]:
 def last_record(path: Path) -> dict[str, Any] | None:
     """The last whole record of a journal (an ``end`` line when its run was closed)."""
     try:
-        with open(path, "rb") as handle:
+        with _opened(path) as handle:
             size = handle.seek(0, os.SEEK_END)
             handle.seek(max(0, size - 65536))
             tail = handle.read()
