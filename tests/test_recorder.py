@@ -124,7 +124,7 @@ def test_a_recording_process_that_stops_answering_is_ended_within_the_runs_bound
     assert errors == [err.strip().splitlines()[-1]], err  # one line, the last
     assert errors[0].startswith(
         f"error: the recording process (pid {recorder}) did not answer within {bound:.0f} s "
-        "and was ended; "
+        f"({live.ANSWER_BOUND}) and was ended; "
     )
     assert errors[0].endswith(f"python -m experiments.sync {path.parent}")
     assert process_state(recorder) is None  # ended and reaped, not left stopped
@@ -329,3 +329,120 @@ def test_the_recording_process_does_not_outlive_the_process_it_serves(tmp_path) 
                 pytest.fail(f"the recording process {recorder_pid} outlived its run's process")
     finally:
         os.killpg(started.pid, signal.SIGKILL)  # the forked child holding the pipe
+
+
+@pytest.fixture
+def stopped_recorder():
+    """This process's recording process, started and then stopped (SIGSTOP): alive and
+    silent. Whatever a test leaves of it is ended afterwards."""
+    from experiments.record import client
+
+    recorder = client.get()
+    assert recorder._ready.wait(60)
+    os.kill(recorder.pid, signal.SIGSTOP)
+    yield recorder
+    if process_state(recorder.pid) == "T":
+        recorder.end("was stopped by the test")
+        recorder.process.wait(timeout=30)
+
+
+# The shortest bound of the settings: no retries, a second per store call and for the process.
+SHORT = live.Settings(retry_s=0, recorder_wait_s=1)
+
+
+def test_adopting_a_journal_waits_the_bound_of_the_settings_given(
+    store_uri, tmp_path, stopped_recorder
+) -> None:
+    # A sweep closes a dead job's run with its own settings, not the defaults' 130 s.
+    from experiments import record
+    from experiments.record.client import RecorderGone
+
+    (tmp_path / "job").mkdir()
+    path = journal.new_path(tmp_path / "job")
+    journal.Writer(path, Header(tracking_uri=store_uri, experiment="x", run_name="x")).close()
+    store = live.Store(store_uri, "tracking.uri", timeout_s=1)
+    began = time.monotonic()
+    with pytest.raises(RecorderGone) as gone:
+        record.adopt(path, store, "FAILED", "lost: test", SHORT)
+    assert time.monotonic() - began < 10
+    assert str(gone.value) == (
+        f"the recording process (pid {stopped_recorder.pid}) did not answer within 2 s "
+        f"({live.ANSWER_BOUND}) and was ended"
+    )
+    stopped_recorder.process.wait(timeout=30)  # ended: a stuck process is not left behind
+
+
+def test_a_call_for_a_sweep_waits_the_bound_of_its_settings(store_uri, stopped_recorder) -> None:
+    # The sweep's report: past its settings' bound the sweep says so, naming them, and
+    # goes on; the recording process is left to finish (not ended).
+    from experiments import record
+    from experiments.record.client import RecorderGone
+
+    store = live.Store(store_uri, "tracking.uri", timeout_s=1)
+    began = time.monotonic()
+    with pytest.raises(RecorderGone) as gone:
+        record.call(store, "experiments.sweeps.report.assemble:publish", SHORT, parent="x")
+    assert time.monotonic() - began < 10
+    assert str(gone.value) == (
+        f"the recording process did not answer within 2 s ({live.ANSWER_BOUND})"
+    )
+    assert process_state(stopped_recorder.pid) == "T"
+
+
+def test_after_a_signal_a_run_waits_for_its_last_records_as_long_as_its_setting_says(
+    store_uri, tmp_path
+) -> None:
+    from experiments.record import client
+
+    head = Header(tracking_uri=store_uri, experiment="stop", run_name="hurried")
+    recording = live.open_run(
+        tmp_path,
+        head,
+        {},
+        live.Store(store_uri, "tracking.uri"),
+        live.Settings(stop_wait_s=2),
+    )
+    recording.started()
+    recorder = client.get()
+    os.kill(recorder.pid, signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        delivery = recording.close("KILLED", "interrupted (SIGINT)", hurry=True)
+        took = time.monotonic() - began
+    finally:
+        recorder.end("was stopped by the test")
+        recorder.process.wait(timeout=30)
+    assert 2 <= took < 5  # not the default 8 s
+    assert not delivery.recorded
+    assert delivery.reason == (
+        "the recording process did not answer within 2 s (tracking.stop_wait_s)"
+    )
+    assert journal.last_record(recording.journal)["status"] == "KILLED"  # kept for sync
+
+
+def test_the_recording_process_tries_its_last_upload_for_the_runs_stop_wait(
+    store_uri, tmp_path
+) -> None:
+    # What the run's process sends with its end after a signal sets the recording
+    # process's deadline: the run's wait, less the time its answer takes to come back.
+    import io
+
+    from experiments.record.service.loop import Service
+    from experiments.record.store.tracker import Tracker
+    from tests.test_sync import figure_journal
+
+    assert live.upload_after_signal(live.Settings().stop_wait_s) == 5  # as before
+    assert live.upload_after_signal(30) == 27 and live.upload_after_signal(2) == 1
+    path, _ = figure_journal(tmp_path / "run", store_uri)
+    service = Service(io.BytesIO())
+    tracker = Tracker(store_uri)
+    service._watch(path, marks.State(tracker.key, None, None, offset=0), tracker, {}, False)
+    service._handle({"op": "finish", "id": 3, "journal": str(path), "hurry": True, "hurry_s": 27.0})
+    watch = service.watches[str(path)]
+    left = watch.deadline - time.monotonic()
+    assert 26 < left <= 27
+    watch.deadline = time.monotonic() - 1  # passed: the run is told why, and which setting
+    assert service._step(watch) is False
+    reply = json.loads(service.channel.getvalue())
+    assert reply["recorded"] is False
+    assert reply["reason"].endswith("did not take every record in time (tracking.stop_wait_s)")

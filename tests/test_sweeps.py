@@ -11,6 +11,7 @@ import os
 import re
 import stat
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -517,3 +518,47 @@ def test_parallel_workers_get_their_share_of_the_cores(monkeypatch) -> None:
     assert os.environ["OMP_NUM_THREADS"] == "7"
     callback._share_cores(OmegaConf.create({"timeout_min": 5}))  # not a worker pool: untouched
     assert os.environ["OMP_NUM_THREADS"] == "7"
+
+
+RUNS_ON_PAST_SIGTERM = """
+import signal, sys, time
+from experiments.sweeps import outcomes
+
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a job slow to close its run
+outcomes.started(0, ["x=1"], sys.argv[1])
+print("running", flush=True)
+time.sleep(120)
+"""
+
+
+def test_an_interrupted_sweep_waits_for_its_jobs_as_long_as_its_setting_says(
+    tmp_path, caplog
+) -> None:
+    import subprocess
+
+    from experiments import record
+    from experiments.sweeps import stopping
+
+    job_dir = tmp_path / "sweep" / "0"
+    job_dir.mkdir(parents=True)
+    job = subprocess.Popen(
+        [sys.executable, "-c", RUNS_ON_PAST_SIGTERM, str(job_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert job.stdout.readline().strip() == "running"
+        settings = record.Settings(stop_wait_s=1)
+        began = time.monotonic()
+        stopping.stop_jobs(tmp_path / "sweep", tmp_path / "parent.jsonl", None, settings, "test")
+        took = time.monotonic() - began
+        assert job.poll() is None  # it ignored SIGTERM: still closing its run
+    finally:
+        job.kill()
+        job.communicate()
+    assert stopping.stop_wait(settings) <= took < stopping.stop_wait(settings) + 3  # not 10 s
+    assert stopping.stop_wait(record.Settings()) == 10  # as before, by default
+    (warning,) = [r.getMessage() for r in caplog.records if "still closing" in r.getMessage()]
+    assert warning == (
+        "job 0 still closing after 3 s (tracking.stop_wait_s + 2 s): left to end alone"
+    )

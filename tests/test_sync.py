@@ -262,7 +262,8 @@ def test_a_crafted_journal_is_adopted_synced_and_reported_without_running_its_pi
     marker = workdir / "the-pickle-ran"
     adopted = crafted_journal(workdir / "sweep" / "0", store_uri, marker)
     store = record.Store(uri=store_uri, source="tracking.uri")
-    assert record.adopt(adopted, store, "FAILED", "lost: test") is not None  # the real process
+    settings = record.Settings()
+    assert record.adopt(adopted, store, "FAILED", "lost: test", settings) is not None
     synced = crafted_journal(workdir / "sweep" / "1", store_uri, marker)
     assert sync.main([str(synced.parent), "--tracking-uri", store_uri]) in (0, 1)
     assert not marker.exists()

@@ -87,6 +87,9 @@ class TrackingConfig:
     # The recording process's own time to answer, beyond retry_s + timeout_s: past it the
     # run takes it for stopped or stuck, ends it and keeps its records in the journal.
     recorder_wait_s: float = 60.0
+    # After a signal (Ctrl-C, a cluster's SIGTERM), how long a run waits for its last records
+    # to reach the store before it exits, and a sweep for its running jobs to close.
+    stop_wait_s: float = 8.0
     tags: Dict[str, str] = field(default_factory=dict)  # extra tags on every run (and parent)
 
     def __post_init__(self) -> None:
@@ -96,6 +99,7 @@ class TrackingConfig:
         check_positive("tracking.heartbeat_s", self.heartbeat_s)
         check_positive("tracking.lost_after_s", self.lost_after_s)
         check_positive("tracking.recorder_wait_s", self.recorder_wait_s)
+        check_positive("tracking.stop_wait_s", self.stop_wait_s)
         if self.lost_after_s < 2 * self.heartbeat_s:
             raise ConfigError(
                 "tracking.lost_after_s must be at least twice tracking.heartbeat_s "

@@ -38,7 +38,6 @@ from experiments.record.live import (
     Settings,
     Store,
     adopt,
-    answer_within,
     call,
     open_run,
 )
@@ -50,7 +49,6 @@ __all__ = [
     "Settings",
     "Store",
     "adopt",
-    "answer_within",
     "call",
     "open_run",
 ]

@@ -34,8 +34,6 @@ from experiments import errors, signals
 
 log = logging.getLogger("experiments.recorder")
 
-READY_TIMEOUT_S = 120.0
-
 
 class RecorderGone(RuntimeError):
     """The recording process ended before it answered."""
@@ -59,7 +57,9 @@ class Pending:
         self._reply, self._failure = reply, failure
         self._event.set()
 
-    def result(self, timeout: Optional[float] = None, give_up: bool = False) -> dict[str, Any]:
+    def result(
+        self, timeout: Optional[float] = None, give_up: bool = False, bound: Optional[str] = None
+    ) -> dict[str, Any]:
         """The reply; raises what the recording process reported, or :class:`RecorderGone`.
 
         Args:
@@ -68,9 +68,12 @@ class Pending:
                 all (the bound its settings give, ``live.answer_within``): past it the
                 process is taken for stopped or stuck and ended, and every request waiting
                 on it fails. A shorter wait (after a signal) leaves it to finish alone.
+            bound: the settings ``timeout`` comes from, named when the wait ends unanswered.
         """
         if not self._event.wait(timeout):
             reason = f"did not answer within {timeout:.0f} s"
+            if bound is not None:
+                reason += f" ({bound})"
             if give_up and self._silent is not None:
                 self._silent(reason)
                 self._event.wait()  # set at once: ended, with the process's pid named
@@ -144,10 +147,15 @@ class Recorder:
         return pending
 
     def call(
-        self, op: str, timeout: Optional[float] = None, give_up: bool = False, **fields: Any
+        self,
+        op: str,
+        timeout: Optional[float] = None,
+        give_up: bool = False,
+        bound: Optional[str] = None,
+        **fields: Any,
     ) -> dict[str, Any]:
         """Send a request and wait for its answer (see :meth:`Pending.result`)."""
-        return self.request(op, **fields).result(timeout, give_up)
+        return self.request(op, **fields).result(timeout, give_up, bound)
 
     def close(self, timeout: float = 120.0) -> None:
         """Say goodbye and wait (up to ``timeout``) for the process to finish and exit.

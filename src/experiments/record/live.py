@@ -29,13 +29,19 @@ from experiments.record.recorder import JournalRecorder
 
 RETRY_OF_TAG = "retry_of"  # a job run again in its directory (a requeued Slurm job)
 QUIET_LIMIT_S = 300.0  # the longest a task may keep the recording process idle
-# After a signal, the longest the run's process waits for its recording process: to learn
-# the run's id, then to hear that the last records are in (which it tries for 5 s). What
-# is not confirmed by then is the recording process's to finish, after this one exits.
-HURRY_WAIT_S = 8.0
+# After a signal, the longest the run's process waits for its recording process
+# (tracking.stop_wait_s): to learn the run's id, then to hear that the last records are in.
+# What is not confirmed by then is the recording process's to finish, after this one exits.
+STOP_WAIT_S = 8.0
+# Of that wait, what the recording process keeps for its answer to come back: it tries to
+# upload the last records for the rest (at least half of it; 5 s by default).
+STOP_REPLY_S = 3.0
 # Beyond the store's own bounds (a request's timeout, the retry window), how long a run waits
 # for the recording process before it says it did not answer (tracking.recorder_wait_s).
 ANSWER_SLACK_S = 60.0
+# The settings that bound each wait, named where a wait ends without an answer.
+ANSWER_BOUND = "tracking.retry_s + tracking.timeout_s + tracking.recorder_wait_s"
+STOP_BOUND = "tracking.stop_wait_s"
 
 
 def answer_within(settings: Settings, store: Store) -> float:
@@ -49,6 +55,12 @@ def answer_within(settings: Settings, store: Store) -> float:
     return settings.retry_s + store.timeout_s + settings.recorder_wait_s
 
 
+def upload_after_signal(stop_wait_s: float) -> float:
+    """How long the recording process tries to upload a run's last records after a signal:
+    the run's wait (``tracking.stop_wait_s``) less the time its answer takes to come back."""
+    return max(stop_wait_s - STOP_REPLY_S, stop_wait_s / 2)
+
+
 @dataclass
 class Settings:
     """How a live run talks to its store (``tracking.*``)."""
@@ -57,6 +69,7 @@ class Settings:
     heartbeat_s: float = 30.0
     lost_after_s: float = 300.0
     recorder_wait_s: float = ANSWER_SLACK_S
+    stop_wait_s: float = STOP_WAIT_S
 
 
 @dataclass
@@ -99,12 +112,15 @@ class PendingDelivery:
         self.wait_s = wait_s  # the longest wait for the answer (answer_within)
 
     def wait(self, timeout: Optional[float] = None) -> Delivery:
-        """How the delivery fared; not answered within ``timeout`` counts as not recorded,
-        with the reason. By default the wait is the bound that the run's settings give, and
-        a recording process silent that long is ended (:meth:`client.Pending.result`)."""
+        """How the delivery fared; not answered within ``timeout`` (after a signal: the
+        run's ``tracking.stop_wait_s``) counts as not recorded, with the reason. By default
+        the wait is the bound that the run's settings give, and a recording process silent
+        that long is ended (:meth:`client.Pending.result`)."""
         try:
             reply = self._pending.result(
-                self.wait_s if timeout is None else timeout, give_up=timeout is None
+                self.wait_s if timeout is None else timeout,
+                give_up=timeout is None,
+                bound=ANSWER_BOUND if timeout is None else STOP_BOUND,
             )
         except (client.RecorderGone, TrackingError) as failure:
             return Delivery(self.journal, recorded=False, reason=str(failure))
@@ -125,10 +141,12 @@ class LiveRun:
         pending: Optional[client.Pending] = None,
         unrecorded: Optional[str] = None,
         wait_s: float = ANSWER_WAIT_S,
+        stop_wait_s: float = STOP_WAIT_S,
     ) -> None:
         self.writer = writer
         self.service = service
         self.wait_s = wait_s  # the longest wait for the recording process (answer_within)
+        self.stop_wait_s = stop_wait_s  # the same after a signal (tracking.stop_wait_s)
         self.run_id: Optional[str] = None
         self.experiment_id: Optional[str] = None
         self.unrecorded = unrecorded
@@ -167,9 +185,10 @@ class LiveRun:
         Args:
             fallback: a store that does not answer keeps this run in its journal (a job of
                 a sweep goes on) instead of stopping it.
-            timeout: give up waiting after this long (then as if the store did not answer);
-                by default the bound that the run's settings give, past which the recording
-                process is ended (:meth:`client.Pending.result`).
+            timeout: give up waiting after this long (then as if the store did not answer),
+                after a signal (the run's ``tracking.stop_wait_s``); by default the bound
+                that the run's settings give, past which the recording process is ended
+                (:meth:`client.Pending.result`).
 
         Returns:
             None, or ``{"run_id": ..., "objective": ...}`` when ``skip_existing`` found this
@@ -184,7 +203,9 @@ class LiveRun:
         pending, self._pending = self._pending, None
         try:
             reply = pending.result(
-                self.wait_s if timeout is None else timeout, give_up=timeout is None
+                self.wait_s if timeout is None else timeout,
+                give_up=timeout is None,
+                bound=ANSWER_BOUND if timeout is None else STOP_BOUND,
             )
         except (StoreUnreachable, client.RecorderGone) as error:
             if not fallback:
@@ -232,15 +253,16 @@ class LiveRun:
         Args:
             status: FINISHED, FAILED or KILLED.
             error: the reason of a FAILED or KILLED run.
-            hurry: a signal asked the process to stop: the recording process tries for a
-                few seconds at most (what is not uploaded by then stays in the journal).
+            hurry: a signal asked the process to stop: the run waits for its recording
+                process ``tracking.stop_wait_s`` at most (what is not uploaded by then stays
+                in the journal, for the recording process to finish after this one exits).
             wait: False returns at once, with a :class:`PendingDelivery` to wait on later
                 (a sweep's next job runs while this one's last records are sent).
         """
         if self._pending is not None:  # closed before the task began: still end the run
             # (after a signal, without waiting long: a recording process still creating
             # the run uploads the journal, its end included, before it exits)
-            self.started(fallback=True, timeout=HURRY_WAIT_S if hurry else None)
+            self.started(fallback=True, timeout=self.stop_wait_s if hurry else None)
         self.writer.append({"type": "end", "status": status, "error": error})
         self.writer.close()
         if self.service is None:
@@ -249,12 +271,17 @@ class LiveRun:
             return Delivery(self.journal, recorded=False, offline=True)
         pending = PendingDelivery(
             self.journal,
-            self.service.request("finish", journal=str(self.journal), hurry=hurry),
+            self.service.request(
+                "finish",
+                journal=str(self.journal),
+                hurry=hurry,
+                hurry_s=upload_after_signal(self.stop_wait_s),
+            ),
             self.wait_s,
         )
         if not wait:
             return pending
-        return pending.wait(HURRY_WAIT_S if hurry else None)
+        return pending.wait(self.stop_wait_s if hurry else None)
 
     def _discard(self) -> None:
         self.discarded = True
@@ -320,39 +347,54 @@ def open_run(
             "pid": os.getpid(),
         },
     )
-    return LiveRun(writer, service, pending, wait_s=answer_within(settings, store))
+    return LiveRun(
+        writer,
+        service,
+        pending,
+        wait_s=answer_within(settings, store),
+        stop_wait_s=settings.stop_wait_s,
+    )
 
 
-def adopt(path: Path, store: Store, status: str, reason: str) -> Optional[str]:
-    """Upload a journal whose process is gone and end its run; return the run's id."""
+def adopt(path: Path, store: Store, status: str, reason: str, settings: Settings) -> Optional[str]:
+    """Upload a journal whose process is gone and end its run; return the run's id.
+
+    The store is retried for ``settings.retry_s``, and the recording process given the
+    bound those settings give (:func:`answer_within`), as for a live run.
+    """
     reply = client.get().call(
         "adopt",
-        timeout=answer_within(Settings(), store),
+        timeout=answer_within(settings, store),
         give_up=True,
+        bound=ANSWER_BOUND,
         journal=str(Path(path).resolve()),
         uri=store.uri,
         source=store.source,
         timeout_s=store.timeout_s,
+        retry_s=settings.retry_s,
         env=process.mlflow_settings(),
         close=[status, reason],
     )
     return reply.get("run_id")
 
 
-def call(store: Store, function: str, timeout: float, **arguments: Any) -> dict[str, Any]:
+def call(store: Store, function: str, settings: Settings, **arguments: Any) -> dict[str, Any]:
     """Have the recording process call ``function(client, **arguments)`` on ``store``.
 
     What the record path does for a part above it (a sweep's report, logged into its
     parent run) is handed over by name, as data: ``"module:function"``, a function of this
     package that takes an ``MlflowClient`` and JSON arguments and returns a JSON mapping.
-    The record path imports none of those parts itself.
+    The record path imports none of those parts itself. The answer is waited for as long
+    as ``settings`` give (:func:`answer_within`); past that, :class:`client.RecorderGone`
+    says so, naming them, and the recording process goes on.
 
     Returns:
         The function's mapping, and ``seconds``, how long it took.
     """
     return client.get().call(
         "call",
-        timeout=timeout,
+        timeout=answer_within(settings, store),
+        bound=ANSWER_BOUND,
         uri=store.uri,
         source=store.source,
         timeout_s=store.timeout_s,

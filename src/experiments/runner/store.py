@@ -33,6 +33,7 @@ def live_settings(tracking: Any) -> record.Settings:
         heartbeat_s=float(tracking.heartbeat_s),
         lost_after_s=float(tracking.lost_after_s),
         recorder_wait_s=float(tracking.recorder_wait_s),
+        stop_wait_s=float(tracking.stop_wait_s),
     )
 
 

@@ -52,7 +52,6 @@ from experiments.sweeps.summary import (
 log = logging.getLogger(__name__)
 
 REPORT_DIR = "report"  # the sweep's report: in the sweep directory and in the parent run
-REPORT_WAIT_S = 120.0  # how long a sweep's end waits for its report
 
 
 def active() -> bool:
@@ -78,6 +77,7 @@ def finished() -> list[Finished]:
 class _Sweep:
     recording: record.LiveRun  # the parent run
     store: Optional[record.Store]  # None when offline
+    settings: record.Settings  # how its runs are recorded and waited for (tracking.*)
     directory: Path
     name: str
     objective: Optional[str] = None  # the metric the jobs' objective is (the task's OBJECTIVE)
@@ -138,12 +138,13 @@ def start(config: DictConfig) -> str | None:
         **extra_tags(tracking),
     }
     store = store_of(tracking)
+    settings = live_settings(tracking)
     objective = getattr(tasks.find(config.task.name), "OBJECTIVE", None)
     # Active from its journal's first line: a signal from here on (while it opens, raised
     # just below) ends the parent KILLED (finish), never lost.
     with signals.deferred():
-        recording = record.open_run(directory, header, tags, store, live_settings(tracking))
-        _active.append(_Sweep(recording, store, directory, name, objective))
+        recording = record.open_run(directory, header, tags, store, settings)
+        _active.append(_Sweep(recording, store, settings, directory, name, objective))
     try:
         signals.raise_deferred()
         # What a rerun of the sweep starts from (python -m experiments.rerun PARENT).
@@ -250,9 +251,11 @@ def _close_jobs(sweep: _Sweep, interrupted: bool, error: str | None) -> None:
     parent_journal = sweep.recording.journal
     if interrupted:
         reason = error or "the sweep was interrupted"
-        stop_jobs(sweep.directory, parent_journal, sweep.store, reason)
+        stop_jobs(sweep.directory, parent_journal, sweep.store, sweep.settings, reason)
     else:
-        close_abandoned(sweep.directory, parent_journal, sweep.store, "FAILED", LOST_JOB)
+        close_abandoned(
+            sweep.directory, parent_journal, sweep.store, sweep.settings, "FAILED", LOST_JOB
+        )
 
 
 def _reason(outcomes: list[Outcome], error: str | None, nothing_to_run: bool) -> str | None:
@@ -318,7 +321,7 @@ def _report(sweep: _Sweep) -> None:
         reply = record.call(
             sweep.store,
             "experiments.sweeps.report.assemble:publish",
-            REPORT_WAIT_S,
+            sweep.settings,
             parent=run_id,
             out=str((sweep.directory / REPORT_DIR).resolve()),
         )

@@ -54,7 +54,7 @@ class _Job:
     experiment: str
     objective_key: Optional[str]
     store: record.Store
-    wait_s: float
+    settings: record.Settings  # its tracking.*: how long the store's answer is waited for
 
 
 def already_finished(
@@ -138,7 +138,7 @@ def _planned(loader: Any, master: DictConfig, index: int, overrides: list[str]) 
             settings.tracking.experiment or settings.task.name,
             getattr(task, "OBJECTIVE", None),
             store,
-            record.answer_within(live_settings(settings.tracking), store),
+            live_settings(settings.tracking),
         )
     except Exception as error:  # noqa: BLE001  (the job reports its own config's errors)
         log.debug("job %d left to check itself: %s", index, first_line(error))
@@ -161,7 +161,7 @@ def _ask(group: list[_Job], experiment: str, key: Optional[str]) -> dict[str, An
         reply = record.call(
             group[0].store,
             f"{__name__}:finished_runs",
-            group[0].wait_s,
+            group[0].settings,
             experiment=experiment,
             hashes=[job.identity for job in group],
             key=key,

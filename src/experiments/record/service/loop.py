@@ -38,7 +38,7 @@ log = logging.getLogger("experiments.recorder")
 IDLE_WAIT_S = 0.1  # how long the loop waits for a request when nothing is left to send
 SYNC_EVERY_S = 1.0  # how often a growing journal is made durable (fsync)
 UPLOAD_EVERY_S = 1.0  # a running journal is sent at most this often: one transaction each
-HURRY_S = 5.0  # after a signal, how long a run's last upload may take
+HURRY_S = 5.0  # after a signal, how long a run's last upload may take (unless it says)
 MAX_PAUSE_S = 300.0  # a pause (a timed region of a task) ends by itself after this long
 
 
@@ -157,7 +157,8 @@ class Service:
         watch.finish_id = message["id"]
         now = time.monotonic()
         if message.get("hurry"):
-            watch.deadline = now + HURRY_S
+            watch.deadline = now + float(message.get("hurry_s", HURRY_S))
+            watch.deadline_by = "tracking.stop_wait_s"
         elif watch.outage_since is not None:
             watch.deadline = max(watch.outage_since + watch.retry_s, now)
         else:
@@ -331,7 +332,10 @@ class Service:
             reason = (
                 watch.refused
                 or watch.lost
-                or (f"the tracking store {watch.tracker.key} did not take every record in time")
+                or (
+                    f"the tracking store {watch.tracker.key} did not take every record in "
+                    f"time ({watch.deadline_by})"
+                )
             )
         counts = watch.uploader.counts
         self.send(

@@ -43,6 +43,7 @@ class Watch:
     refused: Optional[str] = None
     finish_id: Optional[int] = None  # the request waiting for this journal to be done
     deadline: Optional[float] = None
+    deadline_by: str = "tracking.retry_s"  # the setting the deadline comes from
     close_as: Optional[tuple[str, str]] = None  # how to end a run whose journal has no end
     writer_gone: bool = False
     done: bool = False
