@@ -326,22 +326,31 @@ def test_studies_are_found_in_their_default_places(tmp_path: Path) -> None:
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_a_search_killed_mid_trial_is_completed_by_its_rerun(workdir, signum) -> None:
     named = ["-m", "experiment=lr_search", "hydra.sweeper.study_name=s", "hydra.sweeper.n_trials=3"]
-    slow = start_cli([*named, "task.steps=5000000", "task.tol=null"], workdir)
-    wait_for_points(workdir / "outputs", 100, "multirun/*/*/0/journal.jsonl")
-    slow.send_signal(signum)
-    slow.communicate(timeout=60)
-    assert slow.returncode == (143 if signum == signal.SIGTERM else -9)
+    # Every trial runs all its 5000 steps (no tol), a few seconds: the first completes, and
+    # the search is stopped a few steps into the second, well before its end.
+    search = start_cli([*named, "task.steps=5000", "task.tol=null"], workdir)
+    wait_for_points(workdir / "outputs", 1, "multirun/*/*/1/journal.jsonl")
+    search.send_signal(signum)
+    search.communicate(timeout=60)
+    assert search.returncode == (143 if signum == signal.SIGTERM else -9)
 
     rerun = run_cli([*named, "task.steps=10"], cwd=workdir)
     assert rerun.returncode == 0, rerun.stderr
-    assert "it held 0 trials before this search" in rerun.stdout  # the killed one does not count
+    # The completed trial counts towards n_trials, the killed one does not.
+    assert "it held 1 trial before this search, n_trials=3" in rerun.stdout
     trials = the_study(f"sqlite:///{workdir / 'optuna.db'}", "s").get_trials()
-    killed, *done = trials
+    first, killed, *rest = trials
+    assert first.state == TrialState.COMPLETE and first.user_attrs.get(studies.RETRY_OF) is None
     assert killed.state == TrialState.FAIL and killed.user_attrs[studies.ABANDONED]
-    assert [trial.state for trial in done] == [TrialState.COMPLETE] * 3
-    assert len({trial.number for trial in trials}) == 4
-    (retry,) = [trial for trial in done if trial.user_attrs.get(studies.RETRY_OF) == 0]
+    complete = [trial.number for trial in trials if trial.state == TrialState.COMPLETE]
+    assert len(complete) == 3 and [trial.state for trial in rest] == [TrialState.COMPLETE] * 2
+    (retry,) = [trial for trial in rest if trial.user_attrs.get(studies.RETRY_OF) == 1]
     assert retry.params == killed.params
+    # Each trial run once, in a run of its own (no number twice); the killed trial's run
+    # ended as its signal ends a run, not left RUNNING.
+    runs = trial_runs(MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}"))
+    assert sorted(runs) == [trial.number for trial in trials] == [0, 1, 2, 3]
+    assert runs[1].info.status == ("KILLED" if signum == signal.SIGTERM else "FAILED")
 
 
 @pytest.mark.slow
