@@ -166,6 +166,11 @@ def test_a_study_in_optunas_journal_file_is_topped_up_too(
             "error: optim.lr=interval(1,0.5): interval(1.0, 0.5) is empty",
         ),
         (
+            # Quoted, so Hydra keeps it a string for the search to parse, which it cannot.
+            ["hydra.sweeper.params={optim.lr:'interval(1'}"],
+            "error: hydra.sweeper.params.optim.lr: not a value or a sweep Hydra can parse: ",
+        ),
+        (
             ["hydra.sweeper.storage=sqlite:////no/such/dir/optuna.db"],
             "error: hydra.sweeper.storage=sqlite:////no/such/dir/optuna.db: no directory "
             "/no/such/dir",
@@ -189,7 +194,7 @@ def test_a_study_in_optunas_journal_file_is_topped_up_too(
             "error: hydra.sweeper.pruner=asha: not a pruner here (none, median, hyperband)",
         ),
     ],
-    ids=["sampler", "space", "directory", "url", "direction", "grid", "pruner"],
+    ids=["sampler", "space", "unparsable", "directory", "url", "direction", "grid", "pruner"],
 )
 def test_a_bad_setting_is_one_line_and_the_sweep_ends_failed(
     monkeypatch, capfd, store_uri, client, workdir, args, error
@@ -204,7 +209,7 @@ def test_a_bad_setting_is_one_line_and_the_sweep_ends_failed(
     assert parent.info.status == "FAILED"  # never left RUNNING
 
 
-# Eight rates, some far behind the others early in 40 steps: the median pruner stops them.
+# Eight rates, some far behind the others early in 40 steps: a pruner stops them.
 PRUNED_SEARCH = [
     "task.steps=40",
     "hydra.sweeper.sampler.name=grid",
@@ -214,7 +219,7 @@ PRUNED_SEARCH = [
 ]
 
 
-def assert_pruned_alike(client, study: optuna.Study, out: str) -> None:
+def assert_pruned_alike(client, study: optuna.Study, out: str, pruner: str = "median") -> None:
     """The study's PRUNED trials are the sweep's PRUNED jobs and its runs ended early: KILLED,
     tagged pruned at the step they stopped at, which their loss history ends with."""
     trials = study.get_trials()
@@ -227,7 +232,7 @@ def assert_pruned_alike(client, study: optuna.Study, out: str) -> None:
         run, trial = runs[number], trials[number]
         step = int(run.data.tags["pruned"])
         assert run.info.status == "KILLED", run.info
-        assert run.data.tags["error"].startswith(f"pruned at step {step} by the median pruner")
+        assert run.data.tags["error"].startswith(f"pruned at step {step} by the {pruner} pruner")
         assert max(trial.intermediate_values) == step < 39
         history = client.get_metric_history(run.info.run_id, "objective/loss")
         assert max(point.step for point in history) == step
@@ -237,14 +242,24 @@ def assert_pruned_alike(client, study: optuna.Study, out: str) -> None:
         assert "pruned" not in runs[number].data.tags
 
 
+@pytest.mark.parametrize("pruner", ["median", "hyperband"])
 def test_a_pruner_stops_hopeless_trials_and_the_runs_say_so(
-    monkeypatch, capfd, store_uri, client, workdir
+    monkeypatch, capfd, store_uri, client, workdir, pruner
 ) -> None:
-    args = [*SEARCH, *PRUNED_SEARCH, "hydra.sweeper.pruner=median"]
+    args = [*SEARCH, *PRUNED_SEARCH, f"hydra.sweeper.pruner={pruner}"]
     assert sweep(monkeypatch, store_uri, args) == 0  # a pruned trial is no failure
     out = capfd.readouterr().out
     study = the_study(f"sqlite:///{workdir / 'optuna.db'}")
-    assert_pruned_alike(client, study, out)
+    assert_pruned_alike(client, study, out, pruner)
+    if pruner == "hyperband":  # Optuna's HyperbandPruner, not the median one by another name:
+        pruned = {
+            t.number: max(t.intermediate_values)
+            for t in study.get_trials()
+            if t.state == TrialState.PRUNED
+        }
+        # it races trials from the first (the median pruner waits for 5 complete ones) and
+        # stops them only at its rungs, steps 5 and 15 (5 * 3**k), not at every report.
+        assert min(pruned) < 5 and set(pruned.values()) <= {5, 15}, pruned
     (parent,) = [r for r in runs_of(client, "minimize") if r.data.tags.get("sweep") == "true"]
     assert parent.info.status == "FINISHED"
     figures = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
@@ -311,22 +326,31 @@ def test_studies_are_found_in_their_default_places(tmp_path: Path) -> None:
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_a_search_killed_mid_trial_is_completed_by_its_rerun(workdir, signum) -> None:
     named = ["-m", "experiment=lr_search", "hydra.sweeper.study_name=s", "hydra.sweeper.n_trials=3"]
-    slow = start_cli([*named, "task.steps=5000000", "task.tol=null"], workdir)
-    wait_for_points(workdir / "outputs", 100, "multirun/*/*/0/journal.jsonl")
-    slow.send_signal(signum)
-    slow.communicate(timeout=60)
-    assert slow.returncode == (143 if signum == signal.SIGTERM else -9)
+    # Every trial runs all its 5000 steps (no tol), a few seconds: the first completes, and
+    # the search is stopped a few steps into the second, well before its end.
+    search = start_cli([*named, "task.steps=5000", "task.tol=null"], workdir)
+    wait_for_points(workdir / "outputs", 1, "multirun/*/*/1/journal.jsonl")
+    search.send_signal(signum)
+    search.communicate(timeout=60)
+    assert search.returncode == (143 if signum == signal.SIGTERM else -9)
 
     rerun = run_cli([*named, "task.steps=10"], cwd=workdir)
     assert rerun.returncode == 0, rerun.stderr
-    assert "it held 0 trials before this search" in rerun.stdout  # the killed one does not count
+    # The completed trial counts towards n_trials, the killed one does not.
+    assert "it held 1 trial before this search, n_trials=3" in rerun.stdout
     trials = the_study(f"sqlite:///{workdir / 'optuna.db'}", "s").get_trials()
-    killed, *done = trials
+    first, killed, *rest = trials
+    assert first.state == TrialState.COMPLETE and first.user_attrs.get(studies.RETRY_OF) is None
     assert killed.state == TrialState.FAIL and killed.user_attrs[studies.ABANDONED]
-    assert [trial.state for trial in done] == [TrialState.COMPLETE] * 3
-    assert len({trial.number for trial in trials}) == 4
-    (retry,) = [trial for trial in done if trial.user_attrs.get(studies.RETRY_OF) == 0]
+    complete = [trial.number for trial in trials if trial.state == TrialState.COMPLETE]
+    assert len(complete) == 3 and [trial.state for trial in rest] == [TrialState.COMPLETE] * 2
+    (retry,) = [trial for trial in rest if trial.user_attrs.get(studies.RETRY_OF) == 1]
     assert retry.params == killed.params
+    # Each trial run once, in a run of its own (no number twice); the killed trial's run
+    # ended as its signal ends a run, not left RUNNING.
+    runs = trial_runs(MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}"))
+    assert sorted(runs) == [trial.number for trial in trials] == [0, 1, 2, 3]
+    assert runs[1].info.status == ("KILLED" if signum == signal.SIGTERM else "FAILED")
 
 
 @pytest.mark.slow
