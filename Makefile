@@ -34,7 +34,8 @@ run: setup
 	$(VENV)/bin/python -m experiments $(ARGS)
 
 test: setup-tests
-	$(VENV)/bin/python -m pytest -n $(WORKERS) --dist loadscope --no-loadscope-reorder --durations=15
+	$(VENV)/bin/python -m pytest -n $(WORKERS) --dist loadscope --no-loadscope-reorder --durations=15 -m "not alone"
+	$(VENV)/bin/python -m pytest -n 0 -m alone
 
 lint: setup-tests
 	$(VENV)/bin/ruff check .

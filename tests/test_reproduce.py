@@ -439,24 +439,23 @@ def test_a_sweeps_rerun_is_a_new_sweep_with_the_same_jobs(workdir, store_uri, cl
 
 
 @pytest.mark.slow
-def test_a_matmul_rerun_on_one_thread_names_the_thread_difference(workdir, store_uri, client):
-    # Whether one thread is slower beyond the noise is a timing: the suite's other worker
-    # shares these two cores, so it is measured by hand (README, Reproducing a run); here,
-    # that the verdict compares the times and lists what changed.
+@pytest.mark.alone
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores for two threads")
+def test_a_matmul_rerun_on_one_thread_is_slower_beyond_the_noise(workdir, store_uri, client):
+    # A timing: marked `alone`, it runs after the parallel tests, with the machine to itself
+    # (make test), as a user's measurement would.
     done = run_cli(["task=matmul", "task.threads=2"], cwd=workdir)
     assert done.returncode == 0, done.stderr[-2000:]
     run_id = runs_of(client, "matmul")[0].info.run_id
     again = rerun(workdir, run_id, "task.threads=1")
-    assert again.returncode in (0, rerun_command.NOT_REPRODUCED_STATUS), again.stderr[-2000:]
+    assert again.returncode == rerun_command.NOT_REPRODUCED_STATUS, again.stdout + again.stderr
     lines = again.stdout.splitlines()
     assert "settings     task.threads: 2 -> 1 (override)" in lines
     assert any(line.endswith("threads: 2 -> 1") for line in lines), lines
     results = next(line for line in lines if line.startswith("results "))
-    assert any(phrase in results for phrase in ("same within noise", "slower by", "faster by")), (
-        results
-    )
+    assert "slower by" in results and "beyond the noise" in results, results
     new = runs_of(client, "matmul")[1]
-    assert new.data.tags[REPRODUCED_TAG] == ("true" if again.returncode == 0 else "false")
+    assert new.data.tags[REPRODUCED_TAG] == "false"
     # environment.json names the threads the task used, as the tag does.
     for run, threads in ((run_id, 2), (new.info.run_id, 1)):
         env = json.loads(artifact(client, run, "environment.json", workdir / run))
