@@ -314,12 +314,38 @@ def test_failed_trials_beyond_max_failure_rate_stop_the_search(
         assert ran == [0.001, 50.0, 60.0]
 
 
-def test_studies_are_found_in_their_default_places(tmp_path: Path) -> None:
+def test_studies_are_found_in_their_default_places(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv(studies.STORAGE_VARIABLE, raising=False)
     db = tmp_path / "mlflow.db"
     assert studies.storage_url(None, f"sqlite:///{db}") == f"sqlite:///{tmp_path / 'optuna.db'}"
     assert studies.storage_url("memory", f"sqlite:///{db}") is None
     assert studies.storage_url("postgresql://h/o", "http://server:5000") == "postgresql://h/o"
     assert studies.storage_url(None, "http://server:5000").startswith("journal:/")
+    # Trials on a cluster's nodes reach the file over NFS: Optuna's journal file, not SQLite.
+    on_nodes = studies.storage_url(None, f"sqlite:///{db}", on_nodes=True)
+    assert on_nodes == f"journal:{tmp_path / 'optuna.journal'}"
+    # A team's database, set on every machine; a search's own setting still wins.
+    monkeypatch.setenv(studies.STORAGE_VARIABLE, "postgresql://team/optuna")
+    assert studies.storage_url(None, "http://server:5000") == "postgresql://team/optuna"
+    assert studies.storage_url(None, f"sqlite:///{db}", on_nodes=True) == "postgresql://team/optuna"
+    assert studies.storage_url("memory", "http://server:5000") is None
+    assert studies.storage_key(None) == studies.STORAGE_VARIABLE
+    assert studies.storage_key("memory") == "hydra.sweeper.storage"
+
+
+def test_a_bad_study_storage_in_the_environment_is_named_in_one_line(
+    monkeypatch, capfd, store_uri, client
+) -> None:
+    monkeypatch.setenv(studies.STORAGE_VARIABLE, "sqlite:////no/such/dir/optuna.db")
+    assert sweep(monkeypatch, store_uri, SEARCH) == 1
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert lines == [
+        f"error: {studies.STORAGE_VARIABLE}=sqlite:////no/such/dir/optuna.db: no directory "
+        "/no/such/dir"
+    ], err
+    (parent,) = runs_of(client, "minimize")
+    assert parent.info.status == "FAILED"
 
 
 @pytest.mark.slow

@@ -446,10 +446,12 @@ def test_a_search_runs_its_trials_as_slurm_jobs(sweeps) -> None:
     arrays = {name.split("_")[0] for name in tasks}
     assert len(tasks) == 2 and len(arrays) == 1, names
     assert len(names - tasks - arrays) == 1, names
-    study = optuna.load_study(
-        study_name=parent.data.tags["search.study"],
-        storage=f"sqlite:///{sweep.directory / 'optuna.db'}",  # beside the sweep's mlflow.db
+    # Beside the sweep's mlflow.db, in Optuna's journal file: the nodes share it over NFS.
+    assert not (sweep.directory / "optuna.db").exists()
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(sweep.directory / "optuna.journal"))
     )
+    study = optuna.load_study(study_name=parent.data.tags["search.study"], storage=storage)
     assert [trial.state.name for trial in study.get_trials()] == ["COMPLETE"] * 3
 
 

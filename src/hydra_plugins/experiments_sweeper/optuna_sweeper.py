@@ -35,7 +35,8 @@ class OptunaSweeperConf:
     n_jobs: int = 1  # trials per batch, run together by the launcher
     max_failure_rate: float = 0.0  # above this share of failed trials in a batch, stop
     study_name: Optional[str] = None  # default: the command line's overrides
-    storage: Optional[str] = None  # default: beside the tracking store; or a URL, or memory
+    # default: EXPERIMENTS_STUDY_STORAGE, else beside the tracking store; or a URL, or memory
+    storage: Optional[str] = None
     sampler: SamplerConf = field(default_factory=SamplerConf)
     pruner: str = "none"  # or median, hyperband: stop hopeless trials at a reported step
     prune_every: int = 10  # a trial reports its objective to the pruner every N steps

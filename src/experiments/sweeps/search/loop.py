@@ -69,7 +69,8 @@ def search(
         )
     pruner = studies.make_pruner(pruner_name, every, after)
     tracking_uri = uris.absolute(uris.resolve(config.tracking.uri)[0])
-    url = studies.storage_url(settings.get("storage"), tracking_uri)
+    on_nodes = _launcher(config).endswith("SlurmLauncher")
+    url = studies.storage_url(settings.get("storage"), tracking_uri, on_nodes)
     sweep_dir = Path(str(config.hydra.sweep.dir))
     if url is None and pruner_name != "none" and not _jobs_run_here(config):
         # This process's memory is out of its jobs' reach: a study of this sweep's own, in
@@ -77,7 +78,7 @@ def search(
         url = f"journal:{(sweep_dir / studies.JOURNAL_FILE).resolve()}"
         log.info("the jobs run in other processes: the study is kept in %s", url[8:])
     _warn_sqlite_on_a_cluster(config, url, pruner_name)
-    storage = studies.open_storage(url)
+    storage = studies.open_storage(url, studies.storage_key(settings.get("storage")))
     name = settings.get("study_name") or study_name(list(config.hydra.overrides.task))
     study = studies.load(storage, name, str(settings["direction"]), sampler, pruner)
     asked = len(study.get_trials(deepcopy=False))

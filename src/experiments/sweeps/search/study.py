@@ -1,11 +1,15 @@
 """A search's study: where it is stored, and which of its trials count.
 
-The study is stored beside the runs unless ``hydra.sweeper.storage`` says where:
+The study is stored beside the runs unless ``hydra.sweeper.storage``, or the environment's
+``EXPERIMENTS_STUDY_STORAGE`` (a team's database, set on every machine beside
+``MLFLOW_TRACKING_URI``), says where:
 
 - with a SQLite tracking store (the default ``mlflow.db``), in ``optuna.db`` next to it: a
   database of its own (Optuna's tables and MLflow's both keep an ``alembic_version``);
-- with a tracking server, in Optuna's journal file ``optuna.journal`` in the working
-  directory (Optuna's storage for a shared filesystem); a team sets a PostgreSQL URL instead;
+- the same, with jobs on a cluster's nodes (a Slurm launcher), in Optuna's journal file
+  ``optuna.journal`` next to it: the nodes reach it over a shared filesystem, where SQLite's
+  locking is not reliable and Optuna's journal file is made to work;
+- with a tracking server, in ``optuna.journal`` in the working directory;
 - ``storage: memory`` keeps the study in this process only.
 
 A trial counts towards ``n_trials`` once it is COMPLETE, PRUNED or FAIL (its job ran and
@@ -30,7 +34,9 @@ from experiments.record import liveness, uris
 log = logging.getLogger(__name__)
 
 STUDY_FILE = "optuna.db"  # beside a SQLite tracking store
-JOURNAL_FILE = "optuna.journal"  # with a tracking server, in the working directory
+JOURNAL_FILE = "optuna.journal"  # with a tracking server, in the working directory; or
+# beside a SQLite tracking store that a cluster's nodes share
+STORAGE_VARIABLE = "EXPERIMENTS_STUDY_STORAGE"  # a team's default, set on every machine
 OWNER = "experiments.owner"  # host, place, pid and start time of the search asking a trial
 BEAT = "experiments.heartbeat"  # when that search last said it is alive (seconds, epoch)
 ABANDONED = "experiments.abandoned"
@@ -41,18 +47,30 @@ SAMPLERS = ("tpe", "random", "grid", "qmc")
 PRUNERS = ("none", "median", "hyperband")
 
 
-def storage_url(setting: Optional[str], tracking_uri: str) -> Optional[str]:
-    """Where the study is kept: the setting, or beside the tracking store (None: memory)."""
+def storage_key(setting: Optional[str]) -> str:
+    """Where the study's storage was named: the setting, or the environment."""
+    if not setting and os.environ.get(STORAGE_VARIABLE):
+        return STORAGE_VARIABLE
+    return "hydra.sweeper.storage"
+
+
+def storage_url(setting: Optional[str], tracking_uri: str, on_nodes: bool = False) -> Optional[str]:
+    """Where the study is kept (None: memory): the setting, ``EXPERIMENTS_STUDY_STORAGE``,
+    or beside the tracking store; ``on_nodes``: the trials run on a cluster's nodes."""
+    setting = setting or os.environ.get(STORAGE_VARIABLE) or None
     if setting:
         return None if setting == "memory" else setting
     database = uris.sqlite_path(tracking_uri)
+    if database is not None and on_nodes:
+        return f"journal:{database.parent / JOURNAL_FILE}"
     if database is not None:
         return f"sqlite:///{database.parent / STUDY_FILE}"
     return f"journal:{Path(JOURNAL_FILE).resolve()}"
 
 
-def open_storage(url: Optional[str]) -> Any:
-    """Optuna's storage for ``url``; a URL that cannot be opened is a ConfigError."""
+def open_storage(url: Optional[str], key: str = "hydra.sweeper.storage") -> Any:
+    """Optuna's storage for ``url``; a URL that cannot be opened is a ConfigError naming
+    ``key``, where the URL came from."""
     import optuna
     from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalFileBackend
@@ -68,13 +86,13 @@ def open_storage(url: Optional[str]) -> Any:
         url = _with_driver(url)
         database = uris.sqlite_path(url)
         if database is not None and not database.parent.is_dir():
-            raise ConfigError(f"hydra.sweeper.storage={shown}: no directory {database.parent}")
+            raise ConfigError(f"{key}={shown}: no directory {database.parent}")
         return RDBStorage(url, engine_kwargs=_engine_kwargs(url))
     except ConfigError:
         raise
     except Exception as error:  # a bad URL, a driver missing, a server that refuses
         reason = uris.scrub(str(error).splitlines()[0] if str(error) else type(error).__name__)
-        raise ConfigError(f"hydra.sweeper.storage={shown}: cannot open it: {reason}") from None
+        raise ConfigError(f"{key}={shown}: cannot open it: {reason}") from None
 
 
 def _with_driver(url: str) -> str:
