@@ -5,7 +5,8 @@
 - ``exits``: the one error line, the exit statuses (0, 1, 75, 128 + a signal's number).
 - ``messages``: Hydra's, OmegaConf's and the project's errors in one line.
 
-The command sits on top: it imports the sweeps, the runner, the record path and the shared
-modules, and nothing imports it. ``experiments/__main__.py`` starts the recording process
-before anything heavy is imported, then hands over to :func:`.app.main`.
+The command sits on top: it imports the sweeps, the runner, the tasks (their schemas, which
+it registers with Hydra), the record path and the shared modules, and nothing imports it.
+``experiments/__main__.py`` starts the recording process before anything heavy is imported,
+then hands over to :func:`.app.main`.
 """

@@ -7,14 +7,17 @@
 - ``outcomes``: what became of each job (``outcome.json`` in its directory).
 - ``summary``: the table of jobs, the best one, where to review the sweep.
 - ``stopping``: closing what jobs left open, after a signal or a dead process.
+- ``resume``: ``skip_existing`` decided in the launching process, for a launcher that
+  submits jobs elsewhere (the Slurm launcher queues only the jobs not FINISHED).
 - ``report``: ``python -m experiments.report``, the comparison of a sweep's runs, also made
   at the end of every sweep (in the recording process, where MLflow is loaded).
 - ``search``: ``hydra/sweeper=optuna``'s search: its space, its stored study, the
   ask-and-tell loop over the sweep's launcher (the Hydra plugin in
   ``hydra_plugins.experiments_sweeper`` is its entry).
 
-Sweeps sit on the runner (``prepare``, ``record_environment``, where a run is recorded) and
-the record path; the command line sits on them. Nothing here imports the command line, and
+Sweeps sit on the runner (``prepare``, ``record_environment``, where a run is recorded), the
+record path and ``reproduce`` (``report --compare`` gives a rerun's verdict); the command
+line sits on them. Nothing here imports the command line, and
 nothing below imports this package (the recording process calls ``report.assemble.publish``
 by name).
 

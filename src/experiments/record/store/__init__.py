@@ -9,4 +9,7 @@ never does, so it never imports MLflow.
 - ``upload``: a journal into a run, resumably and idempotently (``Uploader``, ``deliver``).
 - ``bulk``: metric points into a SQLite or PostgreSQL store, one statement per table.
 - ``failures``: whether a failed store call is worth retrying, and how it reads.
+
+It imports MLflow, the rest of the record path and the shared modules (``errors``,
+``names``), nothing above them.
 """

@@ -7,5 +7,8 @@ runs, read back from MLflow; also made at the end of every sweep (:func:`publish
 - ``tables`` and ``figures``: what it shows, per task.
 
 It reads runs through an ``MlflowClient``, so it runs where MLflow is loaded: in its own
-command, or in the recording process at a sweep's end; never in a run's own process.
+command, or in the recording process at a sweep's end; never in a run's own process. It may
+import the record path (its store side, to open a store), ``reproduce`` (``--compare``
+shares a rerun's verdict) and the shared modules; never the runner, the tasks or the rest
+of the sweeps.
 """

@@ -9,5 +9,6 @@
   and the pruner's verdict (the runner's recorder asks it; the task never sees Optuna).
 
 The Hydra plugin (``hydra_plugins.experiments_sweeper``) is its entry. Optuna is imported
-only when a search runs.
+only when a search runs. It may import the record path's run side (``uris``, ``liveness``:
+which process holds a trial) and the shared modules; never the runner or the tasks.
 """
