@@ -319,11 +319,12 @@ def record_environment(
     """Where the run ran (``environment.json``, a dirty tree's ``code.diff``, a few tags).
 
     ``threads``: the CPU threads the task itself uses (matmul's ``task.threads``), where it
-    sets its own: recorded as torch's threads, the process's default beside it.
+    sets its own: recorded as torch's threads. The process's default is always beside them
+    (``default_threads``), so two runs' records differ there only where their machines do.
     """
     found = environment.collect(device)
-    if threads is not None and int(threads) != found["torch"]["threads"]:
-        found["torch"]["default_threads"] = found["torch"]["threads"]
+    found["torch"]["default_threads"] = found["torch"]["threads"]
+    if threads is not None:
         found["torch"]["threads"] = int(threads)
     code = found["code"]
     diff = code.pop("diff", "")
