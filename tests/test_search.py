@@ -262,6 +262,9 @@ def test_a_pruner_stops_hopeless_trials_and_the_runs_say_so(
         assert min(pruned) < 5 and set(pruned.values()) <= {5, 15}, pruned
     (parent,) = [r for r in runs_of(client, "minimize") if r.data.tags.get("sweep") == "true"]
     assert parent.info.status == "FINISHED"
+    counts = [line for line in out.splitlines() if "8 jobs: " in line][0]
+    assert parent.data.tags["jobs"] == counts[counts.index("8 jobs: ") :]  # pruned ones too
+    assert " pruned" in parent.data.tags["jobs"]
     figures = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert "report/intermediate_values.png" in figures
 
