@@ -536,7 +536,7 @@ def test_report_compares_two_existing_runs_the_same_way(store_uri, client, capsy
     args = ["--compare", a.info.run_id, b.info.run_id, "--tracking-uri", store_uri]
     status = report_command.main(args)
     out = capsys.readouterr().out
-    assert status == 0
+    assert status == rerun_command.NOT_REPRODUCED_STATUS  # as a rerun's verdict exits
     assert (
         f"verdict: not reproduced: {objective('loss')} differs first at step 1: 2.0 -> 2.5" in out
     )

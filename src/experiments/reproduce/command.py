@@ -33,7 +33,7 @@ from experiments.record.store.tracker import Tracker, open_existing
 from experiments.reproduce import compare, records
 
 OPEN_TIMEOUT_S = 10.0
-NOT_REPRODUCED_STATUS = 3
+NOT_REPRODUCED_STATUS = compare.NOT_REPRODUCED_STATUS
 VERDICT_FILE = "rerun.txt"
 
 
@@ -80,7 +80,7 @@ def _rerun(args: argparse.Namespace) -> int:
     print("\n" + text, end="")
     target.client.log_text(new.info.run_id, text, VERDICT_FILE)
     target.client.set_tag(new.info.run_id, REPRODUCED_TAG, verdict.tag)
-    return 0 if verdict.reproduced else NOT_REPRODUCED_STATUS
+    return verdict.status
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -55,6 +55,11 @@ class Side:
         return f"{self.run_id} ({self.run.info.run_name})"
 
 
+# The exit status of a verdict "not reproduced" (rerun, report --compare): 0 when reproduced,
+# 1 kept for a refusal, as every command's bad input.
+NOT_REPRODUCED_STATUS = 3
+
+
 @dataclass
 class Verdict:
     """The comparison's outcome: ``reproduced``, and the table's lines by part."""
@@ -65,6 +70,11 @@ class Verdict:
     environment: list[str] = field(default_factory=list)
     results: list[str] = field(default_factory=list)
     jobs: list[str] = field(default_factory=list)  # a sweep's: one line per pair of jobs
+
+    @property
+    def status(self) -> int:
+        """The exit status that says it: 0 reproduced, 3 (NOT_REPRODUCED_STATUS) not."""
+        return 0 if self.reproduced else NOT_REPRODUCED_STATUS
 
     @property
     def tag(self) -> str:

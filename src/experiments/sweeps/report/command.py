@@ -82,7 +82,7 @@ def _compare(args: argparse.Namespace) -> int:
         print(f"error: {first_line(error)}", file=sys.stderr)
         return 1
     print(verdict.text(f"{second.label} against {first.label}"), end="")
-    return 0
+    return verdict.status  # as a rerun's: 0 reproduced, 3 not
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
