@@ -224,6 +224,54 @@ def test_timings_are_judged_against_their_spread(client, time_b, iqr, expected, 
     assert verdict.reproduced is reproduced
 
 
+@pytest.mark.parametrize(
+    ("times", "expected", "reproduced"),
+    [
+        # Two of three reruns alone are "beyond the noise", yet the original lies within
+        # the spread between the reruns' processes: reproduced.
+        (
+            (11.5, 10.05, 11.6),
+            "same within the reruns' spread: 10 ms against 3 reruns' "
+            "10.05-11.6 ms, widest spread (IQR) 0.1 ms",
+            True,
+        ),
+        ((20.0, 20.5, 19.8), "slower by 100% beyond the reruns' spread", False),
+        ((5.0, 5.2, 4.9), "faster by 50% beyond the reruns' spread", False),
+    ],
+)
+def test_repeated_timings_are_judged_against_the_spread_between_processes(
+    client, times, expected, reproduced
+) -> None:
+    tags = {"task": "matmul"}
+
+    def timed(value: float):
+        metrics = {objective("time_ms"): value, result("time_iqr_ms"): 0.1}
+        return compare.side(client, logged_run(client, "r", metrics, {}, tags))
+
+    first, reruns = timed(10.0), [timed(value) for value in times]
+    verdicts = [compare.compare(first, rerun) for rerun in reruns]
+    verdict = compare.across(first, reruns, verdicts)
+    assert verdict.results[0].startswith(expected), verdict.results
+    assert verdict.reproduced is reproduced
+    assert verdict.status == (0 if reproduced else rerun_command.NOT_REPRODUCED_STATUS)
+    for number, (rerun, alone) in enumerate(zip(reruns, verdicts), 1):  # each rerun's own
+        assert f"rerun {number} {rerun.run_id}: {alone.summary}" in verdict.results
+
+
+def test_repeated_results_must_each_be_reproduced(client) -> None:
+    tags, params = {"task": "minimize"}, {"device": "cpu"}
+    first = logged_run(client, "h", {objective("loss"): [3.0, 2.0]}, params, tags)
+    same = logged_run(client, "h", {objective("loss"): [3.0, 2.0]}, params, tags)
+    other = logged_run(client, "h", {objective("loss"): [3.0, 2.5]}, params, tags)
+    sides = [compare.side(client, run) for run in (first, same, other)]
+    verdicts = [compare.compare(sides[0], rerun) for rerun in sides[1:]]
+    verdict = compare.across(sides[0], sides[1:], verdicts)
+    assert not verdict.reproduced
+    assert verdict.summary == "not reproduced: 1 of 2 reruns did"
+    both = compare.across(sides[0], [sides[1], sides[1]], [verdicts[0], verdicts[0]])
+    assert both.reproduced and both.summary == "reproduced"
+
+
 def test_a_time_recorded_before_objective_names_is_compared_with_its_reruns(client) -> None:
     tags = {"task": "matmul"}
     old = logged_run(client, "t", {result("time_ms"): 10.0, result("time_iqr_ms"): 0.5}, {}, tags)
@@ -332,6 +380,30 @@ def test_a_rerun_with_more_steps_differs_only_there(original, tmp_path) -> None:
     verdict = next(line for line in lines if line.startswith("verdict: "))
     assert "differs first at step 21" in verdict
     assert "equal on the steps both have" in verdict
+
+
+@pytest.mark.slow
+def test_a_repeated_rerun_judges_over_all_its_reruns(original, capsys) -> None:
+    where, run_id = original
+    client = MlflowClient(f"sqlite:///{where / 'mlflow.db'}")
+    before = {run.info.run_id for run in runs_of(client, "minimize")}
+    done = rerun(where, run_id, "--repeat", "2")
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert any(line.startswith(f"2 reruns of {run_id} (") for line in lines), lines
+    assert "verdict: reproduced" in lines
+    new = [run for run in runs_of(client, "minimize") if run.info.run_id not in before]
+    assert len(new) == 2  # oldest first: rerun 1, then rerun 2
+    for number, run in enumerate(new, 1):
+        assert run.data.tags[RERUN_OF_TAG] == run_id
+        assert run.data.tags[REPRODUCED_TAG] == "true"  # each its own verdict, logged
+        assert any(line.endswith(f"rerun {number} {run.info.run_id}: reproduced") for line in lines)
+    with pytest.raises(SystemExit) as refused:
+        rerun_command.main([run_id, "--repeat", "0"])
+    assert refused.value.code == 2
+    assert "argument --repeat: must be a whole number of at least 1, got '0'" in (
+        capsys.readouterr().err
+    )
 
 
 def recorded_before(client: MlflowClient, run_id: str, era: str, scratch: Path) -> str:

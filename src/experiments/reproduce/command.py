@@ -11,6 +11,11 @@ Usage::
     python -m experiments.rerun RUN_ID                    # the same, here and now
     python -m experiments.rerun RUN_ID device=cuda        # a CPU measurement on a GPU
     python -m experiments.rerun RUN_ID --from http://team-server:5000   # recorded here
+    python -m experiments.rerun RUN_ID --repeat 3         # a timing against 3 processes' spread
+
+With ``--repeat N`` the command runs N times, each a run of its own with its own verdict
+(``rerun.txt``, ``reproduced``), and the verdict printed is over all of them
+(:func:`.compare.across`): a timing against the spread between the reruns' processes.
 
 Exit status: 0 reproduced, 3 not reproduced (the verdict says why), 1 refused (nothing
 run), or the command's own when the rerun itself could not run.
@@ -59,27 +64,37 @@ def _rerun(args: argparse.Namespace) -> int:
     kind = "sweep" if record.sweep else "run"
     print(f"rerun of {kind} {record.run_id} ({record.run.info.run_name}) from {source.shown}")
     print(f"  python -m experiments {' '.join(arguments)}", flush=True)
-    since_ms = int(time.time() * 1000) - 1000
-    status = subprocess.run([sys.executable, "-m", "experiments", *arguments]).returncode
     target = Tracker(None, OPEN_TIMEOUT_S)  # where the command recorded: this user's store
-    new = records.find_rerun(
-        target.client, record.experiment, record.run_id, record.sweep, since_ms
-    )
-    if new is None:
-        print(
-            f"error: the rerun recorded no {kind} in {target.shown} (exit status {status})",
-            file=sys.stderr,
-        )
-        return status or 1
     original = compare.Side(source.client, record.run, record.environment)
-    verdict = compare.compare(original, compare.side(target.client, new), args.overrides)
-    title = f"rerun {new.info.run_id} of {record.run_id} ({record.run.info.run_name})" + (
-        f" with {' '.join(args.overrides)}" if args.overrides else ""
-    )
-    text = verdict.text(title)
-    print("\n" + text, end="")
-    target.client.log_text(new.info.run_id, text, VERDICT_FILE)
-    target.client.set_tag(new.info.run_id, REPRODUCED_TAG, verdict.tag)
+    given = f" with {' '.join(args.overrides)}" if args.overrides else ""
+    reruns, verdicts = [], []
+    for _ in range(args.repeat):
+        since_ms = int(time.time() * 1000) - 1000
+        status = subprocess.run([sys.executable, "-m", "experiments", *arguments]).returncode
+        new = records.find_rerun(
+            target.client, record.experiment, record.run_id, record.sweep, since_ms
+        )
+        if new is None:
+            print(
+                f"error: the rerun recorded no {kind} in {target.shown} (exit status {status})",
+                file=sys.stderr,
+            )
+            return status or 1
+        rerun = compare.side(target.client, new)
+        verdict = compare.compare(original, rerun, args.overrides)
+        title = f"rerun {new.info.run_id} of {record.run_id} ({record.run.info.run_name})"
+        text = verdict.text(title + given)
+        if args.repeat == 1:
+            print("\n" + text, end="")
+        target.client.log_text(new.info.run_id, text, VERDICT_FILE)
+        target.client.set_tag(new.info.run_id, REPRODUCED_TAG, verdict.tag)
+        reruns.append(rerun)
+        verdicts.append(verdict)
+    if args.repeat == 1:
+        return verdicts[0].status
+    verdict = compare.across(original, reruns, verdicts)
+    title = f"{args.repeat} reruns of {record.run_id} ({record.run.info.run_name})" + given
+    print("\n" + verdict.text(title), end="")
     return verdict.status
 
 
@@ -108,4 +123,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             "here); the rerun is recorded in that default store"
         ),
     )
+    parser.add_argument(
+        "--repeat",
+        type=_at_least_one,
+        default=1,
+        metavar="N",
+        help=(
+            "run it N times, each a run of its own, and judge over all of them: a timing "
+            "against the spread between the reruns' processes (default 1)"
+        ),
+    )
     return parser.parse_args(argv)
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value

@@ -12,6 +12,11 @@ Three parts, each a few lines of a short table:
 
 A run reproduced when its settings are equal (but for the overrides) and its results are
 equal, or within the noise. The environment's differences explain; they do not decide.
+
+Several reruns of one run (``rerun --repeat N``, :func:`across`) judge a timing against the
+spread between processes, which one process's IQR does not see: the original reproduced when
+its time lies within the reruns' range, widened by the widest IQR. Any other result must be
+reproduced by every rerun.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ class Verdict:
     environment: list[str] = field(default_factory=list)
     results: list[str] = field(default_factory=list)
     jobs: list[str] = field(default_factory=list)  # a sweep's: one line per pair of jobs
+    settings_equal: bool = True  # but for the overrides given
 
     @property
     def status(self) -> int:
@@ -139,7 +145,70 @@ def compare_runs(first: Side, second: Side, overrides: Sequence[str] = ()) -> Ve
         summary = f"not reproduced: settings differ ({', '.join(unexpected)})"
     else:
         summary = f"not reproduced: {results[0]}"
-    return Verdict(reproduced, summary, settings, environment, results)
+    return Verdict(
+        reproduced, summary, settings, environment, results, settings_equal=not unexpected
+    )
+
+
+def across(first: Side, reruns: Sequence[Side], verdicts: Sequence[Verdict]) -> Verdict:
+    """The verdict on several reruns of ``first`` (each already judged: ``verdicts``).
+
+    A matmul's time is judged against the spread between the reruns' processes: reproduced
+    when the original's time lies within their range, widened by the widest IQR of all.
+    Anything else (results compared bit for bit, a sweep) reproduced when every rerun did.
+    """
+    each = [
+        f"rerun {n} {s.run_id}: {v.summary}" for n, (s, v) in enumerate(zip(reruns, verdicts), 1)
+    ]
+    settings_equal = all(v.settings_equal for v in verdicts)
+    timed = first.run.data.tags.get("task") == "matmul" and not is_sweep(first.run)
+    finished = all(s.run.info.status == "FINISHED" for s in (first, *reruns))
+    if timed and finished:
+        equal, row = spread_row(first.run, [s.run for s in reruns])
+        results = [row, *each]
+    else:
+        equal, results = all(v.reproduced for v in verdicts), each
+    reproduced = equal and settings_equal
+    done = sum(v.reproduced for v in verdicts)
+    if reproduced:
+        summary = "reproduced"
+    elif not settings_equal:
+        summary = verdicts[0].summary
+    elif timed and finished:
+        summary = f"not reproduced: {results[0]}"
+    else:
+        summary = f"not reproduced: {done} of {len(verdicts)} reruns did"
+    first_verdict = verdicts[0]
+    return Verdict(
+        reproduced,
+        summary,
+        first_verdict.settings,
+        first_verdict.environment,
+        results,
+        settings_equal=settings_equal,
+    )
+
+
+def spread_row(first: Run, reruns: Sequence[Run]) -> tuple[bool, str]:
+    """A matmul's time against its reruns' range (between processes), widened by the widest
+    spread (IQR) of all: within it, or slower/faster than the reruns' median by how much."""
+    time_a = recorded(first.data.metrics, TIME_MS)
+    times = [recorded(run.data.metrics, TIME_MS) for run in reruns]
+    if time_a is None or None in times:
+        return False, f"not compared: {TIME_MS} is missing"
+    spreads = [recorded(run.data.metrics, TIME_IQR_MS) for run in (first, *reruns)]
+    widest = max((s for s in spreads if s is not None), default=0.0)
+    low, high = min(times), max(times)
+    measured = (
+        f"{time_a:.4g} ms against {len(times)} reruns' {low:.4g}-{high:.4g} ms, "
+        f"widest spread (IQR) {widest:.2g} ms"
+    )
+    if low - widest <= time_a <= high + widest:
+        return True, f"same within the reruns' spread: {measured}"
+    middle = sorted(times)[len(times) // 2]
+    change = (middle - time_a) / time_a
+    word = "slower" if change > 0 else "faster"
+    return False, f"{word} by {abs(change):.0%} beyond the reruns' spread: {measured}"
 
 
 def compare_sweeps(first: Side, second: Side, overrides: Sequence[str] = ()) -> Verdict:
