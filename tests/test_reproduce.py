@@ -671,11 +671,21 @@ def test_commands_run_in_process_leave_the_environment_as_they_found_it(
     monkeypatch.setattr(sys, "argv", run)
     assert exits.invoke(app.hydra_main) == 0
     before = dict(os.environ)
-    monkeypatch.setattr(sys, "argv", [*run, "deterministic=true"])
+    caller = ("high", True)  # this process's own torch switches, which the run changes
+    torch.set_float32_matmul_precision(caller[0])
+    torch.use_deterministic_algorithms(caller[1], warn_only=True)
+    switched = [*run, "deterministic=false", "float32_matmul_precision=medium"]
     try:
+        monkeypatch.setattr(sys, "argv", [*run, "deterministic=true"])
         assert exits.invoke(app.hydra_main) == 0
+        monkeypatch.setattr(sys, "argv", switched)
+        assert exits.invoke(app.hydra_main) == 0
+        found = torch.get_float32_matmul_precision(), torch.are_deterministic_algorithms_enabled()
+        warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     finally:
+        torch.set_float32_matmul_precision("highest")
         torch.use_deterministic_algorithms(False)
+    assert found == caller and warn_only  # as the caller had them, not as the runs set them
     assert dict(os.environ) == before  # the run's CUBLAS_WORKSPACE_CONFIG undone
     nowhere = "http://127.0.0.1:9"  # refused at once
     assert report_command.main(["--experiment", "x", "--tracking-uri", nowhere]) == 1

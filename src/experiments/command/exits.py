@@ -14,7 +14,7 @@ from typing import Callable
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from experiments import process, signals
+from experiments import process, runner, signals
 from experiments.command.messages import one_line
 from experiments.errors import ConfigError, NotRecorded, RunFailure
 from experiments.record import uris
@@ -50,10 +50,12 @@ def invoke(hydra_main: Callable[[], object]) -> int:
     """
     JobErrors.errors.clear()
     try:
-        return _invoke(hydra_main)
+        # What a run set for itself (torch's matmul precision and deterministic algorithms,
+        # CUBLAS_WORKSPACE_CONFIG for deterministic=true) is undone, so a command called
+        # in-process (tests, scripts) leaves nothing behind.
+        with runner.torch_settings_kept():
+            return _invoke(hydra_main)
     finally:
-        # What a run set for itself (CUBLAS_WORKSPACE_CONFIG for deterministic=true) is
-        # undone, so a command called in-process (tests, scripts) leaves nothing behind.
         process.restore_env()
 
 

@@ -21,6 +21,7 @@ from experiments.runner.execution import (
     record_environment,
     reproduce_note,
     run,
+    torch_settings_kept,
 )
 from experiments.runner.identity import config_hash
 from experiments.runner.store import journal_header, live_settings, not_recorded_line, store_of
@@ -37,4 +38,5 @@ __all__ = [
     "reproduce_note",
     "run",
     "store_of",
+    "torch_settings_kept",
 ]

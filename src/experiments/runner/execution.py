@@ -10,10 +10,11 @@ import json
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -311,6 +312,21 @@ def apply_torch_settings(settings: config.Config) -> None:
     if settings.deterministic and "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
         process.set_env("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(settings.deterministic)
+
+
+@contextmanager
+def torch_settings_kept() -> Iterator[None]:
+    """Leave torch's process-wide switches as found: the runs inside set their own
+    (:func:`apply_torch_settings`), and a caller in the same process (a script, a notebook,
+    a test) gets its own back when the command ends."""
+    precision = torch.get_float32_matmul_precision()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
 
 
 def record_environment(
