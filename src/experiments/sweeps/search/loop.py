@@ -15,6 +15,7 @@ import logging
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -36,6 +37,24 @@ FIGURES_DIR = "search"  # Optuna's figures of the study, in the sweep directory
 TRIAL_TAG = "trial"  # each trial's run: its number in the study
 
 
+@dataclass
+class _Plan:
+    """What ``hydra.sweeper.*`` asks for, checked: the trials, the space, sampler, pruner."""
+
+    n_trials: int
+    n_jobs: int
+    rate: float  # max_failure_rate
+    space: Any
+    sampler_name: str
+    seed: Any
+    grid: Any
+    sampler: Any
+    pruner_name: str
+    every: int  # prune_every
+    after: int  # prune_after
+    pruner: Any
+
+
 def search(
     config: DictConfig, launcher: Any, settings: Mapping[str, Any], arguments: Sequence[str]
 ) -> None:
@@ -46,6 +65,23 @@ def search(
         raise ConfigError("hydra/sweeper=optuna needs Optuna: pip install -e '.[sweeps]'") from None
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # this module says what matters
+    plan = _plan(settings, arguments)
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    study, name, url = _open_study(config, settings, plan, sweep_dir)
+    grace_s = float(config.tracking.lost_after_s)
+    held, running = studies.counted(study, grace_s)
+    shown = uris.scrub(url) if url else "memory"
+    note.write(sweep_dir, name, shown, held, plan.n_trials)
+    _say_where(plan, name, shown, held, running)
+    _run_trials(study, plan, launcher, name, url, held, grace_s)
+    best = _write_results(study, sweep_dir, name, shown)
+    if best is not None:
+        figures = _draw(study, sweep_dir)
+        note.write(sweep_dir, name, shown, held, plan.n_trials, best=best, figures=figures)
+
+
+def _plan(settings: Mapping[str, Any], arguments: Sequence[str]) -> _Plan:
+    """The search's settings, each checked (a bad one is a ConfigError naming it)."""
     n_trials, n_jobs = int(settings["n_trials"]), int(settings["n_jobs"])
     rate = float(settings["max_failure_rate"])
     if n_trials < 1 or n_jobs < 1:
@@ -60,7 +96,8 @@ def search(
     grid = space.grid() if sampler_name == "grid" else None
     if grid is not None:
         n_trials = min(n_trials, math.prod(len(values) for values in grid.values()))
-    sampler = studies.make_sampler(sampler_name, sampler_settings.get("seed"), grid)
+    seed = sampler_settings.get("seed")
+    sampler = studies.make_sampler(sampler_name, seed, grid)
     pruner_name = str(settings.get("pruner") or "none")
     every, after = int(settings.get("prune_every") or 1), int(settings.get("prune_after") or 0)
     if every < 1 or after < 0:
@@ -68,29 +105,47 @@ def search(
             f"hydra.sweeper.prune_every={every}, prune_after={after}: at least 1 and 0"
         )
     pruner = studies.make_pruner(pruner_name, every, after)
+    return _Plan(
+        n_trials,
+        n_jobs,
+        rate,
+        space,
+        sampler_name,
+        seed,
+        grid,
+        sampler,
+        pruner_name,
+        every,
+        after,
+        pruner,
+    )
+
+
+def _open_study(
+    config: DictConfig, settings: Mapping[str, Any], plan: _Plan, sweep_dir: Path
+) -> tuple[Any, str, str | None]:
+    """The study, where it is kept (its URL; None: memory) and its name."""
     tracking_uri = uris.absolute(uris.resolve(config.tracking.uri)[0])
     on_nodes = _launcher(config).endswith("SlurmLauncher")
     url = studies.storage_url(settings.get("storage"), tracking_uri, on_nodes)
-    sweep_dir = Path(str(config.hydra.sweep.dir))
-    if url is None and pruner_name != "none" and not _jobs_run_here(config):
+    if url is None and plan.pruner_name != "none" and not _jobs_run_here(config):
         # This process's memory is out of its jobs' reach: a study of this sweep's own, in
         # a journal file in its directory, is what they can report to.
         url = f"journal:{(sweep_dir / studies.JOURNAL_FILE).resolve()}"
         log.info("the jobs run in other processes: the study is kept in %s", url[8:])
-    _warn_sqlite_on_a_cluster(config, url, pruner_name)
+    _warn_sqlite_on_a_cluster(config, url, plan.pruner_name)
     storage = studies.open_storage(url, studies.storage_key(settings.get("storage")))
     name = settings.get("study_name") or study_name(list(config.hydra.overrides.task))
-    study = studies.load(storage, name, str(settings["direction"]), sampler, pruner)
+    study = studies.load(storage, name, str(settings["direction"]), plan.sampler, plan.pruner)
     asked = len(study.get_trials(deepcopy=False))
-    seed = sampler_settings.get("seed")
-    if asked and seed is not None and sampler_name in ("tpe", "random"):
+    if asked and plan.seed is not None and plan.sampler_name in ("tpe", "random"):
         # Seeded afresh, the sampler would propose the study's first trials again.
-        study.sampler = studies.make_sampler(sampler_name, int(seed) + asked, grid)
-    grace_s = float(config.tracking.lost_after_s)
-    held, running = studies.counted(study, grace_s)
-    first_held = held
-    shown = uris.scrub(url) if url else "memory"
-    note.write(sweep_dir, name, shown, held, n_trials)
+        study.sampler = studies.make_sampler(plan.sampler_name, int(plan.seed) + asked, plan.grid)
+    return study, name, url
+
+
+def _say_where(plan: _Plan, name: str, shown: str, held: int, running: int) -> None:
+    """The study, what it holds and what is left to run; how its pruner judges."""
     log.info(
         "study %r in %s: it holds %d trial%s%s; %d to run for n_trials=%d",
         name,
@@ -98,33 +153,42 @@ def search(
         held,
         "" if held == 1 else "s",
         f" ({running} running elsewhere)" if running else "",
-        max(0, n_trials - held),
-        n_trials,
+        max(0, plan.n_trials - held),
+        plan.n_trials,
     )
-    if pruner_name != "none":
+    if plan.pruner_name != "none":
         log.info(
             "pruner %s: trials report their objective every %d steps, none is stopped before "
             "step %d",
-            pruner_name,
-            every,
-            after,
+            plan.pruner_name,
+            plan.every,
+            plan.after,
         )
+
+
+def _run_trials(
+    study: Any,
+    plan: _Plan,
+    launcher: Any,
+    name: str,
+    url: str | None,
+    held: int,
+    grace_s: float,
+) -> None:
+    """Batches of trials through the launcher until the study holds ``n_trials``."""
     job = 0
-    with trials_of.offered(study, name, url, pruner_name, every, after):
+    with trials_of.offered(study, name, url, plan.pruner_name, plan.every, plan.after):
         while True:
-            trials = _ask(study, space, min(n_jobs, n_trials - held), n_trials, grace_s)
+            wanted = min(plan.n_jobs, plan.n_trials - held)
+            trials = _ask(study, plan.space, wanted, plan.n_trials, grace_s)
             if not trials:
                 held, _ = studies.counted(study, grace_s)
-                if held >= n_trials:
+                if held >= plan.n_trials:
                     break
                 time.sleep(1.0)  # another search holds the rest for now: look again
                 continue
-            job += _run_batch(study, space, launcher, trials, job, rate)
+            job += _run_batch(study, plan.space, launcher, trials, job, plan.rate)
             held, _ = studies.counted(study, grace_s)
-    best = _write_results(study, sweep_dir, name, shown)
-    if best is not None:
-        figures = _draw(study, sweep_dir)
-        note.write(sweep_dir, name, shown, first_held, n_trials, best=best, figures=figures)
 
 
 def study_name(overrides: Sequence[str]) -> str:
