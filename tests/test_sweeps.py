@@ -505,18 +505,18 @@ def test_parallel_workers_get_their_share_of_the_cores(monkeypatch) -> None:
     from omegaconf import OmegaConf
 
     from experiments import process
-    from experiments.sweeps import callback
+    from experiments.sweeps import launching
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    callback._share_cores(OmegaConf.create({"n_jobs": 2}))
+    launching.share_cores(OmegaConf.create({"n_jobs": 2}))
     assert os.environ["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
     process.restore_env()  # as the sweep's end does
     assert "OMP_NUM_THREADS" not in os.environ
     monkeypatch.setenv("OMP_NUM_THREADS", "7")  # the user's choice wins
-    callback._share_cores(OmegaConf.create({"n_jobs": 2}))
+    launching.share_cores(OmegaConf.create({"n_jobs": 2}))
     process.restore_env()
     assert os.environ["OMP_NUM_THREADS"] == "7"
-    callback._share_cores(OmegaConf.create({"timeout_min": 5}))  # not a worker pool: untouched
+    launching.share_cores(OmegaConf.create({"timeout_min": 5}))  # not a worker pool: untouched
     assert os.environ["OMP_NUM_THREADS"] == "7"
 
 

@@ -5,7 +5,10 @@
 - ``parent``: what the sweep shares with its jobs through its directory (the parent run, the
   keys it varies, whether it was stopped), and how a job's run is named.
 - ``outcomes``: what became of each job (``outcome.json`` in its directory).
-- ``summary``: the table of jobs, the best one, where to review the sweep.
+- ``summary``: the summary printed at the end: the table of jobs, the best one, where to
+  review the sweep.
+- ``launching``: what the launcher decides for the jobs before they start (each parallel
+  worker's share of the cores; a SQLite store that a cluster's nodes would share).
 - ``stopping``: closing what jobs left open, after a signal or a dead process.
 - ``resume``: ``skip_existing`` decided in the launching process, for a launcher that
   submits jobs elsewhere (the Slurm launcher queues only the jobs not FINISHED).

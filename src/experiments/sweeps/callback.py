@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -22,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments import process, record, signals, tasks
 from experiments.errors import ConfigError, RunFailure, first_line
-from experiments.names import LAUNCH_FILE, OVERRIDES_FILE, SWEEP_TAG, without_tags
+from experiments.names import LAUNCH_FILE, OVERRIDES_FILE, SWEEP_TAG
 from experiments.record import uris
 from experiments.record.client import RecorderGone
 from experiments.record.recorder import MAX_TAG_LENGTH
@@ -36,6 +35,7 @@ from experiments.runner import (
     store_of,
 )
 from experiments.runner.identity import extra_tags
+from experiments.sweeps import launching
 from experiments.sweeps.outcomes import Outcome, counts_line, read_outcomes
 from experiments.sweeps.parent import PARENT_FILE, SWEPT_FILE, sweep_name, swept_keys
 from experiments.sweeps.search import note as search_note
@@ -44,9 +44,8 @@ from experiments.sweeps.summary import (
     BEST_RUN_TAG,
     best_metric,
     best_outcome,
-    number,
     review_line,
-    summary_table,
+    sweep_summary,
 )
 
 log = logging.getLogger(__name__)
@@ -149,9 +148,9 @@ def start(config: DictConfig) -> str | None:
         signals.raise_deferred()
         # What a rerun of the sweep starts from (python -m experiments.rerun PARENT).
         recording.recorder.log_text(OmegaConf.to_yaml(overrides), OVERRIDES_FILE)
-        launching = launch_overrides(hydra_cfg.overrides.hydra)
-        if launching:
-            recording.recorder.log_text(OmegaConf.to_yaml(launching), LAUNCH_FILE)
+        how = launch_overrides(hydra_cfg.overrides.hydra)
+        if how:
+            recording.recorder.log_text(OmegaConf.to_yaml(how), LAUNCH_FILE)
         prepare(config.task.name)  # the jobs' start-up, while the store opens
         # Where the sweep was launched, as each job records where it ran: the parent uses
         # no device (its jobs name theirs); git's answers were found just above.
@@ -161,48 +160,13 @@ def start(config: DictConfig) -> str | None:
         if recording.discarded:  # no parent run exists: nothing to close
             _active.pop()
         raise
-    _share_cores(hydra_cfg.launcher)
-    _warn_sqlite_on_a_cluster(hydra_cfg.launcher, header.tracking_uri, tracking.offline)
+    launching.share_cores(hydra_cfg.launcher)
+    launching.warn_sqlite_on_a_cluster(hydra_cfg.launcher, header.tracking_uri, tracking.offline)
     swept = swept_keys(overrides, hydra_cfg.sweeper.get("params"))
     Path(directory, SWEPT_FILE).write_text(json.dumps(swept), encoding="utf-8")
     if recording.run_id is not None:
         Path(directory, PARENT_FILE).write_text(recording.run_id, encoding="utf-8")
     return recording.run_id
-
-
-def _warn_sqlite_on_a_cluster(launcher: DictConfig, tracking_uri: str, offline: bool) -> None:
-    """Say once that a SQLite store is no place for jobs on several nodes.
-
-    SQLite's own documentation: its locking is unreliable on a network filesystem, which is
-    where a Slurm sweep's jobs on several nodes would reach the file.
-    """
-    target = str(launcher.get("_target_", ""))
-    if offline or not target.endswith("SlurmLauncher"):
-        return
-    path = uris.sqlite_path(tracking_uri)
-    if path is None:
-        return
-    log.warning(
-        "the tracking store %s is a SQLite file, which jobs on several nodes reach over a "
-        "shared filesystem, where SQLite's locking is not reliable: use a tracking server "
-        "(docs/team.md), or tracking.offline=true and python -m experiments.sync afterwards",
-        tracking_uri,
-    )
-
-
-def _share_cores(launcher: DictConfig) -> None:
-    """Give each parallel worker its share of the cores, unless the user chose already.
-
-    Every torch process otherwise starts one thread per core: n workers on n cores then
-    fight over them, and OpenMP's spinning threads make the sweep slower than running its
-    jobs one after another. Workers start after this, so they inherit the setting.
-    """
-    workers = launcher.get("n_jobs") if "n_jobs" in launcher else None
-    if workers is None or "OMP_NUM_THREADS" in os.environ:
-        return
-    cores = os.cpu_count() or 1
-    workers = cores if workers < 1 else workers  # joblib's -1: one worker per core
-    process.set_env("OMP_NUM_THREADS", str(max(1, cores // workers)))  # until the sweep ends
 
 
 def finish(interrupted: bool = False, error: str | None = None) -> list[Outcome]:
@@ -225,7 +189,8 @@ def finish(interrupted: bool = False, error: str | None = None) -> list[Outcome]
     outcomes = read_outcomes(sweep.directory)
     searched = search_note.read(sweep.directory)
     best = best_outcome(outcomes) if sweep.objective is not None else None
-    summary = _summary(sweep, outcomes, best, searched)
+    searched_line = search_note.line(searched) if searched is not None else None
+    summary = sweep_summary(sweep.name, sweep.objective, outcomes, best, searched_line)
     if any(outcome.run_id is not None for outcome in outcomes) and not interrupted:
         _report(sweep)  # (no job recorded a run: nothing to compare)
     if outcomes or searched:
@@ -265,26 +230,6 @@ def _reason(outcomes: list[Outcome], error: str | None, nothing_to_run: bool) ->
     if failed:
         return f"{len(failed)} of {len(outcomes)} jobs failed: {failed[0].reason}"
     return error or (None if outcomes or nothing_to_run else "no job ran")
-
-
-def _summary(
-    sweep: _Sweep,
-    outcomes: list[Outcome],
-    best: Optional[Outcome],
-    searched: Optional[dict[str, Any]] = None,
-) -> str:
-    """The summary printed at the end: counts, the table of jobs, the best objective, and a
-    search's study."""
-    table = summary_table(outcomes, sweep.objective) if outcomes else "(no job to run)"
-    summary = f"Sweep {sweep.name!r}: {counts_line(outcomes)}\n{table}"
-    if searched is not None:
-        summary += f"\n{search_note.line(searched)}"
-    if best is not None and best.objective is not None:
-        summary += (
-            f"\nbest {sweep.objective}: {number(best.objective)} (job {best.job}: "
-            f"{' '.join(without_tags(best.overrides))}), run {best.run_id}"
-        )
-    return summary
 
 
 def _record_summary(

@@ -8,7 +8,7 @@ from typing import Optional
 
 from experiments.names import without_tags
 from experiments.record import uris
-from experiments.sweeps.outcomes import Outcome
+from experiments.sweeps.outcomes import Outcome, counts_line
 
 BEST_RUN_TAG = "best_run"  # the parent's tag: the run that reached the best objective
 
@@ -67,3 +67,24 @@ def summary_table(outcomes: list[Outcome], objective: Optional[str] = None) -> s
 
 def number(value: float) -> str:
     return f"{value:.6g}" if math.isfinite(value) else str(value)
+
+
+def sweep_summary(
+    name: str,
+    objective: Optional[str],
+    outcomes: list[Outcome],
+    best: Optional[Outcome],
+    searched: Optional[str] = None,
+) -> str:
+    """The summary printed at the end of a sweep: counts, the table of jobs, a search's
+    study (its line, ``searched``), and the best objective."""
+    table = summary_table(outcomes, objective) if outcomes else "(no job to run)"
+    summary = f"Sweep {name!r}: {counts_line(outcomes)}\n{table}"
+    if searched is not None:
+        summary += f"\n{searched}"
+    if best is not None and best.objective is not None:
+        summary += (
+            f"\nbest {objective}: {number(best.objective)} (job {best.job}: "
+            f"{' '.join(without_tags(best.overrides))}), run {best.run_id}"
+        )
+    return summary
