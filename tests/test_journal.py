@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -184,6 +185,18 @@ def test_journals_are_locked_as_nfs_allows(tmp_path, monkeypatch) -> None:
     assert journal.held(path) is False
 
 
+def held_elsewhere(path: Path) -> subprocess.CompletedProcess:
+    """Ask another process, locking as NFS does (byte-range locks), whether ``path`` is held;
+    it prints True or False."""
+    probe = (
+        "import fcntl, sys\n"
+        "from experiments.record import journal\n"
+        "journal._lock = fcntl.lockf\n"
+        "print(journal.held(sys.argv[1]))\n"
+    )
+    return subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True)
+
+
 def test_a_process_never_probes_the_journal_it_writes(tmp_path, monkeypatch) -> None:
     # With byte-range locks, closing any descriptor of a file drops the process's lock on it.
     import fcntl
@@ -192,13 +205,7 @@ def test_a_process_never_probes_the_journal_it_writes(tmp_path, monkeypatch) -> 
     path = tmp_path / journal.NAME
     writer = Writer(path, header())
     assert journal.held(path) is True
-    probe = (
-        "import fcntl, sys\n"
-        "from experiments.record import journal\n"
-        "journal._lock = fcntl.lockf\n"
-        "print(journal.held(sys.argv[1]))\n"
-    )
-    other = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True)
+    other = held_elsewhere(path)
     assert other.stdout.strip() == "True", other.stderr  # the lock is still there
     writer.close()
     assert journal.held(path) is False
@@ -221,13 +228,7 @@ def test_a_sweep_job_reads_its_parents_journal_without_dropping_its_lock(
     assert journal.read_header(path) == writer.header
     assert [r["type"] for r in journal.records(path)] == ["header", "tags"]
     assert journal.last_record(path)["type"] == "tags" and not journal.ended(path)
-    probe = (
-        "import fcntl, sys\n"
-        "from experiments.record import journal\n"
-        "journal._lock = fcntl.lockf\n"
-        "print(journal.held(sys.argv[1]))\n"
-    )
-    other = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True)
+    other = held_elsewhere(path)
     assert other.stdout.strip() == "True", other.stderr  # the parent's run is still held
     writer.append({"type": "end", "status": "FINISHED", "error": None})
     assert journal.ended(path)

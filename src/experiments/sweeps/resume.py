@@ -30,7 +30,8 @@ from experiments.errors import ConfigError, RunFailure, first_line
 from experiments.record.client import RecorderGone
 from experiments.runner import live_settings, store_of
 from experiments.runner.identity import config_hash
-from experiments.sweeps import callback, outcomes
+from experiments.sweeps import callback
+from experiments.sweeps.outcomes import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,8 @@ def already_finished(
         master: the sweep's config, as the launcher holds it.
         job_overrides: the batch's jobs, numbered from ``first_index``.
     """
-    if not callback.active():
-        return {}
+    if not callback.active() or not _asks_to_skip(master, job_overrides):
+        return {}  # nothing composed: a sweep that does not skip pays nothing here
     jobs = [
         job
         for index, overrides in enumerate(job_overrides, start=first_index)
@@ -107,6 +108,18 @@ def finished_runs(
         for identity in dict.fromkeys(hashes)
     }
     return {"found": {identity: run for identity, run in answers.items() if run is not None}}
+
+
+def _asks_to_skip(master: DictConfig, job_overrides: Sequence[Sequence[str]]) -> bool:
+    """Whether any job may ask for ``skip_existing``: set for the sweep (its command line or
+    a preset), or by a job's own overrides."""
+    if master.get("skip_existing"):
+        return True
+    return any(
+        item.split("=", 1)[0].lstrip("+~") == "skip_existing"
+        for overrides in job_overrides
+        for item in overrides
+    )
 
 
 def _planned(loader: Any, master: DictConfig, index: int, overrides: list[str]) -> Optional[_Job]:
@@ -178,9 +191,9 @@ def _ask(group: list[_Job], experiment: str, key: Optional[str]) -> dict[str, An
 def _mark_skipped(job: _Job, skipped: Skipped) -> None:
     """The job's outcome, as the job itself would have left it, and its log line."""
     job.output_dir.mkdir(parents=True, exist_ok=True)
-    outcome = outcomes.started(job.index, job.overrides, job.output_dir)
-    outcome.status, outcome.run_id, outcome.objective = "SKIPPED", skipped.run_id, skipped.objective
-    outcome.write(job.output_dir)
+    Outcome(job.index, job.overrides, "SKIPPED", skipped.run_id, skipped.objective).write(
+        job.output_dir
+    )
     log.info(
         "job %d skipped: this config already FINISHED as run %s (not submitted)",
         job.index,
