@@ -147,7 +147,7 @@ def test_a_sweeps_job_whose_pid_was_reused_is_gone_and_never_signalled(tmp_path)
 def test_a_run_closed_as_lost_that_then_finishes_keeps_no_lost_reason(workdir, client) -> None:
     from tests.test_faults import start_cli, wait_for_points
 
-    running = start_cli(["task.steps=60000", "optim.lr=1e-7", "tracking.log_every=100"], workdir)
+    running = start_cli(["task.steps=12000", "optim.lr=1e-7", "tracking.log_every=100"], workdir)
     try:
         wait_for_points(workdir / "outputs", 20)
         (run,) = runs_of(client, "minimize")

@@ -77,8 +77,8 @@ def test_one_recording_process_serves_every_run_of_a_sweep(workdir) -> None:
 @pytest.mark.usefixtures("store_uri")  # an empty store here: its making is not the point
 @pytest.mark.slow
 def test_a_run_outlives_its_recording_process(workdir) -> None:
-    process = start_cli(["task.steps=30000", "optim.lr=1e-7"], workdir)
-    (path,) = wait_for_points(workdir / "outputs", 2000)
+    process = start_cli(["task.steps=10000", "optim.lr=1e-7"], workdir)
+    (path,) = wait_for_points(workdir / "outputs", 1000)
     recorder = children(process.pid, "experiments.record.service")
     assert len(recorder) == 1
     os.kill(recorder[0], signal.SIGKILL)
@@ -93,7 +93,7 @@ def test_a_run_outlives_its_recording_process(workdir) -> None:
     (run,) = runs_of(client, "minimize")
     assert run.info.status == "FINISHED"
     history = client.get_metric_history(run.info.run_id, "objective/loss")
-    assert len(history) == loss_points(path) == 30001
+    assert len(history) == loss_points(path) == 10001
 
 
 @pytest.mark.usefixtures("store_uri")  # an empty store here: its making is not the point
@@ -103,8 +103,8 @@ def test_a_recording_process_that_stops_answering_is_ended_within_the_runs_bound
 ) -> None:
     # A short bound: no retries, a second per store call, 15 s for the process itself.
     settings = ["tracking.retry_s=0", "tracking.timeout_s=1", "tracking.recorder_wait_s=15"]
-    process = start_cli(["task.steps=30000", "optim.lr=1e-7", *settings], workdir)
-    (path,) = wait_for_points(workdir / "outputs", 2000)
+    process = start_cli(["task.steps=10000", "optim.lr=1e-7", *settings], workdir)
+    (path,) = wait_for_points(workdir / "outputs", 1000)
     (recorder,) = children(process.pid, "experiments.record.service")
     os.kill(recorder, signal.SIGSTOP)  # alive and silent (a debugger, a frozen cgroup)
     stopped = time.monotonic()
@@ -139,7 +139,7 @@ def test_a_recording_process_that_stops_answering_is_ended_within_the_runs_bound
     run = client.get_run(run.info.run_id)
     assert run.info.status == "FINISHED"
     history = client.get_metric_history(run.info.run_id, "objective/loss")
-    assert len(history) == loss_points(path) == 30001
+    assert len(history) == loss_points(path) == 10001
 
 
 def recording_process(pid: int) -> bool:

@@ -37,6 +37,18 @@ def rerun(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subproces
     return run_cli(list(args), cwd, env, module="experiments.rerun")
 
 
+def rerun_here(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture, where: Path, *args: str
+) -> tuple[int, str]:
+    """The rerun command called in this process from ``where`` (its default store): its exit
+    status and what it printed. The rerun itself is still a real ``python -m experiments``.
+    For tests about the verdict, not the command's own process start."""
+    monkeypatch.chdir(where)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    status = rerun_command.main(list(args))
+    return status, capfd.readouterr().out
+
+
 def artifact(client: MlflowClient, run_id: str, name: str, scratch: Path) -> str:
     return Path(client.download_artifacts(run_id, name, str(scratch))).read_text()
 
@@ -370,11 +382,11 @@ def test_a_minimize_rerun_is_bit_identical_and_says_so(original, tmp_path) -> No
 
 
 @pytest.mark.slow
-def test_a_rerun_with_more_steps_differs_only_there(original, tmp_path) -> None:
+def test_a_rerun_with_more_steps_differs_only_there(original, monkeypatch, capfd) -> None:
     where, run_id = original
-    done = rerun(where, run_id, "task.steps=30")
-    assert done.returncode == rerun_command.NOT_REPRODUCED_STATUS, done.stderr[-2000:]
-    lines = done.stdout.splitlines()
+    status, out = rerun_here(monkeypatch, capfd, where, run_id, "task.steps=30")
+    assert status == rerun_command.NOT_REPRODUCED_STATUS, out
+    lines = out.splitlines()
     assert "settings     task.steps: 20 -> 30 (override)" in lines
     assert not any(line.startswith(" " * 13 + "task.") for line in lines)  # nothing else
     verdict = next(line for line in lines if line.startswith("verdict: "))
@@ -383,13 +395,13 @@ def test_a_rerun_with_more_steps_differs_only_there(original, tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_a_repeated_rerun_judges_over_all_its_reruns(original, capsys) -> None:
+def test_a_repeated_rerun_judges_over_all_its_reruns(original, monkeypatch, capfd) -> None:
     where, run_id = original
     client = MlflowClient(f"sqlite:///{where / 'mlflow.db'}")
     before = {run.info.run_id for run in runs_of(client, "minimize")}
-    done = rerun(where, run_id, "--repeat", "2")
-    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
-    lines = done.stdout.splitlines()
+    status, out = rerun_here(monkeypatch, capfd, where, run_id, "--repeat", "2")
+    assert status == 0, out
+    lines = out.splitlines()
     assert any(line.startswith(f"2 reruns of {run_id} (") for line in lines), lines
     assert "verdict: reproduced" in lines
     new = [run for run in runs_of(client, "minimize") if run.info.run_id not in before]
@@ -402,7 +414,7 @@ def test_a_repeated_rerun_judges_over_all_its_reruns(original, capsys) -> None:
         rerun_command.main([run_id, "--repeat", "0"])
     assert refused.value.code == 2
     assert "argument --repeat: must be a whole number of at least 1, got '0'" in (
-        capsys.readouterr().err
+        capfd.readouterr().err
     )
 
 
@@ -439,20 +451,20 @@ def recorded_before(client: MlflowClient, run_id: str, era: str, scratch: Path) 
 @pytest.mark.slow
 @pytest.mark.parametrize("era", ["result", "bare"])
 def test_a_run_recorded_before_objective_names_is_reproduced_by_its_rerun(
-    original, tmp_path, era
+    original, tmp_path, era, monkeypatch, capfd
 ) -> None:
     where, run_id = original
     client = MlflowClient(f"sqlite:///{where / 'mlflow.db'}")
     old = recorded_before(client, run_id, era, tmp_path)
     assert names.objective("loss") not in client.get_run(old).data.metrics
-    done = rerun(where, old)
-    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
-    assert "verdict: reproduced" in done.stdout
+    status, out = rerun_here(monkeypatch, capfd, where, old)
+    assert status == 0, out
+    assert "verdict: reproduced" in out
     # the rerun records objective/loss; its verdict pairs it with the old run's name for it
     (new,) = [r for r in runs_of(client, "minimize") if r.data.tags.get(RERUN_OF_TAG) == old]
     assert names.objective("loss") in new.data.metrics
     compared = [key for key in new.data.metrics if not key.startswith("time/")]
-    assert f"results      bit-for-bit equal: {len(compared)} metrics" in done.stdout
+    assert f"results      bit-for-bit equal: {len(compared)} metrics" in out
 
 
 @pytest.mark.slow

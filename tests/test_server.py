@@ -128,7 +128,8 @@ def test_a_server_gone_past_the_retry_window_keeps_the_run_for_sync(stoppable, w
 
 
 def test_a_sweep_goes_on_when_the_server_goes_and_sync_completes_it(stoppable, workdir) -> None:
-    args = ["-m", "task.steps=10000,10001,10002", "tracking.log_every=10"]
+    # Job 0 short; jobs 1 and 2 long enough to start and run on after the server went.
+    args = ["-m", "task.steps=1000,5001,5002", "tracking.log_every=10"]
     args += ["tracking.retry_s=2", "tracking.experiment=swept"]
     process = start_cli(args, workdir, {"MLFLOW_TRACKING_URI": stoppable.uri})
     deadline = time.monotonic() + 120
@@ -157,7 +158,7 @@ def test_a_sweep_goes_on_when_the_server_goes_and_sync_completes_it(stoppable, w
     (parent,) = [run for run in runs if run.data.tags.get("sweep") == "true"]
     jobs = [run for run in runs if run is not parent]
     assert parent.info.status == "FINISHED"
-    assert sorted(run.data.params["task.steps"] for run in jobs) == ["10000", "10001", "10002"]
+    assert sorted(run.data.params["task.steps"] for run in jobs) == ["1000", "5001", "5002"]
     assert {run.data.tags["mlflow.parentRunId"] for run in jobs} == {parent.info.run_id}
     assert {run.info.status for run in jobs} == {"FINISHED"}
     assert [len(client.get_metric_history(run.info.run_id, "objective/loss")) for run in jobs] == [

@@ -70,6 +70,11 @@ NOISY_SPREAD = 0.10  # IQR / median above which a measurement is flagged; ~1 s o
 # an idle machine stays under 5%
 
 
+def prepare() -> None:
+    """What this task's start-up imports (torch's benchmark timer), done while the store opens."""
+    import torch.utils.benchmark  # noqa: F401
+
+
 def resolved_params(cfg: MatmulConfig) -> dict[str, int]:
     """The shape and thread count a run uses, whichever settings gave them (its params)."""
     m, k, n = cfg.shape()
