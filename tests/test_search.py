@@ -355,9 +355,9 @@ def test_a_bad_study_storage_in_the_environment_is_named_in_one_line(
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_a_search_killed_mid_trial_is_completed_by_its_rerun(workdir, signum) -> None:
     named = ["-m", "experiment=lr_search", "hydra.sweeper.study_name=s", "hydra.sweeper.n_trials=3"]
-    # Every trial runs all its 5000 steps (no tol), a few seconds: the first completes, and
-    # the search is stopped a few steps into the second, well before its end.
-    search = start_cli([*named, "task.steps=5000", "task.tol=null"], workdir)
+    # Every trial runs all its 2000 steps (no tol), a second or more: the first completes,
+    # and the search is stopped a few steps into the second, well before its end.
+    search = start_cli([*named, "task.steps=2000", "task.tol=null"], workdir)
     wait_for_points(workdir / "outputs", 1, "multirun/*/*/1/journal.jsonl")
     search.send_signal(signum)
     search.communicate(timeout=60)
