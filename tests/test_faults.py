@@ -380,3 +380,33 @@ def test_a_signal_the_process_ignores_stays_ignored_while_a_run_is_handled() -> 
     finally:
         for signum, handler in before.items():
             signal.signal(signum, handler)
+
+
+def test_a_signal_whose_interrupt_python_dropped_is_raised_again(monkeypatch) -> None:
+    # A SIGTERM whose handler runs inside a weakref callback (as an import's module-lock
+    # clean-up is): Python prints the Interrupted as "Exception ignored" and drops it, and
+    # the run went on to end FINISHED, exit 0. The run's end raises it again.
+    import weakref
+
+    from experiments import signals
+
+    dropped = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda info: dropped.append(info.exc_value))
+
+    class Held:
+        pass
+
+    def terminate(_: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)  # the handler runs here, inside the callback
+
+    with signals.handling():
+        held = Held()
+        reference = weakref.ref(held, terminate)
+        del held  # the callback runs, the signal comes, its Interrupted is dropped
+        assert reference() is None
+        assert [type(error) for error in dropped] == [signals.Interrupted]
+        with pytest.raises(signals.Interrupted) as raised:
+            signals.raise_swallowed()
+    assert raised.value.reason == "terminated (SIGTERM)"
+    assert raised.value.exit_status == 143

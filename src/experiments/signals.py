@@ -115,6 +115,19 @@ def raise_deferred() -> None:
         raise Interrupted(*_State.received)
 
 
+def raise_swallowed() -> None:
+    """Raise :class:`Interrupted` again for a signal whose first one never got through.
+
+    Python runs a signal's handler between two bytecodes of the main thread wherever it is,
+    also inside a weakref callback or a ``__del__`` (an import's module-lock clean-up is
+    one), where an exception is printed as "Exception ignored" and dropped. A run that gets
+    to its end with a signal received and raised lost it that way: it ends as the signal
+    asked, not FINISHED.
+    """
+    if _State.received is not None and _State.raised and _State.depth:
+        raise Interrupted(*_State.received)
+
+
 def stop_reason(error: BaseException) -> Optional[str]:
     """The reason a run ended KILLED when ``error`` ends it; None when it is a failure."""
     if isinstance(error, Interrupted):

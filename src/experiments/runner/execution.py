@@ -177,6 +177,7 @@ def execute(
             if skipped is not None:
                 return skipped
             objective = _run_task(planned, recording.recorder, started)
+            signals.raise_swallowed()
             end.status = "FINISHED"
         except BaseException as failure:
             end.failed(failure)
