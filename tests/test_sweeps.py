@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import stat
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from hydra.experimental.callback import Callback
 from mlflow import MlflowClient
 
 from experiments import config
@@ -562,3 +565,46 @@ def test_an_interrupted_sweep_waits_for_its_jobs_as_long_as_its_setting_says(
     assert warning == (
         "job 0 still closing after 3 s (tracking.stop_wait_s + 2 s): left to end alone"
     )
+
+
+class SigtermDroppedAfterJob(Callback):
+    """In the launching process, once job ``after`` has ended: a SIGTERM whose handler runs
+    inside a weakref callback, where Python prints its Interrupted and drops it."""
+
+    def __init__(self, after: int) -> None:
+        self.after, self.ended = after, 0
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        self.ended += 1
+        if self.ended != self.after:
+            return
+
+        class Held:
+            pass
+
+        def terminate(_: object) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)  # the handler runs here, inside the callback
+
+        held = Held()
+        reference = weakref.ref(held, terminate)
+        del held
+        assert reference() is None
+
+
+def test_a_signal_python_dropped_after_the_last_job_ends_the_sweep_killed(
+    monkeypatch, capfd, store_uri, client
+) -> None:
+    dropped = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda info: dropped.append(info.exc_value))
+    drop = "+hydra.callbacks.drop"
+    args = ["task.steps=3,4", f"{drop}._target_={__name__}.SigtermDroppedAfterJob"]
+    status = sweep(monkeypatch, store_uri, [*args, f"{drop}.after=2"])
+    err = capfd.readouterr().err
+    assert [type(error).__name__ for error in dropped] == ["Interrupted"]  # it was dropped
+    assert status == 143, err
+    assert "error: terminated (SIGTERM)" in err
+    parent, jobs = split(runs_of(client, "minimize"))
+    assert parent.info.status == "KILLED"  # not FINISHED: the user's SIGTERM is kept
+    assert_children_of(parent, jobs)  # both had ended before it came
+    assert len(jobs) == 2

@@ -94,6 +94,10 @@ class SweepCallback(Callback):
         start(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        # A signal whose Interrupted Python dropped after the last job (signals.raise_swallowed)
+        # is raised here, past Hydra (it passes KeyboardInterrupt on): the command then closes
+        # the sweep KILLED, as for any other signal.
+        signals.raise_swallowed()
         finish()
 
 
