@@ -197,6 +197,9 @@ def test_sweep_runs_every_job_and_exits_non_zero_when_one_fails(workdir) -> None
         ("torch.optim.SGD", "50.0", "FAILED"),
     ]
     assert len(list((workdir / "outputs" / "multirun").glob("*/*/*/.hydra"))) == 4
+    # The parent keeps the table it printed.
+    summary = client.download_artifacts(parent.info.run_id, "summary.txt", str(workdir))
+    assert "4 jobs: 3 finished, 1 failed" in Path(summary).read_text()
 
 
 @pytest.mark.slow

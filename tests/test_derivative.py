@@ -24,7 +24,8 @@ from experiments.tasks.derivative import autograd
 from experiments.tasks.derivative import task as derivative
 from experiments.tasks.derivative.task import DerivativeConfig
 from experiments.tasks.expressions import FUNCTIONS, Call, parse
-from tests.conftest import CONF_DIR, compose_config, run_cli, runs_of
+from tests.conftest import CONF_DIR, compose_config, runs_of
+from tests.test_sweeps import sweep
 
 PRESETS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("derivative_*.yaml"))
 PARTIAL = "x**2*y + 3*x*y**5 + x**3"  # the tutorial's z
@@ -342,9 +343,9 @@ def test_a_non_finite_point_fails_the_run_with_the_reason(store_uri, client, tmp
 
 
 @pytest.mark.slow
-def test_the_command_line_sweeps_over_points(workdir: Path, store_uri, client) -> None:
-    result = run_cli(["-m", "task=derivative", "task.at.x=1,2,3", "device=cpu"], cwd=workdir)
-    assert result.returncode == 0, result.stderr
+def test_the_command_line_sweeps_over_points(monkeypatch, store_uri, client) -> None:
+    status = sweep(monkeypatch, store_uri, ["task=derivative", "task.at.x=1,2,3", "device=cpu"])
+    assert status == 0
     runs = [run for run in runs_of(client, "derivative") if "result/df_dx" in run.data.metrics]
     assert sorted(run.data.metrics["result/df_dx"] for run in runs) == [2.0, 4.0, 6.0]
     assert all(run.info.status == "FINISHED" for run in runs)

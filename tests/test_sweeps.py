@@ -136,23 +136,6 @@ def test_sweep_in_process_groups_jobs_under_a_finished_parent(
     assert f"http://127.0.0.1:5000/{page}" in out
 
 
-@pytest.mark.usefixtures("store_uri")  # an empty store here: its making is not the point
-@pytest.mark.slow
-def test_sweep_as_a_subprocess_groups_jobs_under_a_finished_parent(workdir, tmp_path) -> None:
-    result = run_cli(["-m", "task.steps=3,4"], cwd=workdir)
-    assert result.returncode == 0, result.stderr
-    assert "Sweep 'sweep task.steps=3,4': 2 jobs: 2 finished" in result.stdout
-    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
-    parent, jobs = split(runs_of(client, "minimize"))
-    assert parent.info.status == "FINISHED"
-    assert_children_of(parent, jobs)
-    assert len(jobs) == 2
-    assert set(table_rows(summary_of(client, parent, tmp_path))) == {
-        "task.steps=3",
-        "task.steps=4",
-    }
-
-
 @pytest.mark.slow
 def test_joblib_workers_on_a_fresh_store(workdir) -> None:
     # Two workers open a store that does not exist yet, and tracking.experiment is swept
@@ -416,17 +399,20 @@ def _fake_slurm(directory: Path) -> Path:
     return directory
 
 
-@pytest.mark.usefixtures("store_uri")  # an empty store here: its making is not the point
-@pytest.mark.slow
-def test_slurm_preset_submits_what_it_documents(workdir) -> None:
-    # No cluster here: a stand-in sbatch records the job script submitit wrote, then refuses.
+def fake_slurm_here(monkeypatch: pytest.MonkeyPatch, workdir: Path, script: Path) -> None:
+    """This process's submitit finds the stand-in ``sbatch``, which keeps ``script``."""
     bin_dir = _fake_slurm(workdir / "fake-slurm")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SBATCH_SCRIPT_COPY", str(script))
+
+
+def test_slurm_preset_submits_what_it_documents(monkeypatch, capfd, workdir, store_uri) -> None:
+    # No cluster here: a stand-in sbatch records the job script submitit wrote, then refuses.
     script = workdir / "job.sh"
-    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SBATCH_SCRIPT_COPY": str(script)}
-    args = ["-m", "experiment=slurm", "task=matmul", "device=cuda", "task.size=1024,4096"]
-    result = run_cli(args, cwd=workdir, env=env)
-    assert result.returncode == 1
-    assert "sbatch: error: no cluster" in result.stderr
+    fake_slurm_here(monkeypatch, workdir, script)
+    args = ["experiment=slurm", "task=matmul", "device=cuda", "task.size=1024,4096"]
+    assert sweep(monkeypatch, store_uri, args) == 1
+    assert "sbatch: error: no cluster" in capfd.readouterr().err
     directives = set(re.findall(r"^#SBATCH (\S+)$", script.read_text(), flags=re.M))
     assert {
         "--array=0-1%2",  # both sizes, at most array_parallelism at once
@@ -444,16 +430,15 @@ def test_slurm_preset_submits_what_it_documents(workdir) -> None:
     assert parent.info.status == "FAILED"  # never left RUNNING
 
 
-@pytest.mark.usefixtures("store_uri")  # an empty store here: its making is not the point
-@pytest.mark.slow
-def test_slurm_preset_asks_each_job_of_a_device_sweep_for_its_own_gpus(workdir) -> None:
+def test_slurm_preset_asks_each_job_of_a_device_sweep_for_its_own_gpus(
+    monkeypatch, capfd, workdir, store_uri
+) -> None:
     # The stand-in refuses the first array: the cuda:1 job's, asking for its two GPUs.
-    bin_dir = _fake_slurm(workdir / "fake-slurm")
     script = workdir / "job.sh"
-    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SBATCH_SCRIPT_COPY": str(script)}
-    result = run_cli(["-m", "experiment=slurm", "device=cuda:1,cpu", "task.steps=5"], workdir, env)
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == (
+    fake_slurm_here(monkeypatch, workdir, script)
+    args = ["experiment=slurm", "device=cuda:1,cpu", "task.steps=5"]
+    assert sweep(monkeypatch, store_uri, args) == 1
+    assert capfd.readouterr().err.strip().splitlines()[-1] == (
         "error: Slurm refused the array of job 0 (gpus_per_node=2): sbatch: error: no cluster"
     )
     assert "#SBATCH --gpus-per-node=2\n" in script.read_text()
@@ -469,14 +454,13 @@ def test_slurm_preset_asks_for_the_gpus_the_device_needs(device, gpus) -> None:
     assert (launcher.cpus_per_task, launcher.mem_gb, launcher.timeout_min) == (8, 32, 30)
 
 
-@pytest.mark.usefixtures("store_uri")  # an empty store here: its making is not the point
-@pytest.mark.slow
-def test_slurm_preset_with_a_bad_device_is_one_line_and_leaves_nothing_running(workdir) -> None:
-    bin_dir = _fake_slurm(workdir / "fake-slurm")
-    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SBATCH_SCRIPT_COPY": "/dev/null"}
-    result = run_cli(["-m", "experiment=slurm", "device=gpu", "task.steps=5,6"], workdir, env)
-    assert result.returncode == 1
-    lines = [line for line in result.stderr.splitlines() if "mlflow.store.db" not in line]
+def test_slurm_preset_with_a_bad_device_is_one_line_and_leaves_nothing_running(
+    monkeypatch, capfd, workdir, store_uri
+) -> None:
+    fake_slurm_here(monkeypatch, workdir, Path(os.devnull))
+    args = ["experiment=slurm", "device=gpu", "task.steps=5,6"]
+    assert sweep(monkeypatch, store_uri, args) == 1
+    lines = capfd.readouterr().err.splitlines()
     assert lines == ["error: device must be one of auto, cpu, cuda, cuda:N or mps, got 'gpu'"]
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
     assert [run.info.status for run in all_runs(client)] == ["FAILED"]  # the parent, closed
