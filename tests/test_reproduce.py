@@ -188,6 +188,42 @@ def test_precision_and_determinism_are_settings_each_run_applies(store_uri, clie
     )
 
 
+DETERMINISM_IN_A_FRESH_PROCESS = """
+import json, sys, torch
+from experiments.runner import execution
+
+def state():
+    compiler = sys.modules.get("torch._inductor.config")
+    return [
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        None if compiler is None else compiler.deterministic,
+    ]
+
+execution.set_deterministic(False)  # as torch starts: nothing to change
+seen = [state()]
+execution.set_deterministic(True, warn_only=True)
+seen.append(state())
+execution.set_deterministic(False)
+seen.append(state())
+print(json.dumps(seen))
+"""
+
+
+def test_determinism_is_set_only_where_it_changes_and_then_in_the_compiler_too() -> None:
+    # torch.use_deterministic_algorithms imports torch's compiler (some 2 s of CPU) to set
+    # its flag as well: a run that asks for what torch already has does not pay for that.
+    done = subprocess.run(
+        [sys.executable, "-c", DETERMINISM_IN_A_FRESH_PROCESS], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout) == [
+        [False, False, None],  # the compiler was never imported
+        [True, True, True],
+        [False, False, False],  # once it is, both flags change together
+    ]
+
+
 def test_an_unknown_precision_is_refused_naming_the_key(store_uri, tmp_path) -> None:
     cfg = compose_config([f"tracking.uri={store_uri}", "float32_matmul_precision=low"])
     with pytest.raises(ConfigError) as refused:

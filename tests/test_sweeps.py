@@ -104,6 +104,23 @@ def test_named_sweeps_compose(preset, task, sweeper, launcher, swept) -> None:
     assert (" ".join(params) if params else None) == swept
 
 
+@pytest.mark.parametrize(
+    ("launcher", "here"),
+    [
+        ([], True),
+        (["experiment=lr_search"], True),
+        (["hydra/launcher=joblib"], False),
+        (["hydra/launcher=submitit_local"], False),
+        (["experiment=slurm"], False),
+    ],
+)
+def test_the_launching_process_prepares_the_jobs_start_only_where_they_run(launcher, here):
+    # Where they run elsewhere, the parent does not import what only a job needs.
+    from experiments.sweeps import launching
+
+    assert launching.runs_jobs_here(hydra_node(launcher).launcher) is here
+
+
 def test_sweep_in_process_groups_jobs_under_a_finished_parent(
     monkeypatch, capfd, store_uri, client, tmp_path
 ) -> None:

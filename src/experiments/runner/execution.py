@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -235,10 +236,14 @@ def plan(
     return Plan(settings, cfg, overrides, task, out, header, tags, skip, in_sweep)
 
 
-def prepare(task_name: str) -> None:
+def prepare(task_name: Optional[str]) -> None:
     """What a task's start-up imports anyway (its ``prepare``), and what is slow to find
-    about where it runs (git, the packages' versions), done while a store opens."""
-    prepare_task = getattr(tasks.find(task_name), "prepare", None)
+    about where it runs (git, the packages' versions), done while a store opens.
+
+    ``task_name`` None: no task runs in this process (a sweep's parent whose launcher starts
+    its jobs in other processes), only where it runs is found.
+    """
+    prepare_task = None if task_name is None else getattr(tasks.find(task_name), "prepare", None)
     if prepare_task is not None:
         prepare_task()
     environment.prepare()
@@ -312,7 +317,23 @@ def apply_torch_settings(settings: config.Config) -> None:
     torch.set_float32_matmul_precision(settings.float32_matmul_precision)
     if settings.deterministic and "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
         process.set_env("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(settings.deterministic)
+    set_deterministic(settings.deterministic)
+
+
+def set_deterministic(mode: bool, warn_only: bool = False) -> None:
+    """``torch.use_deterministic_algorithms``, called only to change what is set.
+
+    The call imports torch's compiler (``torch._inductor``, ``torch._dynamo``: some 2 s of
+    CPU, more than the rest of a run's start-up) to set its flag too; a run does not compile,
+    and its torch starts with the flag off, as a run asks by default. Once that module is
+    loaded, the call is cheap and always made, so the two flags never part.
+    """
+    current = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    if current != (mode, warn_only) or "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
 
 
 @contextmanager
@@ -327,7 +348,7 @@ def torch_settings_kept() -> Iterator[None]:
         yield
     finally:
         torch.set_float32_matmul_precision(precision)
-        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        set_deterministic(deterministic, warn_only=warn_only)
 
 
 def record_environment(

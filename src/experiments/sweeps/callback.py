@@ -155,7 +155,8 @@ def start(config: DictConfig) -> str | None:
         how = launch_overrides(hydra_cfg.overrides.hydra)
         if how:
             recording.recorder.log_text(OmegaConf.to_yaml(how), LAUNCH_FILE)
-        prepare(config.task.name)  # the jobs' start-up, while the store opens
+        # The jobs' start-up, while the store opens, where they run in this process.
+        prepare(config.task.name if launching.runs_jobs_here(hydra_cfg.launcher) else None)
         # Where the sweep was launched, as each job records where it ran: the parent uses
         # no device (its jobs name theirs); git's answers were found just above.
         record_environment(recording.recorder, None)

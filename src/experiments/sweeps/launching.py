@@ -2,6 +2,8 @@
 
 - :func:`share_cores`: each parallel worker's share of the cores (``OMP_NUM_THREADS``), set
   in the launching process for the workers to inherit, undone when the sweep ends.
+- :func:`runs_jobs_here`: whether the jobs run in the launching process (Hydra's basic
+  launcher), which then prepares their start-up while the parent's store opens.
 - :func:`warn_sqlite_on_a_cluster`: said once where the jobs of a Slurm launcher would reach
   a SQLite store over a shared filesystem.
 """
@@ -17,6 +19,12 @@ from experiments import process
 from experiments.record import uris
 
 log = logging.getLogger(__name__)
+
+
+def runs_jobs_here(launcher: DictConfig) -> bool:
+    """Whether the launcher runs the jobs in this process, one after another (Hydra's basic
+    launcher); joblib's workers, submitit's and Slurm's jobs are processes of their own."""
+    return str(launcher.get("_target_", "")).endswith(".BasicLauncher")
 
 
 def warn_sqlite_on_a_cluster(launcher: DictConfig, tracking_uri: str, offline: bool) -> None:
