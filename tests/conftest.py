@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -110,6 +113,26 @@ def hydra_node(overrides: list[str]) -> DictConfig:
             return compose("config", overrides=overrides, return_hydra_config=True).hydra
     finally:
         GlobalHydra.instance().clear()
+
+
+def sigterm_in_a_weakref_callback() -> None:
+    """Send this process SIGTERM from inside a weakref callback, where its handler then runs.
+
+    Python prints an exception raised there as "Exception ignored" and drops it (as it does
+    in an import's module-lock clean-up): what ``signals.raise_swallowed`` is for.
+    """
+
+    class Held:
+        pass
+
+    def terminate(_: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)  # the handler runs here, inside the callback
+
+    held = Held()
+    reference = weakref.ref(held, terminate)
+    del held  # the callback runs now
+    assert reference() is None
 
 
 def runs_of(client: MlflowClient, experiment: str) -> list:

@@ -19,7 +19,7 @@ import pytest
 from mlflow import MlflowClient
 
 from experiments.record import journal
-from tests.conftest import STARTED, runs_of
+from tests.conftest import STARTED, runs_of, sigterm_in_a_weakref_callback
 
 pytestmark = pytest.mark.slow
 
@@ -386,25 +386,12 @@ def test_a_signal_whose_interrupt_python_dropped_is_raised_again(monkeypatch) ->
     # A SIGTERM whose handler runs inside a weakref callback (as an import's module-lock
     # clean-up is): Python prints the Interrupted as "Exception ignored" and drops it, and
     # the run went on to end FINISHED, exit 0. The run's end raises it again.
-    import weakref
-
     from experiments import signals
 
     dropped = []
     monkeypatch.setattr(sys, "unraisablehook", lambda info: dropped.append(info.exc_value))
-
-    class Held:
-        pass
-
-    def terminate(_: object) -> None:
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(0.01)  # the handler runs here, inside the callback
-
     with signals.handling():
-        held = Held()
-        reference = weakref.ref(held, terminate)
-        del held  # the callback runs, the signal comes, its Interrupted is dropped
-        assert reference() is None
+        sigterm_in_a_weakref_callback()
         assert [type(error) for error in dropped] == [signals.Interrupted]
         with pytest.raises(signals.Interrupted) as raised:
             signals.raise_swallowed()

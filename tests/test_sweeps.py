@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import stat
 import sys
 import time
-import weakref
 from pathlib import Path
 
 import pytest
@@ -24,7 +22,14 @@ from mlflow import MlflowClient
 
 from experiments import config
 from experiments.command import app, exits
-from tests.conftest import all_runs, compose_config, hydra_node, run_cli, runs_of
+from tests.conftest import (
+    all_runs,
+    compose_config,
+    hydra_node,
+    run_cli,
+    runs_of,
+    sigterm_in_a_weakref_callback,
+)
 
 PARENT_TAG = "mlflow.parentRunId"
 QUICK_MATMUL = ["task.min_run_time_s=0.05", "task.warmup=1"]
@@ -577,20 +582,8 @@ class SigtermDroppedAfterJob(Callback):
 
     def on_job_end(self, config, job_return, **kwargs) -> None:
         self.ended += 1
-        if self.ended != self.after:
-            return
-
-        class Held:
-            pass
-
-        def terminate(_: object) -> None:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(0.01)  # the handler runs here, inside the callback
-
-        held = Held()
-        reference = weakref.ref(held, terminate)
-        del held
-        assert reference() is None
+        if self.ended == self.after:
+            sigterm_in_a_weakref_callback()
 
 
 def test_a_signal_python_dropped_after_the_last_job_ends_the_sweep_killed(

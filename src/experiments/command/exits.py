@@ -112,8 +112,9 @@ def _call(hydra_main: Callable[[], object]) -> None:
     before = len(sweeps.finished())
     try:
         hydra_main()
-        # A signal whose Interrupted Python dropped between the sweep's jobs or after its
-        # last one (see signals.raise_swallowed): the sweep ends as it asked, not FINISHED.
+        # A signal whose Interrupted Python dropped after the last run had ended (see
+        # signals.raise_swallowed; a sweep's callback looks before it closes the parent):
+        # the command exits as the signal asked.
         signals.raise_swallowed()
     except KeyboardInterrupt as error:
         interrupted, stopped = True, signals.stop_reason(error)

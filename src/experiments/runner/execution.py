@@ -323,10 +323,10 @@ def apply_torch_settings(settings: config.Config) -> None:
 def set_deterministic(mode: bool, warn_only: bool = False) -> None:
     """``torch.use_deterministic_algorithms``, called only to change what is set.
 
-    The call imports torch's compiler (``torch._inductor``, ``torch._dynamo``: some 2 s of
-    CPU, more than the rest of a run's start-up) to set its flag too; a run does not compile,
-    and its torch starts with the flag off, as a run asks by default. Once that module is
-    loaded, the call is cheap and always made, so the two flags never part.
+    The call imports torch's compiler (``torch._inductor``, ``torch._dynamo``: about 1.9 s
+    of CPU on a 2-core VM) to set its flag too; a run does not compile, and its torch starts
+    with the flag off, as a run asks by default. Once that module is loaded, the call is
+    cheap and always made, so the two flags never part.
     """
     current = (
         torch.are_deterministic_algorithms_enabled(),
