@@ -591,7 +591,9 @@ def test_a_matmul_rerun_on_one_thread_is_slower_beyond_the_noise(workdir, store_
 def test_a_dirty_tree_leaves_code_diff(tmp_path, empty_store) -> None:
     # The package runs from a checkout of its own with a change not committed.
     checkout = tmp_path / "checkout"
-    shutil.copytree(REPO / "src", checkout / "src", ignore=shutil.ignore_patterns("*.egg-info"))
+    shutil.copytree(
+        REPO / "src", checkout / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__")
+    )
     make_checkout(checkout / "other")  # an unrelated repository: not the package's
     git(checkout, "init", "-q")
     git(checkout, "config", "user.email", "tests@example.org")
