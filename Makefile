@@ -41,9 +41,10 @@ run: setup
 
 # Python reads src's and tests' byte code from __pycache__ even where PYTHONDONTWRITEBYTECODE
 # stops it writing there: compiled once here, each of the hundreds of processes the tests
-# start loads it instead of compiling the project's modules again (~0.3 CPU-s a run).
+# start loads it instead of compiling the project's modules again (~0.3 CPU-s a run). A file
+# that does not compile is printed, and left for pytest to report.
 test: setup-tests
-	$(VENV)/bin/python -m compileall -q src tests >/dev/null
+	$(VENV)/bin/python -m compileall -q src tests || true
 	$(VENV)/bin/python -m pytest -n $(WORKERS) --dist loadscope --no-loadscope-reorder --durations=15 -m "not alone"
 	$(VENV)/bin/python -m pytest -n 0 -m alone
 
