@@ -3,7 +3,7 @@
 - :func:`share_cores`: each parallel worker's share of the cores (``OMP_NUM_THREADS``), set
   in the launching process for the workers to inherit, undone when the sweep ends.
 - :func:`runs_jobs_here`: whether the jobs run in the launching process (Hydra's basic
-  launcher), which then prepares their start-up while the parent's store opens.
+  launcher): only there is their start-up prepared, and a search's study in memory reachable.
 - :func:`warn_sqlite_on_a_cluster`: said once where the jobs of a Slurm launcher would reach
   a SQLite store over a shared filesystem.
 """

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.errors import ConfigError, Pruned
 from experiments.names import without_tags
 from experiments.record import uris
+from experiments.sweeps import launching
 from experiments.sweeps.search import note
 from experiments.sweeps.search import space as spaces
 from experiments.sweeps.search import study as studies
@@ -128,7 +129,8 @@ def _open_study(
     tracking_uri = uris.absolute(uris.resolve(config.tracking.uri)[0])
     on_nodes = _launcher(config).endswith("SlurmLauncher")
     url = studies.storage_url(settings.get("storage"), tracking_uri, on_nodes)
-    if url is None and plan.pruner_name != "none" and not _jobs_run_here(config):
+    jobs_here = launching.runs_jobs_here(config.hydra.launcher)
+    if url is None and plan.pruner_name != "none" and not jobs_here:
         # This process's memory is out of its jobs' reach: a study of this sweep's own, in
         # a journal file in its directory, is what they can report to.
         url = f"journal:{(sweep_dir / studies.JOURNAL_FILE).resolve()}"
@@ -314,11 +316,6 @@ def _warn_sqlite_on_a_cluster(config: DictConfig, url: str | None, pruner: str) 
         "database server (docs/slurm.md)",
         uris.scrub(url),
     )
-
-
-def _jobs_run_here(config: DictConfig) -> bool:
-    """Whether the sweep's launcher runs its jobs in this process (Hydra's basic launcher)."""
-    return _launcher(config).endswith("BasicLauncher")
 
 
 def _launcher(config: DictConfig) -> str:
