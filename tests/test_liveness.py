@@ -81,6 +81,66 @@ def test_which_running_runs_are_lost(run_tags, lost) -> None:
         assert last_seen <= time.time() * 1000
 
 
+def uploaded_by(pid: int, beat_age_s: float, place: str | None = "here") -> dict[str, str]:
+    """The ``upload.*`` tags of a process uploading a run's journal."""
+    found = {
+        f"{liveness.UPLOAD_PREFIX}{key}": value
+        for key, value in tags(pid, beat_age_s, place=place).items()
+        if key != "output_dir"
+    }
+    return found
+
+
+@pytest.mark.parametrize(
+    ("uploader", "lost"),
+    [
+        # Its own process is gone, but another (this one) is uploading its journal now.
+        (lambda: uploaded_by(os.getpid(), 3600), False),
+        (lambda: uploaded_by(dead_pid(), 1), True),  # its uploader is gone too
+        # An uploader on another host: by its own heartbeat.
+        (lambda: uploaded_by(1234, 60, place="0b5e-other/4026532999"), False),
+        (lambda: uploaded_by(1234, 600, place="0b5e-other/4026532999"), True),
+    ],
+)
+def test_a_run_whose_journal_is_being_uploaded_is_not_lost(uploader, lost) -> None:
+    run_tags = {**tags(dead_pid(), 600), **uploader()}
+    found = liveness.lost_reason(run_tags, int(time.time() * 1000), lost_after_s=300)
+    assert (found is not None) == lost
+    if lost:  # the reason is the run's own process's, not its uploader's
+        assert found[0].startswith(f"lost: process {run_tags['pid']} on ")
+
+
+def test_the_uploaders_tags_name_this_process() -> None:
+    found = liveness.uploader_tags()
+    assert found["upload.pid"] == str(os.getpid())
+    assert found["upload.host"] == liveness.host()
+    assert found["upload.host.id"] == liveness.place()
+    assert liveness.parse_heartbeat(found["upload.heartbeat"]) >= time.time() * 1000 - 2000
+
+
+class EndsRunsOnceFound(MlflowClient):
+    """A real client on a real store whose every query for RUNNING runs is followed, at
+    once, by each of those runs ending FINISHED in another client: the moment between a
+    look for lost runs and its closing them, where the run's own uploader ends it."""
+
+    def search_runs(self, *args, **kwargs):
+        found = super().search_runs(*args, **kwargs)
+        other = MlflowClient(self.tracking_uri)
+        for run in found:
+            other.set_terminated(run.info.run_id, "FINISHED")
+        return found
+
+
+def test_a_run_ended_between_the_look_for_lost_runs_and_its_closing_is_left(store_uri) -> None:
+    client = EndsRunsOnceFound(store_uri)
+    experiment = client.create_experiment("lost")
+    run = client.create_run(experiment, tags=tags(dead_pid(), 5), run_name="done")
+    assert liveness.close_lost_runs(client, [experiment], lost_after_s=300) == []
+    done = MlflowClient(store_uri).get_run(run.info.run_id)
+    assert done.info.status == "FINISHED"
+    assert "error" not in done.data.tags
+
+
 def test_lost_runs_are_closed_failed_and_the_others_left_alone(store_uri) -> None:
     client = MlflowClient(store_uri)
     experiment = client.create_experiment("lost")

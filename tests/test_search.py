@@ -8,14 +8,21 @@ real signals to real processes.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import optuna
 import pytest
+from hydra.experimental.callback import Callback
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from experiments.record import liveness
+from experiments.sweeps.outcomes import Outcome
 from experiments.sweeps.search import study as studies
 from tests.conftest import run_cli, runs_of
 from tests.test_faults import start_cli, wait_for_points
@@ -451,3 +458,85 @@ def test_a_pruned_search_on_slurm_is_warned_off_a_sqlite_study(
         assert "hydra.sweeper.storage=journal:PATH" in line
     else:
         assert lines == []
+
+
+def left_by_a_search_that_is_gone(study: optuna.Study, sweep_dir: Path, job: int):
+    """A trial asked by a search that has died since, its job ``job`` in ``sweep_dir``."""
+    space = {"optim.lr": optuna.distributions.FloatDistribution(1e-4, 1.0, log=True)}
+    trial = study.ask(space)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    trial.set_user_attr(studies.OWNER, f"{liveness.host()} {liveness.place()} {gone.pid} None")
+    trial.set_user_attr(studies.JOB, [str(sweep_dir), job])
+    return trial
+
+
+@pytest.mark.parametrize(
+    ("outcome", "state", "value", "again"),
+    [
+        (Outcome(0, [], "FINISHED", run_id="r0", objective=1.5), TrialState.COMPLETE, 1.5, 0),
+        (Outcome(0, [], "UNSYNCED", run_id="r0", objective=2.5), TrialState.COMPLETE, 2.5, 0),
+        (Outcome(0, [], "PRUNED", run_id="r0"), TrialState.PRUNED, None, 0),
+        (Outcome(0, [], "FAILED", run_id="r0", reason="diverged"), TrialState.FAIL, None, 0),
+        (Outcome(0, [], "KILLED", run_id="r0"), TrialState.FAIL, None, 1),
+        (Outcome(0, [], "FINISHED", run_id="r0", objective=None), TrialState.FAIL, None, 1),
+        (None, TrialState.FAIL, None, 1),  # its job never wrote an outcome
+    ],
+    ids=["finished", "unsynced", "pruned", "failed", "killed", "no-objective", "none"],
+)
+def test_a_trial_left_by_a_search_that_is_gone_is_told_its_jobs_outcome(
+    tmp_path, outcome, state, value, again
+) -> None:
+    # The search was killed after the trial's job had ended, before it told the study: the
+    # next search reads the job's outcome, and tells the trial what its search would have.
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    trial = left_by_a_search_that_is_gone(study, tmp_path / "sweep", 0)
+    if outcome is not None:
+        (tmp_path / "sweep" / "0").mkdir(parents=True)
+        outcome.write(tmp_path / "sweep" / "0")
+    held, running = studies.counted(study, grace_s=300)
+    told = study.get_trials()[trial.number]
+    assert told.state == state and told.value == value
+    assert bool(told.user_attrs.get(studies.ABANDONED)) == bool(again)
+    queued = [t for t in study.get_trials() if t.state == TrialState.WAITING]
+    assert len(queued) == again  # tried again by this search
+    assert [t.user_attrs[studies.RETRY_OF] for t in queued] == [trial.number] * again
+    assert (held, running) == (1 - again, 0)
+
+
+class SigtermAtJobEnd(Callback):
+    """Sends the search a real SIGTERM as its first job ends: the job's run has FINISHED,
+    its trial not told yet (Hydra calls this inside the launcher, before it returns)."""
+
+    def __init__(self) -> None:
+        self.sent = False
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        if not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler runs here
+
+
+def test_a_search_stopped_at_a_trials_end_and_run_again_agrees_with_mlflow(
+    monkeypatch, capfd, store_uri, client, workdir
+) -> None:
+    args = [*SEARCH, "hydra.sweeper.study_name=ends", "hydra.sweeper.n_trials=2"]
+    stop = f"+hydra.callbacks.stop._target_={__name__}.SigtermAtJobEnd"
+    assert sweep(monkeypatch, store_uri, [*args, stop]) == 143
+    assert "error: terminated (SIGTERM)" in capfd.readouterr().err
+    study = the_study(f"sqlite:///{workdir / 'optuna.db'}", "ends")
+    (first,) = study.get_trials()
+    (run,) = trial_runs(client).values()
+    assert run.info.status == "FINISHED"  # it ran to its end before the signal came
+    assert first.state == TrialState.COMPLETE  # and its trial says so, not "tried again"
+    assert first.value == run.data.metrics["objective/loss"]
+
+    assert sweep(monkeypatch, store_uri, args) == 0
+    assert "it held 1 trial before this search, n_trials=2" in capfd.readouterr().out
+    trials = the_study(f"sqlite:///{workdir / 'optuna.db'}", "ends").get_trials()
+    runs = trial_runs(client)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert sorted(runs) == [0, 1] and {r.info.status for r in runs.values()} == {"FINISHED"}
+    for trial in trials:
+        assert runs[trial.number].data.metrics["objective/loss"] == trial.value

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import stat
 import sys
 import time
@@ -20,7 +21,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from mlflow import MlflowClient
 
-from experiments import config
+from experiments import config, record
 from experiments.command import app, exits
 from tests.conftest import (
     all_runs,
@@ -602,3 +603,28 @@ def test_a_signal_python_dropped_after_the_last_job_ends_the_sweep_killed(
     assert parent.info.status == "KILLED"  # not FINISHED: the user's SIGTERM is kept
     assert_children_of(parent, jobs)  # both had ended before it came
     assert len(jobs) == 2
+
+
+def test_a_signal_while_a_finished_job_closes_stops_the_sweep_after_it(
+    monkeypatch, capfd, store_uri, client
+) -> None:
+    # A SIGTERM that comes while a job's FINISHED run is being closed: the run ends FINISHED,
+    # the job's outcome says so (a search tells its trial from it), and then the sweep stops.
+    close = record.LiveRun.close
+    calls = []
+
+    def close_with_a_signal(self, *args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler runs here: deferred while the run closes
+        return close(self, *args, **kwargs)
+
+    monkeypatch.setattr(record.LiveRun, "close", close_with_a_signal)
+    assert sweep(monkeypatch, store_uri, ["task.steps=3,4"]) == 143
+    out, err = capfd.readouterr()
+    assert "error: terminated (SIGTERM)" in err
+    assert "2 jobs: 1 finished" in out or "1 job: 1 finished" in out, out
+    parent, jobs = split(runs_of(client, "minimize"))
+    assert [job.info.status for job in jobs] == ["FINISHED"]
+    assert parent.info.status == "KILLED"

@@ -7,6 +7,7 @@ would call them); results are read back with a plain ``MlflowClient``.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from mlflow import MlflowClient
 
 from experiments.command import app, exits
-from experiments.record import journal, marks, sync
+from experiments.record import journal, liveness, marks, sync
 from experiments.record.journal import Header, Writer
 from experiments.record.service import figures
 from experiments.record.store import upload
@@ -283,3 +284,46 @@ def test_sync_never_unpickles_a_figure(caplog, workdir, store_uri, client) -> No
     assert not (workdir / "run" / "loss.png").exists()
     (run,) = runs_of(client, "drawn")
     assert run.info.status == "FINISHED" and client.list_artifacts(run.info.run_id) == []
+
+
+class ClosedAsLostAtTheEnd(MlflowClient):
+    """A real client on a real store where, the moment its run ends, another client closes
+    that run as lost: a look for lost runs that found it RUNNING just before (the window a
+    sync running beside another one left open)."""
+
+    closed = 0
+
+    def set_terminated(self, run_id, status=None, end_time=None):
+        super().set_terminated(run_id, status=status, end_time=end_time)
+        if not self.closed:
+            self.closed += 1
+            other = MlflowClient(self.tracking_uri)
+            other.set_tag(run_id, "error", "lost: process 7 on node-1 is gone (last seen ...)")
+            other.set_terminated(run_id, "FAILED")
+
+
+def test_an_upload_keeps_its_journals_end_when_another_process_closes_the_run_as_lost(
+    caplog, workdir, store_uri
+) -> None:
+    path = offline_journal(workdir / "outputs" / "a", store_uri)
+    client = ClosedAsLostAtTheEnd(store_uri)
+    uploader = upload.deliver(client, path, store_uri)
+    run = MlflowClient(store_uri).get_run(uploader.run_id)
+    assert run.info.status == "FINISHED"  # as its journal says
+    assert "error" not in run.data.tags
+    assert f"run {uploader.run_id} was closed as FAILED" in caplog.text
+    # While it sent, the run said which process uploads its journal.
+    assert run.data.tags["upload.pid"] == str(os.getpid())
+    assert run.data.tags["upload.host"] == liveness.host()
+
+
+def test_a_run_is_created_with_its_uploader_named(workdir, store_uri, client) -> None:
+    # Created by a sync, a run kept offline is RUNNING until its end is uploaded: from its
+    # first moment it names the process uploading it, so that no look for lost runs (its
+    # own process long gone) closes it meanwhile.
+    path = offline_journal(workdir / "outputs" / "a", store_uri)
+    uploader = upload.Uploader(client, path, marks.State.load(path, store_uri))
+    run = client.get_run(uploader.ensure_run())
+    assert run.info.status == "RUNNING"
+    assert run.data.tags["upload.pid"] == str(os.getpid())
+    assert liveness.close_lost_runs(client, [run.info.experiment_id], lost_after_s=0) == []

@@ -76,8 +76,9 @@ def describe(signum: int) -> str:
 def handling() -> Iterator[None]:
     """Turn SIGINT, SIGTERM and SIGHUP into :class:`Interrupted` until the block ends.
 
-    Nested uses share the outermost one. Outside the main thread (where Python cannot
-    install handlers) this does nothing.
+    Nested uses share the outermost one, which raises, as it ends, a signal recorded while
+    deferred that nothing inside raised (:func:`raise_deferred`). Outside the main thread
+    (where Python cannot install handlers) this does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -87,10 +88,21 @@ def handling() -> Iterator[None]:
     _State.depth += 1
     try:
         yield
-    finally:
-        _State.depth -= 1
-        if _State.depth == 0:
-            _restore()
+    except BaseException:
+        _leave()
+        raise
+    _leave()
+    # The outermost block: a signal recorded while deferred and raised by nobody inside
+    # (a run that closed FINISHED, called outside the command line) stops the caller here.
+    if _State.depth == 0 and _State.received is not None and not _State.raised:
+        _State.raised = True
+        raise Interrupted(*_State.received)
+
+
+def _leave() -> None:
+    _State.depth -= 1
+    if _State.depth == 0:
+        _restore()
 
 
 @contextmanager

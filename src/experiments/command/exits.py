@@ -60,27 +60,35 @@ def invoke(hydra_main: Callable[[], object]) -> int:
 
 
 def _invoke(hydra_main: Callable[[], object]) -> int:
-    with signals.handling():
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    try:
+        with signals.handling():
+            return _handled(hydra_main)
+    except signals.Interrupted as error:  # came while the end was closed: raised as it ends
+        _report(error.reason)
+        return error.exit_status
+
+
+def _handled(hydra_main: Callable[[], object]) -> int:
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        _call(hydra_main)
+        return 0
+    try:
+        with process.hydra_reraises():
             _call(hydra_main)
-            return 0
-        try:
-            with process.hydra_reraises():
-                _call(hydra_main)
-        except NotRecorded as error:
-            _report(str(error))
-            return NOT_RECORDED_STATUS
-        except EXPECTED as error:
-            _report(one_line(error))
-            return 1
-        except KeyboardInterrupt as error:
-            _report(signals.stop_reason(error) or "interrupted")
-            return getattr(error, "exit_status", 130)
-        except OSError as error:
-            if error.filename is None:
-                raise
-            _report(file_error(error, sys.argv[1:]))
-            return 1
+    except NotRecorded as error:
+        _report(str(error))
+        return NOT_RECORDED_STATUS
+    except EXPECTED as error:
+        _report(one_line(error))
+        return 1
+    except KeyboardInterrupt as error:
+        _report(signals.stop_reason(error) or "interrupted")
+        return getattr(error, "exit_status", 130)
+    except OSError as error:
+        if error.filename is None:
+            raise
+        _report(file_error(error, sys.argv[1:]))
+        return 1
     return 0
 
 
@@ -112,9 +120,10 @@ def _call(hydra_main: Callable[[], object]) -> None:
     before = len(sweeps.finished())
     try:
         hydra_main()
-        # A signal whose Interrupted Python dropped after the last run had ended (see
-        # signals.raise_swallowed; a sweep's callback looks before it closes the parent):
-        # the command exits as the signal asked.
+        # A signal deferred while the last run closed, or whose Interrupted Python dropped
+        # after it had ended (see signals.raise_swallowed; a sweep's callback looks before it
+        # closes the parent): the command exits as the signal asked.
+        signals.raise_deferred()
         signals.raise_swallowed()
     except KeyboardInterrupt as error:
         interrupted, stopped = True, signals.stop_reason(error)

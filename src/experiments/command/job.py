@@ -47,6 +47,7 @@ def _single_run(cfg: DictConfig, overrides: list[str], output_dir: str) -> float
     delivery = result.delivery
     if delivery is not None and not delivery.offline and not delivery.recorded:
         JobErrors.errors.append(NotRecorded(not_recorded_line(delivery)))
+    signals.raise_deferred()  # a signal while the FINISHED run closed: the command stops
     return result.objective
 
 
@@ -92,6 +93,9 @@ def _sweep_job(
     outcome.write(output_dir)
     if result.pending is not None:
         callback.pending(outcome, output_dir, result.pending)
+    # A signal that came while the run was closing stops the sweep, now that this job's
+    # outcome says it FINISHED (a search tells its trial so).
+    signals.raise_deferred()
     return result.objective
 
 

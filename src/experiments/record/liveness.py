@@ -6,14 +6,23 @@ not: the machine's boot and the process's pid namespace, so two containers with 
 name, or a machine rebooted since, are different places. A RUNNING run is *lost* when its
 process is gone (the same place: that pid is not alive, or is another process now) or, seen
 from anywhere else, or where it cannot be told, when its heartbeat is older than
-``tracking.lost_after_s``. Lost runs are closed
-FAILED with an ``error`` tag that says so, where, and when the run was last seen. Runs
-without a heartbeat tag were not started by this package and are never touched.
+``tracking.lost_after_s``, **and** no process is uploading its journal: the process that
+uploads a journal (the run's recording process, or ``python -m experiments.sync``, perhaps
+on another host and long after the run's own process ended) says so in the same way, in
+``upload.host``, ``upload.host.id``, ``upload.pid``, ``upload.pid.started`` and an
+``upload.heartbeat`` it refreshes while it sends (:func:`uploader_tags`). Lost runs are
+closed FAILED with an ``error`` tag that says so, where, and when the run was last seen.
+Runs without a heartbeat tag were not started by this package and are never touched.
+
+Closing is checked again on the run as it is at that moment, just before it is closed; the
+uploader that ends a run checks its end after writing it (``store.upload``), so a run ended
+by its journal while another process took it for lost keeps the journal's end.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import socket
@@ -34,6 +43,8 @@ STARTED_TAG = "pid.started"
 HEARTBEAT_TAG = "heartbeat"
 OUTPUT_DIR_TAG = "output_dir"
 LOST_PREFIX = "lost:"
+UPLOAD_PREFIX = "upload."  # the same tags, of the process uploading the run's journal
+UPLOAD_BEAT_S = 30.0  # how often an uploader refreshes its upload.heartbeat while it sends
 
 
 def host() -> str:
@@ -83,16 +94,22 @@ def process_started(pid: int) -> float | None:
     return round(boot + int(fields[19]) / os.sysconf("SC_CLK_TCK"), 2)
 
 
-def identity_tags() -> dict[str, str]:
-    """The tags that say which process on which host records a run."""
-    tags = {HOST_TAG: host(), PID_TAG: str(os.getpid())}
+def identity_tags(prefix: str = "") -> dict[str, str]:
+    """The tags that say which process on which host records a run (``prefix``: in what
+    role; ``upload.`` for the process that uploads its journal)."""
+    tags = {prefix + HOST_TAG: host(), prefix + PID_TAG: str(os.getpid())}
     where_id = place()
     if where_id is not None:
-        tags[PLACE_TAG] = where_id
+        tags[prefix + PLACE_TAG] = where_id
     started = process_started(os.getpid())
     if started is not None:
-        tags[STARTED_TAG] = f"{started:.2f}"
+        tags[prefix + STARTED_TAG] = f"{started:.2f}"
     return tags
+
+
+def uploader_tags() -> dict[str, str]:
+    """The tags by which this process says it is uploading a run's journal now."""
+    return {**identity_tags(UPLOAD_PREFIX), UPLOAD_PREFIX + HEARTBEAT_TAG: heartbeat()}
 
 
 def heartbeat(ms: int | None = None) -> str:
@@ -179,25 +196,35 @@ def lost_reason(
     last_seen = parse_heartbeat(tags.get(HEARTBEAT_TAG))
     if last_seen is None:
         return None  # not a run of this package: leave it alone
-    where, pid = tags.get(HOST_TAG, "?"), tags.get(PID_TAG, "?")
-    seen = tags.get(HEARTBEAT_TAG)
-    if same_place(where, tags.get(PLACE_TAG)) and pid.isdigit():
-        started = tags.get(STARTED_TAG)
-        if process_alive(int(pid), float(started) if _is_number(started) else None):
-            return None
-        reason = f"{LOST_PREFIX} process {pid} on {where} is gone (last seen {seen})"
-    else:
-        age_s = (now_ms - last_seen) / 1000
-        if age_s <= lost_after_s:
-            return None
-        reason = (
-            f"{LOST_PREFIX} no heartbeat from process {pid} on {where} for {age_s / 60:.0f} min "
-            f"(last seen {seen})"
-        )
+    reason = _gone(tags, "", now_ms, lost_after_s)
+    if reason is None:
+        return None
+    if UPLOAD_PREFIX + HEARTBEAT_TAG in tags:
+        if _gone(tags, UPLOAD_PREFIX, now_ms, lost_after_s) is None:
+            return None  # its journal is being uploaded: the uploader will end it
     directory = tags.get(OUTPUT_DIR_TAG)
     if directory:
         reason += f"; its records are kept in {directory}: python -m experiments.sync {directory}"
     return reason, last_seen
+
+
+def _gone(tags: Mapping[str, str], prefix: str, now_ms: int, lost_after_s: float) -> str | None:
+    """Why the process the tags name under ``prefix`` is gone, or None while it may live."""
+    where, pid = tags.get(prefix + HOST_TAG, "?"), tags.get(prefix + PID_TAG, "?")
+    seen = tags.get(prefix + HEARTBEAT_TAG)
+    if same_place(where, tags.get(prefix + PLACE_TAG)) and pid.isdigit():
+        started = tags.get(prefix + STARTED_TAG)
+        if process_alive(int(pid), float(started) if _is_number(started) else None):
+            return None
+        return f"{LOST_PREFIX} process {pid} on {where} is gone (last seen {seen})"
+    beat = parse_heartbeat(seen)
+    age_s = (now_ms - beat) / 1000 if beat is not None else math.inf
+    if age_s <= lost_after_s:
+        return None
+    return (
+        f"{LOST_PREFIX} no heartbeat from process {pid} on {where} for {age_s / 60:.0f} min "
+        f"(last seen {seen})"
+    )
 
 
 @dataclass
@@ -214,32 +241,45 @@ def close_lost_runs(
 ) -> list[LostRun]:
     """Close every lost RUNNING run of the experiments: FAILED, the reason in ``error``.
 
-    One query for the RUNNING runs, then two calls per lost run. The end time recorded is
-    the last heartbeat.
+    One query for the RUNNING runs; each that looks lost is read again just before it is
+    closed (another process may have ended it, or begun uploading its journal, since the
+    query), then two calls close it. The end time recorded is the last heartbeat. Another
+    process closing the same run at the same moment is no error.
     """
     from mlflow.entities import RunStatus
+
+    from experiments.record.store import failures
 
     if not experiment_ids:
         return []
     running = client.search_runs(
         list(experiment_ids), filter_string="attributes.status = 'RUNNING'", max_results=1000
     )
-    now = int(time.time() * 1000)
     closed = []
     for run in running:
-        found = lost_reason(run.data.tags, now, lost_after_s)
+        if lost_reason(run.data.tags, _now_ms(), lost_after_s) is None:
+            continue
+        if not dry_run:
+            run = client.get_run(run.info.run_id)
+            if run.info.status != "RUNNING":
+                continue  # ended meanwhile, by its own process or its uploader
+        found = lost_reason(run.data.tags, _now_ms(), lost_after_s)
         if found is None:
             continue
         reason, last_seen = found
         closed.append(LostRun(run.info.run_id, run.info.run_name or "", reason))
         if dry_run:
             continue
-        client.set_tag(run.info.run_id, ERROR_TAG, reason[:5000])
+        failures.again_on_conflict(client.set_tag, run.info.run_id, ERROR_TAG, reason[:5000])
         client.set_terminated(
             run.info.run_id, status=RunStatus.to_string(RunStatus.FAILED), end_time=last_seen
         )
         log.warning("closed lost run %s (%s): %s", run.info.run_id, run.info.run_name, reason)
     return closed
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _is_number(text: str | None) -> bool:

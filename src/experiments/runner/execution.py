@@ -151,7 +151,8 @@ def execute(
         ConfigError: a bad setting; raised before any run is started when the config itself
             is bad, inside the run (which ends FAILED) when this machine cannot honour it.
         RunFailure: the task could not finish (divergence, out of memory); the run is FAILED.
-        signals.Interrupted: a signal stopped the run; it ended KILLED.
+        signals.Interrupted: a signal stopped the run; it ended KILLED. (One that comes while
+            a FINISHED run is closed is left for the caller: see ``signals.raise_deferred``.)
         Pruned: the search's pruner stopped the trial; the run ended KILLED, marked pruned.
     """
     started = time.perf_counter()
@@ -186,7 +187,10 @@ def execute(
         finally:
             if not recording.discarded:  # a run refused or skipped before it began is not
                 delivery = _close(recording, end, defer_delivery)
-        signals.raise_deferred()
+        # A signal that came while the run FINISHED was being closed stops what comes next,
+        # not this run: the caller raises it (signals.raise_deferred) once it has taken the
+        # result (a sweep's job writes its outcome first), or the outermost signals.handling
+        # does, as this block ends.
     if isinstance(delivery, record.PendingDelivery):
         return Result(objective, recording.run_id, pending=delivery)
     if delivery.recorded:

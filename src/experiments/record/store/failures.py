@@ -1,14 +1,22 @@
 """How a failed store call reads, and whether it is worth retrying.
 
-The uploader, the tracker, the recording process and ``sync`` all ask these two questions
-of an error MLflow raised (or an ``OSError`` from below it).
+The uploader, the tracker, the recording process and ``sync`` all ask these questions of an
+error MLflow raised (or an ``OSError`` from below it).
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any, Callable, TypeVar
 
 from experiments.record.uris import scrub
+
+T = TypeVar("T")
+_CONFLICT = (
+    "UniqueViolation",
+    "duplicate key value violates unique constraint",
+    "UNIQUE constraint failed",
+)
 
 # Errors a store recovers from: a server restarting, a network blip, SQLite busy past its
 # timeout (MLflow reports that as TEMPORARILY_UNAVAILABLE), an overloaded server.
@@ -32,6 +40,26 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, MlflowException):
         return error.error_code in TRANSIENT_CODES
     return isinstance(error, (OSError, TimeoutError, ConnectionError))
+
+
+def is_conflict(error: BaseException) -> bool:
+    """Whether a write failed only because another process wrote the same row at the same
+    moment: MLflow sets a tag (or a param) by reading, then inserting where the row was not
+    there, and of two processes doing that at once the second insert breaks the table's key
+    (PostgreSQL's UniqueViolation behind a server's BAD_REQUEST, SQLite's UNIQUE constraint)."""
+    text = str(getattr(error, "message", None) or error)
+    return any(sign in text for sign in _CONFLICT)
+
+
+def again_on_conflict(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``call(*args, **kwargs)``, made once more when it met another writer of its row
+    (:func:`is_conflict`): the row exists by then, and the second call updates it."""
+    try:
+        return call(*args, **kwargs)
+    except Exception as error:
+        if not is_conflict(error):
+            raise
+        return call(*args, **kwargs)
 
 
 def describe(error: BaseException) -> str:

@@ -8,21 +8,19 @@ bound MLflow's HTTP waits (:mod:`experiments.process`).
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 import math
-import tempfile
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from experiments import names
+from experiments import locks, names
 from experiments.errors import ConfigError, StoreUnreachable, TrackingError, first_line
 from experiments.record import liveness
 from experiments.record.store.bulk import BulkMetrics
@@ -177,16 +175,22 @@ class Tracker:
         except MlflowException as error:
             log.warning("could not look for lost runs: %s", first_line(error))
 
-    def _store_lock(self) -> Any:
+    @contextmanager
+    def _store_lock(self) -> Iterator[None]:
+        """Serialise opening a SQLite store and creating its experiments, across processes
+        and hosts: a lock file beside the database (``mlflow.db.lock``, see ``locks``)."""
         path = sqlite_path(self.uri)
         if path is None:
-            return _NoLock()
+            yield
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
-        # The lock lives in the temp directory, keyed by the database's path, so the
-        # user's directory holds only mlflow.db.
-        digest = hashlib.sha1(str(path).encode()).hexdigest()[:16]
-        lock = Path(tempfile.gettempdir()) / f"experiments-store-{digest}.lock"
-        return FileLock(str(lock), timeout=max(60.0, self.timeout_s))
+        try:
+            with locks.beside(path, timeout_s=max(60.0, self.timeout_s)):
+                yield
+        except locks.LockTimeout as error:
+            raise StoreUnreachable(
+                f"{self.shown}: cannot open the tracking store: {error}"
+            ) from None
 
 
 def finished_run(
@@ -252,11 +256,3 @@ def _check_database(uri: str, shown: str) -> None:
         raise kind(f"{shown}: cannot open the tracking store: {reason}") from None
     finally:
         engine.dispose()
-
-
-class _NoLock:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

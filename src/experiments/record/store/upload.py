@@ -11,20 +11,28 @@ value, which the store keeps once; params and tags are set to the same value aga
 The same uploader serves a live run (driven by the recording process), a run whose store
 went away, and ``python -m experiments.sync``. It raises the store's errors; the caller
 decides how long to retry (:func:`.failures.is_transient` tells which are worth it).
+
+While it sends, the uploader says so on the run (``upload.*`` tags, refreshed every
+:data:`~experiments.record.liveness.UPLOAD_BEAT_S`), so that no other process takes a run
+whose own process has ended, but whose journal is still on its way, for lost. It ends the
+run as its journal says, then reads the end back: a run that another process closed as lost
+at that moment (it looked before the end was written) gets the journal's end again.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from experiments.names import ERROR_TAG, JOURNAL_ID_TAG, NOTE_TAG, PARENT_TAG
-from experiments.record import journal
+from experiments.record import journal, liveness
 from experiments.record.liveness import LOST_PREFIX
 from experiments.record.marks import State
 from experiments.record.store.bulk import SchemaMismatch
+from experiments.record.store.failures import again_on_conflict
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +89,7 @@ class Uploader:
         self.base = path.parent
         self.last_time: int = self.header.time
         self.note_due = bool(self.header.note)
+        self.claimed_at: Optional[float] = None  # when the upload.* tags were last sent
 
     @property
     def run_id(self) -> Optional[str]:
@@ -183,7 +192,7 @@ class Uploader:
             return self.client.get_experiment_by_name(name).experiment_id
 
     def _create_run(self) -> str:
-        tags = {JOURNAL_ID_TAG: self.header.journal_id}
+        tags = {JOURNAL_ID_TAG: self.header.journal_id, **self._claim()}
         parent = self.header.parent_run_id or self._parent_from_journal()
         if parent is not None:
             tags[PARENT_TAG] = parent
@@ -213,6 +222,11 @@ class Uploader:
             # The header's note, with the run's id, goes with this uploader's first batch.
             tags[NOTE_TAG] = str(self.header.note).replace("{run_id}", self.state.run_id)
             self.note_due = False
+        due = (
+            self.claimed_at is None or time.monotonic() - self.claimed_at >= liveness.UPLOAD_BEAT_S
+        )
+        if due and self.state.run_id is not None:
+            tags.update(self._claim())  # first in the batch: this process sends the journal
         metrics: list[tuple[str, float, int, int]] = []  # key, value, time, step
         artifacts: list[dict[str, Any]] = []
         end = None
@@ -264,7 +278,8 @@ class Uploader:
             some_tags = tag_items[:MAX_PARAMS_OR_TAGS]
             room = MAX_ENTRIES - len(some_params) - len(some_tags)
             some_metrics = metrics[:room]
-            self.client.log_batch(
+            again_on_conflict(
+                self.client.log_batch,
                 self.state.run_id,
                 metrics=some_metrics,
                 params=some_params,
@@ -296,10 +311,40 @@ class Uploader:
         self.client.log_artifact(self.state.run_id, str(path), record.get("dir"))
         self.counts.artifacts += 1
 
+    def _claim(self) -> dict[str, str]:
+        """The ``upload.*`` tags: this process uploads the journal (see ``liveness``)."""
+        self.claimed_at = time.monotonic()
+        return liveness.uploader_tags()
+
     def _end(self, record: dict[str, Any]) -> None:
+        """End the run as ``record`` says; then read it back, and end it again where
+        another process closed it as lost meanwhile (see the module)."""
+        for _ in range(3):  # the end, read back; written again where it was overwritten
+            current = self._write_end(record)
+            status = current.info.status
+            error = current.data.tags.get(ERROR_TAG)
+            wanted = str(record["error"])[:5000] if record.get("error") else None
+            if status == record["status"] and (error == wanted or (wanted is None and not error)):
+                break
+            if wanted is None and error and not error.startswith(LOST_PREFIX):
+                break  # an error of the run's own, logged as a tag: not a closing to undo
+            log.warning(
+                "run %s was closed as %s (%s) by another process while its journal was "
+                "uploaded: ended %s again, as its journal says",
+                self.state.run_id,
+                status,
+                error,
+                record["status"],
+            )
+        self.state.ended = True
+
+    def _write_end(self, record: dict[str, Any]) -> Any:
+        """Write the run's end; return the run as the store holds it afterwards."""
+        from mlflow.exceptions import MlflowException
+
         run_id = self.state.run_id
         if record.get("error"):
-            self.client.set_tag(run_id, ERROR_TAG, str(record["error"])[:5000])
+            again_on_conflict(self.client.set_tag, run_id, ERROR_TAG, str(record["error"])[:5000])
         else:
             # A run closed as lost meanwhile (its heartbeat did not reach the store, as seen
             # from another host), or while its records could not reach the store and then
@@ -307,9 +352,13 @@ class Uploader:
             # note goes.
             current = self.client.get_run(run_id).data.tags.get(ERROR_TAG, "")
             if current.startswith(LOST_PREFIX):
-                self.client.delete_tag(run_id, ERROR_TAG)
+                try:
+                    self.client.delete_tag(run_id, ERROR_TAG)
+                except MlflowException as error:
+                    if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+                        raise  # (another process removed it at the same moment: done)
         self.client.set_terminated(run_id, status=record["status"], end_time=record["time"])
-        self.state.ended = True
+        return self.client.get_run(run_id)
 
 
 def deliver(

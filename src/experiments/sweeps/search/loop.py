@@ -4,8 +4,9 @@ holds ``n_trials``.
 Each batch asks the study for its trials, runs them as the sweep's jobs (any launcher:
 in this process, joblib, submitit, Slurm), and tells each its job's objective, or that it
 failed. A rerun of the same command loads the same study and runs only the trials missing;
-several searches on one study share its ``n_trials``. A signal fails the trials in flight
-and queues them to be tried again by the next search. At the end the best trial goes to
+several searches on one study share its ``n_trials``. A signal stops the search: a trial
+whose job had ended is told how (its job's outcome), the others in flight are failed and
+queued to be tried again by the next search. At the end the best trial goes to
 ``optimization_results.yaml`` in the sweep directory.
 """
 
@@ -22,6 +23,7 @@ from typing import Any, Mapping, Sequence
 from hydra.core.utils import JobStatus
 from omegaconf import DictConfig, OmegaConf
 
+from experiments import signals
 from experiments.errors import ConfigError, Pruned
 from experiments.names import without_tags
 from experiments.record import uris
@@ -74,7 +76,7 @@ def search(
     shown = uris.scrub(url) if url else "memory"
     note.write(sweep_dir, name, shown, held, plan.n_trials)
     _say_where(plan, name, shown, held, running)
-    _run_trials(study, plan, launcher, name, url, held, grace_s)
+    _run_trials(study, plan, launcher, name, url, held, grace_s, sweep_dir.resolve())
     best = _write_results(study, sweep_dir, name, shown)
     if best is not None:
         figures = _draw(study, sweep_dir)
@@ -176,6 +178,7 @@ def _run_trials(
     url: str | None,
     held: int,
     grace_s: float,
+    sweep_dir: Path,
 ) -> None:
     """Batches of trials through the launcher until the study holds ``n_trials``."""
     job = 0
@@ -189,7 +192,7 @@ def _run_trials(
                     break
                 time.sleep(1.0)  # another search holds the rest for now: look again
                 continue
-            job += _run_batch(study, plan.space, launcher, trials, job, plan.rate)
+            job += _run_batch(study, plan, launcher, trials, job, sweep_dir)
             held, _ = studies.counted(study, grace_s)
 
 
@@ -233,23 +236,47 @@ def _ask(study: Any, space: spaces.Space, count: int, n_trials: int, grace_s: fl
 
 
 def _run_batch(
-    study: Any, space: spaces.Space, launcher: Any, trials: list, job: int, rate: float
+    study: Any, plan: _Plan, launcher: Any, trials: list, job: int, sweep_dir: Path
 ) -> int:
-    """Run ``trials`` as jobs ``job``, ``job + 1``...; tell each how it went."""
+    """Run ``trials`` as jobs ``job``, ``job + 1``...; tell each how it went.
 
+    Each trial names its job's directory first (``experiments.job``), so that a later search
+    can settle it by the job's outcome should this one be killed before it tells it.
+    """
     overrides = [
-        [*space.overrides(trial.params), f"++tracking.tags.{TRIAL_TAG}={trial.number}"]
+        [*plan.space.overrides(trial.params), f"++tracking.tags.{TRIAL_TAG}={trial.number}"]
         for trial in trials
     ]
+    for number, trial in enumerate(trials, start=job):
+        trial.set_user_attr(studies.JOB, [str(sweep_dir), number])
     try:
         with studies.Heartbeat(trials):
             returns = launcher.launch(overrides, initial_job_idx=job)
     except BaseException:
-        # A signal, or a launcher that gave up: these trials are tried again by the next search.
-        for trial in trials:
-            studies.fail(study, trial, studies.ABANDONED)
-            studies.queue_again(study, trial)
+        # A signal, or a launcher that gave up: a trial whose job ended is told how, by its
+        # outcome; the others are tried again by the next search.
+        for number, trial in enumerate(trials, start=job):
+            studies.settle(study, trial, studies.job_outcome(sweep_dir, number))
         raise
+    with signals.deferred():  # every trial told, then a signal that came meanwhile
+        failed = _tell_all(study, trials, returns)
+    signals.raise_deferred()
+    if failed and len(failed) / len(returns) > plan.rate:
+        log.error(
+            "%d of %d trials failed, more than hydra.sweeper.max_failure_rate=%s allows",
+            len(failed),
+            len(returns),
+            plan.rate,
+        )
+        for result in failed:
+            if result.status == JobStatus.FAILED:
+                result.return_value  # raises the job's own error  # noqa: B018
+        raise ConfigError("the search stopped: a trial's job returned no objective")
+    return len(returns)
+
+
+def _tell_all(study: Any, trials: list, returns: Sequence[Any]) -> list:
+    """Tell each trial its job's result; return the results that failed."""
     failed = []
     for trial, result in zip(trials, returns):
         if _pruned(result):
@@ -259,18 +286,7 @@ def _run_batch(
         if value is None:
             failed.append(result)
         _tell(study, trial, value)
-    if failed and len(failed) / len(returns) > rate:
-        log.error(
-            "%d of %d trials failed, more than hydra.sweeper.max_failure_rate=%s allows",
-            len(failed),
-            len(returns),
-            rate,
-        )
-        for result in failed:
-            if result.status == JobStatus.FAILED:
-                result.return_value  # raises the job's own error  # noqa: B018
-        raise ConfigError("the search stopped: a trial's job returned no objective")
-    return len(returns)
+    return failed
 
 
 def _tell(study: Any, trial: Any, value: float | None, pruned: bool = False) -> None:

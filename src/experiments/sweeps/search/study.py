@@ -14,22 +14,28 @@ The study is stored beside the runs unless ``hydra.sweeper.storage``, or the env
 
 A trial counts towards ``n_trials`` once it is COMPLETE, PRUNED or FAIL (its job ran and
 failed), or while it RUNs for a process that is alive. A trial left RUNNING by a search that
-was killed is failed, marked ``experiments.abandoned``, and its parameters are queued to be
-tried again; one asked for beyond ``n_trials`` by a search running beside this one is failed
-at once, marked ``experiments.surplus``. Neither counts.
+was stopped or killed is told what its job's outcome says (:func:`settle`): a job that ran
+to its end (its run FINISHED, its objective in its ``outcome.json``) makes it COMPLETE, as
+its search would have; a job that did not is failed, marked ``experiments.abandoned``, and
+its parameters are queued to be tried again. One asked for beyond ``n_trials`` by a search
+running beside this one is failed at once, marked ``experiments.surplus``. Neither counts.
+So the study holds a COMPLETE trial for each trial run that ended FINISHED, and no other.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
 
+from experiments import locks
 from experiments.errors import ConfigError
 from experiments.record import liveness, uris
+from experiments.sweeps.outcomes import Outcome, read_outcomes
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +48,7 @@ BEAT = "experiments.heartbeat"  # when that search last said it is alive (second
 ABANDONED = "experiments.abandoned"
 SURPLUS = "experiments.surplus"
 RETRY_OF = "experiments.retry_of"  # a trial queued again: the number of the one it retries
+JOB = "experiments.job"  # [sweep directory, job number]: where the trial's outcome is written
 BEAT_EVERY_S = 30.0
 SAMPLERS = ("tpe", "random", "grid", "qmc")
 PRUNERS = ("none", "median", "hyperband")
@@ -85,9 +92,14 @@ def open_storage(url: Optional[str], key: str = "hydra.sweeper.storage") -> Any:
             return JournalStorage(JournalFileBackend(str(path)))
         url = _with_driver(url)
         database = uris.sqlite_path(url)
-        if database is not None and not database.parent.is_dir():
+        if database is None:
+            return RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+        if not database.parent.is_dir():
             raise ConfigError(f"{key}={shown}: no directory {database.parent}")
-        return RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+        # The first search to open a new file creates Optuna's tables; two at once would
+        # both try (a second terminal, a job array): one at a time, by a lock beside it.
+        with locks.beside(database):
+            return RDBStorage(url, engine_kwargs=_engine_kwargs(url))
     except ConfigError:
         raise
     except Exception as error:  # a bad URL, a driver missing, a server that refuses
@@ -222,7 +234,7 @@ def _owner_alive(trial: Any, now: float, grace_s: float) -> bool:
 def counted(study: Any, grace_s: float) -> tuple[int, int]:
     """How many trials count towards ``n_trials``, and of them how many are still running.
 
-    Trials left running by a search that is gone are failed here and queued again.
+    Trials left running by a search that is gone are settled here (:func:`_retry`).
     """
     from optuna.trial import TrialState
 
@@ -234,6 +246,7 @@ def counted(study: Any, grace_s: float) -> tuple[int, int]:
             running += trial.state == TrialState.RUNNING
         elif trial.state == TrialState.RUNNING:
             _retry(study, trial)
+            held += counts(study._storage.get_trial(trial._trial_id), now, grace_s)
     return held, running
 
 
@@ -251,16 +264,66 @@ def counts(trial: Any, now: float, grace_s: float) -> bool:
 
 
 def _retry(study: Any, trial: Any) -> None:
-    """Fail a trial whose search is gone, and queue its parameters to be tried again."""
+    """Settle a trial whose search is gone: by its job's outcome where that can be read
+    (the search stopped after the job ended), else failed and queued to be tried again."""
+    where = trial.user_attrs.get(JOB)
+    outcome = None
+    if isinstance(where, list) and len(where) == 2:
+        outcome = job_outcome(Path(str(where[0])), int(where[1]))
+    if outcome is not None and outcome.status == "RUNNING" and not outcome.gone():
+        outcome = None  # its job still runs somewhere this host cannot see: not known yet
+    if settle(study, trial, outcome, claim=True):
+        log.info("trial %d was left running by a search that is gone: tried again", trial.number)
+
+
+def job_outcome(sweep_dir: Path, job: int) -> Optional[Outcome]:
+    """Job ``job``'s outcome in ``sweep_dir``, or None where it has none (or is not here)."""
+    try:
+        return next((found for found in read_outcomes(sweep_dir) if found.job == job), None)
+    except OSError:
+        return None
+
+
+def settle(study: Any, trial: Any, outcome: Optional[Outcome], claim: bool = False) -> bool:
+    """Tell ``trial`` what its job's ``outcome`` says, its search having stopped before it
+    could; returns True when the trial is to be tried again.
+
+    FINISHED (or UNSYNCED: finished, kept in its journal) with a finite objective: COMPLETE
+    with it; PRUNED: pruned; FAILED: failed, counted (the job's own failure, as its search
+    tells one). Anything else (KILLED, RUNNING, no outcome): failed, marked
+    ``experiments.abandoned``, and its parameters queued again.
+
+    Args:
+        claim: another search may settle it at the same moment (a trial left by a search
+            that is gone): only the one whose tell goes through queues it again.
+    """
     from optuna.trial import TrialState
 
+    status = outcome.status if outcome is not None else None
+    value = outcome.objective if outcome is not None else None
+    if status in ("FINISHED", "UNSYNCED", "SKIPPED") and _finite(value):
+        told = (TrialState.COMPLETE, float(value))  # type: ignore[arg-type]
+    elif status == "PRUNED":
+        told = (TrialState.PRUNED, None)
+    elif status == "FAILED":
+        told = (TrialState.FAIL, None)
+    else:
+        told = None
     try:
+        if told is not None:
+            state, number = told
+            study.tell(trial.number, number, state=state, skip_if_finished=not claim)
+            return False
         study._storage.set_trial_user_attr(trial._trial_id, ABANDONED, True)
-        study.tell(trial.number, state=TrialState.FAIL)
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=not claim)
     except Exception:  # another search took it first
-        return
+        return False
     queue_again(study, trial)
-    log.info("trial %d was left running by a search that is gone: tried again", trial.number)
+    return True
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def queue_again(study: Any, trial: Any) -> None:
