@@ -30,9 +30,10 @@ $(VENV)/.installed: pyproject.toml
 	$(COMPILE)
 	touch $@
 
-# And what the tests need: pytest and its plugins, ruff, playwright, the server's drivers.
-$(VENV)/.installed-tests: $(VENV)/.installed
-	$(VENV)/bin/pip install -q --no-compile -e ".[sweeps,server,dev]"
+# And what the tests need: pytest and its plugins, ruff, playwright, the server's drivers,
+# and the worked example of a task of one's own (examples/digits, with scikit-learn).
+$(VENV)/.installed-tests: $(VENV)/.installed examples/digits/pyproject.toml
+	$(VENV)/bin/pip install -q --no-compile -e ".[sweeps,server,dev]" -e examples/digits
 	$(COMPILE)
 	touch $@
 

@@ -18,11 +18,10 @@ from mlflow import MlflowClient
 from omegaconf import DictConfig
 
 import experiments
-from experiments import config
-from experiments.tasks import schemas
+from experiments import registration
 
 CONF_DIR = str(Path(experiments.__file__).parent / "conf")
-config.register(schemas())
+registration.register()
 
 
 STARTED: list[subprocess.Popen] = []  # commands a test started in the background

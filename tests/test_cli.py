@@ -34,7 +34,7 @@ def error_lines(stderr: str) -> list[str]:
 
 
 BAD_INPUTS = [
-    (["task=nope"], r"Could not find 'task/nope'; available options in 'task': .*minimize"),
+    (["task=nope"], r"task=nope: no such task; the tasks found: derivative, .*matmul, minimize"),
     (["optim=nope"], r"Could not find 'optim/nope'; available options in 'optim': .*sgd"),
     (["optim.lr=abc"], r"optim\.lr=abc.*could not be converted to Float"),
     (["optim.lrr=0.1"], r"optim\.lrr.*Key 'lrr' not in"),

@@ -295,8 +295,7 @@ import submitit
 from submitit.slurm.slurm import SlurmJobEnvironment
 from submitit.core.utils import JobPaths
 
-from experiments import config, runner
-from experiments.tasks import schemas
+from experiments import runner
 from tests.conftest import compose_config
 
 class Job:  # a checkpointable callable, as Hydra's submitit launcher is
@@ -309,7 +308,6 @@ folder = Path(sys.argv[1])
 delayed = submitit.helpers.DelayedSubmission(Job())
 delayed.set_timeout(int(sys.argv[2]), 0)
 SlurmJobEnvironment()._handle_signals(JobPaths(folder, job_id="4242"), delayed)
-config.register(schemas())
 cfg = compose_config(["task.steps=5000000", "optim.lr=1e-7", f"tracking.uri={sys.argv[3]}"])
 runner.execute(cfg, [], folder / "run")
 """

@@ -20,10 +20,6 @@ from tests.conftest import compose_config
 QUICK = 0.05  # seconds of timing per point: plenty for correctness, keeps the file fast
 needs_gpu = pytest.mark.skipif(torch.cuda.device_count() < 1, reason="needs a CUDA device")
 
-# The runner registers every task's schema; register this one too, so these tests do not
-# depend on the task list (registering again is harmless).
-config.register({"matmul": matmul.SCHEMA})
-
 
 def quick_config(**overrides) -> matmul.MatmulConfig:
     settings = {"m": 32, "k": 48, "n": 16, "warmup": 1, "min_run_time_s": QUICK}

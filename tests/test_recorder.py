@@ -446,3 +446,38 @@ def test_the_recording_process_tries_its_last_upload_for_the_runs_stop_wait(
     reply = json.loads(service.channel.getvalue())
     assert reply["recorded"] is False
     assert reply["reason"].endswith("did not take every record in time (tracking.stop_wait_s)")
+
+
+def test_a_figure_pickle_names_matplotlibs_classes_alone(tmp_path) -> None:
+    import pickle
+
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import Formatter
+
+    from experiments.record import pictures
+
+    figure = Figure()
+    figure.subplots().plot([1, 2], [3, 4])
+    assert isinstance(pictures.load(pictures.pickled(figure)), Figure)  # sent, drawn there
+
+    class Own(Formatter):  # a class of the task's own: not sent, drawn in the run's process
+        def __call__(self, x, pos=None):
+            return "x"
+
+    figure.axes[0].xaxis.set_major_formatter(Own())
+    assert pictures.pickled(figure) is None
+    marker = tmp_path / "ran"
+    crafted = pickle.dumps(_Runs(str(marker)))  # names os.system: refused, never called
+    with pytest.raises(pickle.UnpicklingError, match=r"(posix|os)\.system is not matplotlib's"):
+        pictures.load(crafted)
+    assert not marker.exists()
+
+
+class _Runs:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.path}",))

@@ -17,7 +17,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from experiments import runner
 from experiments.errors import ConfigError, RunFailure
-from experiments.sweeps.report import assemble, command, figures, selection
+from experiments.sweeps.report import assemble, command, selection
+from experiments.tasks.minimize import report as minimize_report
 from tests.conftest import compose_config, runs_of
 
 MINIMIZE_JOBS = [
@@ -180,9 +181,32 @@ def test_minimize_figures_have_a_line_per_optimizer_and_per_run(store: Store) ->
     assert all(xs == list(range(31)) for xs in series(curves_ax).values())
 
 
+def test_every_task_gets_its_objective_against_what_the_runs_vary_and_its_history(
+    store: Store,
+) -> None:
+    built = build(store, parent=store.parents["minimize"])
+    figure = built.figures["minimize_objective.png"]
+    assert "(lower is better)" in figure._suptitle.get_text()
+    panels = [ax for ax in figure.axes if ax.get_visible()]
+    assert [ax.get_xlabel() for ax in panels] == ["optim", "optim.lr"]  # not task.steps: fixed
+    optim, lr = panels
+    assert [label.get_text() for label in optim.get_xticklabels()] == ["adam", "sgd"]
+    assert lr.get_xscale() == "linear" and sorted(series(lr)["runs"]) == [0.01, 0.01, 0.1, 0.1]
+    (history,) = built.figures["minimize_history.png"].axes
+    finished = {" ".join(job) for job in MINIMIZE_JOBS[:4]}
+    assert set(series(history)) == finished  # one curve per FINISHED run
+    assert history.get_ylabel() == "objective/loss"
+    # Matmul's objective is one number per run: no history; its sizes on a log scale.
+    matmul = build(store, parent=store.parents["matmul"])
+    assert "matmul_history.png" not in matmul.figures
+    (size,) = [ax for ax in matmul.figures["matmul_objective.png"].axes if ax.get_visible()]
+    assert size.get_xlabel() == "task.size" and series(size)["runs"] == [32.0, 64.0]
+
+
 def test_steps_to_converge_of_the_sweep(store: Store) -> None:
     runs = [run for run in children(store, "minimize") if run.info.status == "FINISHED"]
-    found = {r.label: r for r in figures.minimize_results(store.client, runs)}
+    views = [assemble.view(store.client, run) for run in runs]
+    found = {r.label: r for r in minimize_report.minimize_results(views)}
     sgd = found["optim=sgd optim.lr=0.1 task.steps=30"]
     assert 5 < sgd.converged_at < 30  # |x + 1| shrinks 0.4x per step: settled near step 10
     assert sgd.final_loss == pytest.approx(-12.0)
@@ -199,13 +223,13 @@ def test_steps_to_converge_of_the_sweep(store: Store) -> None:
     ],
 )
 def test_steps_to_converge(steps, losses, stopped_at, expected) -> None:
-    found = figures.steps_to_converge(steps, losses, stopped_at)
+    found = minimize_report.steps_to_converge(steps, losses, stopped_at)
     assert (math.isnan(found) and math.isnan(expected)) or found == expected
 
 
 def test_derivative_table_lists_values_and_check_errors(store: Store) -> None:
     built = build(store, parent=store.parents["derivative"])
-    assert not built.figures
+    assert set(built.figures) == {"derivative_objective.png"}  # f against expr and point
     lines = built.tables["derivative.txt"].splitlines()
     assert lines[0].split()[:3] == ["run", "status", "expr"]
     assert "max abs err" in lines[0] and "max rel err" in lines[0]
@@ -239,9 +263,9 @@ def test_report_is_logged_to_the_parent_and_written_to_out(store: Store, tmp_pat
         command.main(["--parent", parent, "--tracking-uri", store.uri, "--out", str(tmp_path)]) == 0
     )
     written = sorted(path.name for path in tmp_path.iterdir())
-    assert written == ["matmul.png", "table.txt"]
+    assert written == ["matmul.png", "matmul_objective.png", "table.txt"]
     logged = sorted(item.path for item in store.client.list_artifacts(parent, "report"))
-    assert logged == ["report/matmul.png", "report/table.txt"]
+    assert logged == [f"report/{name}" for name in written]
     table = store.client.download_artifacts(parent, "report/table.txt", str(tmp_path / "back"))
     assert Path(table).read_text() == (tmp_path / "table.txt").read_text()
 

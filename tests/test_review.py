@@ -10,8 +10,8 @@ import pytest
 from experiments import names, runner
 from experiments.runner.identity import config_hash
 from experiments.sweeps import parent as sweep
-from experiments.sweeps.report.figures import MatmulResult, matmul_figure
 from experiments.tasks.matmul import task as matmul
+from experiments.tasks.matmul.report import MatmulResult, matmul_figure
 from experiments.tasks.matmul.timing import MatmulTiming, default_threads
 from tests.conftest import compose_config, runs_of
 
@@ -29,8 +29,8 @@ def run_task(store_uri: str, tmp_path, overrides: list[str]) -> None:
 def test_every_tasks_objective_has_a_section_of_its_own_before_its_results() -> None:
     from experiments import tasks
 
-    for task in map(tasks.load, tasks.NAMES):
-        assert task.OBJECTIVE.startswith(names.OBJECTIVE), task.__name__
+    for task in map(tasks.load, tasks.names()):
+        assert task.objective_key.startswith(names.OBJECTIVE), task.name
     assert names.objective("loss") == "objective/loss"
     assert names.result("grad_norm") == "result/grad_norm"
     assert names.bare_name("objective/loss") == names.bare_name("result/loss") == "loss"

@@ -187,9 +187,14 @@ def test_a_study_in_optunas_journal_file_is_topped_up_too(
             "error: hydra.sweeper.storage=nosuchdb://somewhere/x: cannot open it: ",
         ),
         (
-            ["hydra.sweeper.study_name=old", "hydra.sweeper.direction=maximize"],
-            "error: hydra.sweeper.direction=maximize: study 'old' exists to minimize; name "
-            "another with hydra.sweeper.study_name",
+            ["hydra.sweeper.direction=maximize"],
+            "error: hydra.sweeper.direction=maximize: task minimize minimizes its objective "
+            "objective/loss; leave hydra.sweeper.direction unset",
+        ),
+        (
+            ["hydra.sweeper.study_name=old"],  # made by a search of a task that maximizes
+            "error: hydra.sweeper.study_name=old: the study exists to maximize, this search is "
+            "to minimize; name another with hydra.sweeper.study_name",
         ),
         (
             ["hydra.sweeper.sampler.name=grid"],
@@ -201,12 +206,23 @@ def test_a_study_in_optunas_journal_file_is_topped_up_too(
             "error: hydra.sweeper.pruner=asha: not a pruner here (none, median, hyperband)",
         ),
     ],
-    ids=["sampler", "space", "unparsable", "directory", "url", "direction", "grid", "pruner"],
+    ids=[
+        "sampler",
+        "space",
+        "unparsable",
+        "directory",
+        "url",
+        "direction",
+        "study",
+        "grid",
+        "pruner",
+    ],
 )
 def test_a_bad_setting_is_one_line_and_the_sweep_ends_failed(
     monkeypatch, capfd, store_uri, client, workdir, args, error
 ) -> None:
-    optuna.create_study(storage=f"sqlite:///{workdir / 'optuna.db'}", study_name="old")
+    storage = f"sqlite:///{workdir / 'optuna.db'}"
+    optuna.create_study(storage=storage, study_name="old", direction="maximize")
     assert sweep(monkeypatch, store_uri, [*SEARCH, *args]) == 1
     err = capfd.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error:")]

@@ -239,7 +239,8 @@ def test_a_failing_job_in_the_middle(monkeypatch, capfd, store_uri, client, tmp_
     assert "FAILED" in Path(table).read_text() and "diverged" in Path(table).read_text()
     local = sorted(p.name for p in Path(parent.data.tags["sweep.dir"], "report").iterdir())
     assert local == sorted(path.rsplit("/", 1)[-1] for path in report)
-    assert "report: 2 figures logged into the parent run under report/" in captured.out
+    # minimize's own two, and every task's two: the loss against the lr, its history
+    assert "report: 4 figures logged into the parent run under report/" in captured.out
 
 
 def test_no_report_is_tried_when_no_job_recorded_a_run(monkeypatch, capfd, store_uri) -> None:
@@ -256,7 +257,7 @@ def test_a_job_with_an_invalid_config_is_listed_failed_without_a_run(
     status = sweep(monkeypatch, store_uri, ["task.steps=5,0"])
     out = capfd.readouterr().out
     assert status == 1
-    assert "report: 2 figures logged into the parent run" in out  # the job that ran
+    assert "report: 3 figures logged into the parent run" in out  # the job that ran
     parent, jobs = split(runs_of(client, "minimize"))
     assert parent.info.status == "FAILED"
     assert [run.data.params["task.steps"] for run in jobs] == ["5"]  # no run for steps=0

@@ -102,8 +102,8 @@ class Sweep:
 
 
 def _logged_objective(task: str, run: Run) -> str:
-    """The metric name holding the task's ``OBJECTIVE`` (``objective/...``)."""
-    name = tasks.load(task).OBJECTIVE
+    """The metric name holding the task's objective (``objective/...``)."""
+    name = tasks.load(task).objective_key
     assert name in run.data.metrics, f"{run.info.run_name}: no {name!r} in {run.data.metrics}"
     return name
 

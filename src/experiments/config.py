@@ -1,22 +1,21 @@
-"""The root config's typed schema, the value checks every group uses, and registration.
+"""The root config's typed schema, and the value checks every group uses.
 
-Every config group is backed by a dataclass in Hydra's ConfigStore: the root and
-``tracking`` here, ``optim`` in :mod:`experiments.optimizers`, each task's beside its task.
+Every config group is backed by a dataclass: the root and ``tracking`` here, ``optim`` in
+:mod:`experiments.optimizers`, each task's registered with its task (``experiments.api``).
 Each YAML file under ``conf/`` extends one of these schemas through its defaults list
 (``- /minimize_schema@_here_``), so unknown keys and wrong types fail while Hydra composes
-the config. Range checks live next to the values, in ``__post_init__``: they run when
-:func:`validate` turns the composed config into these dataclasses, before any run starts.
+the config (``experiments.registration`` puts them in Hydra's ConfigStore). Range checks
+live next to the values, in ``__post_init__``: they run when :func:`validate` turns the
+composed config into these dataclasses, before any run starts.
 """
 
 from __future__ import annotations
 
 import math
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from experiments.errors import ConfigError
 
@@ -136,37 +135,27 @@ class Config:
             )
 
 
-def register(task_schemas: dict[str, type]) -> None:
-    """Register the root, optimizer and task schemas, and the ``uid`` and ``gpus`` resolvers."""
-    from experiments.optimizers import SCHEMAS as OPTIM_SCHEMAS  # imports torch
-
-    store = ConfigStore.instance()
-    store.store(name="config_schema", node=Config)
-    for name, schema in OPTIM_SCHEMAS.items():
-        store.store(name=f"{name}_schema", node=schema)
-    for name, schema in task_schemas.items():
-        store.store(name=f"{name}_schema", node=schema)
-    # A token that keeps two runs or sweeps started in the same second apart. Cached, so
-    # every job of one sweep (Hydra copies the resolver cache to each job) shares it.
-    if not OmegaConf.has_resolver("uid"):
-        OmegaConf.register_new_resolver("uid", lambda: uuid.uuid4().hex[:6], use_cache=True)
-    # The GPUs a job on a device asks a cluster for: ${gpus:${device}} in the Slurm preset.
-    if not OmegaConf.has_resolver("gpus"):
-        OmegaConf.register_new_resolver("gpus", _gpus_for)
+def task_name_of(cfg: DictConfig) -> str:
+    """The name of the task ``cfg`` selects (``task.name``); a config without one is one
+    line naming the key."""
+    name = OmegaConf.select(cfg, "task.name", default=None, throw_on_missing=False)
+    if not isinstance(name, str) or not name:
+        raise ConfigError("task.name is not set: the task's config must name its task")
+    return name
 
 
-def _gpus_for(spec: str) -> Optional[int]:
-    """None for none: the job script then has no --gpus-per-node line at all."""
-    from experiments.devices import gpus_for  # imports torch: only a launcher asks
-
-    return gpus_for(spec) or None
-
-
-def validate(cfg: DictConfig) -> Config:
+def validate(cfg: DictConfig, task_settings: Optional[type] = None) -> Config:
     """Turn a composed config into checked dataclasses, raising :class:`ConfigError` if bad.
 
     ``OmegaConf.to_object`` builds each dataclass, which runs its ``__post_init__`` checks.
+    ``task_settings``: the task's settings dataclass; a ``task`` node composed without it (a
+    YAML file that does not extend its schema) is checked against it here.
     """
+    if task_settings is not None and OmegaConf.get_type(cfg, "task") is not None:
+        if not _built_from(cfg, task_settings):
+            cfg = cfg.copy()
+            with open_dict(cfg):
+                cfg.task = _as_settings(cfg.task, task_settings)
     try:
         return OmegaConf.to_object(cfg)  # type: ignore[return-value]
     except ConfigError:
@@ -176,3 +165,20 @@ def validate(cfg: DictConfig) -> Config:
         if isinstance(cause, ConfigError):
             raise cause from None
         raise
+
+
+def _built_from(cfg: DictConfig, settings: type) -> bool:
+    kind = OmegaConf.get_type(cfg, "task")
+    return isinstance(kind, type) and issubclass(kind, settings)
+
+
+def _as_settings(node: Any, settings: type) -> DictConfig:
+    """``node`` merged into ``settings``: a wrong key or type is one line naming it."""
+    try:
+        return OmegaConf.merge(OmegaConf.structured(settings), node)
+    except Exception as error:  # OmegaConf's own: a key the dataclass lacks, a bad type
+        message = str(error).splitlines()[0]
+        key = getattr(error, "full_key", None)
+        value = OmegaConf.select(node, key, default=None) if key else None
+        where = f"task.{key}={value}" if key and value is not None else f"task.{key or ''}"
+        raise ConfigError(f"{where.rstrip('.')}: {message}") from None

@@ -1,6 +1,6 @@
 """The names a reviewer, the report and other runs read: results' metrics, shared tags.
 
-A task's objective (its ``OBJECTIVE``: what ``run()`` returns, what sweeps optimise) is
+A task's objective (its ``Task.objective``: what ``run()`` returns, what sweeps optimise) is
 the metric ``objective/<name>`` (``objective/loss``); its other results are
 ``result/<name>`` (``result/grad_norm``). MLflow's UI sorts its chart sections by the
 prefix, so a run's page opens on the objective's chart, then the other results, ahead of
@@ -34,11 +34,15 @@ RERUN_OF_TAG = "rerun_of"  # a rerun names the run it ran again
 REPRODUCED_TAG = "reproduced"  # a rerun's verdict: true, false, or why it cannot say
 PRUNED_TAG = "pruned"  # a search stopped this trial early: the step it stopped at
 STUDY_TAG = "search.study"  # a search's parent run: its Optuna study (a rerun searches anew)
+OBJECTIVE_TAG = "objective"  # a run's objective metric (objective/loss), as its task said
+DIRECTION_TAG = "direction"  # minimize or maximize: which objective its task calls best
+VERDICT_TAG = "verdict"  # how a rerun of it is judged: exact, tolerance ..., timing ...
 # The files of a run's record that a rerun reads back (experiments.reproduce).
 OVERRIDES_FILE = "overrides.yaml"  # the command line's overrides that made the run
 LAUNCH_FILE = "hydra_overrides.yaml"  # a sweep's launcher and sweeper overrides
 ENVIRONMENT_FILE = "environment.json"  # where the run ran (runner.environment)
 CODE_DIFF_FILE = "code.diff"  # a dirty checkout's changes
+TASK_CODE_DIFF_FILE = "task.code.diff"  # the same of a task's own checkout (an outside task)
 
 
 def without_tags(overrides: Sequence[str]) -> list[str]:

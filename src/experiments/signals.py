@@ -7,6 +7,11 @@ named in its ``error`` tag, and the command exits with 128 + the signal's number
 143, 129). The handler itself only records the signal and raises. While a run is being
 closed (:func:`deferred`), a signal is recorded but not raised, so the closing finishes.
 
+A task that checks for a stop (``ctx.stop_requested``, :func:`stop_requested`) is told of
+the first signal instead: it is recorded, not raised, and the task stops at its next step
+boundary (``ctx.stop()``, :func:`stop_now`, raises it then), saving what it needs first. A
+second signal is raised at once, wherever the task is. The run ends KILLED either way.
+
 Under submitit on Slurm, SIGUSR2 comes before the time limit or on preemption; submitit's
 own handler for it is kept and called (it requeues the job and exits, or gives up), after
 the reason is recorded, so the run still ends KILLED, naming the time limit or the
@@ -53,6 +58,8 @@ class _State:
     received: Optional[tuple[int, str]] = None
     raised = False
     deferring = 0
+    polling = False  # a task in this block may check for a stop (task_checks)
+    polled = False  # and has: the first signal waits for its next step boundary
 
 
 def describe(signum: int) -> str:
@@ -115,6 +122,32 @@ def deferred() -> Iterator[None]:
         _State.deferring -= 1
 
 
+@contextmanager
+def task_checks() -> Iterator[None]:
+    """While a task runs: it may ask :func:`stop_requested`, after which the first signal
+    waits for it (see the module)."""
+    _State.polling, _State.polled = True, False
+    try:
+        yield
+    finally:
+        _State.polling = _State.polled = False
+
+
+def stop_requested() -> bool:
+    """Whether a signal asked the run to stop; from the first call on (inside
+    :func:`task_checks`), the first signal is left for the task to act on."""
+    if _State.polling:
+        _State.polled = True
+    return _State.received is not None
+
+
+def stop_now() -> None:
+    """Raise :class:`Interrupted` for the signal that asked the run to stop (none: nothing)."""
+    if _State.received is not None:
+        _State.raised = True
+        raise Interrupted(*_State.received)
+
+
 def received() -> Optional[tuple[int, str]]:
     """The first signal received since :func:`handling` began, and its reason; or None."""
     return _State.received
@@ -175,10 +208,13 @@ def _restore() -> None:
 
 def _handle(signum: int, frame: Any) -> None:
     reason = describe(signum)
-    if _State.received is None:
+    first = _State.received is None
+    if first:
         _State.received = (signum, reason)
     if _State.raised or _State.deferring:
         return
+    if first and _State.polled:
+        return  # the task checks: it stops at its next step boundary
     _State.raised = True
     raise Interrupted(signum, reason)
 

@@ -15,14 +15,15 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from experiments import config, process, signals, tasks
+from experiments import process, registration, signals
 from experiments.command.exits import invoke
 from experiments.command.job import run_job
 from experiments.record import client
 
 # The schemas back every config group (as Hydra registers its own configs: on import), also
-# in a launcher's worker, which imports this module to run hydra_main.
-config.register(tasks.schemas())
+# in a launcher's worker, which imports this module to run hydra_main. A task's schema is
+# served when Hydra composes it (hydra_plugins.experiments_tasks): only that task is imported.
+registration.register()
 
 
 @hydra.main(version_base="1.3", config_path="pkg://experiments.conf", config_name="config")

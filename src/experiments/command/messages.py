@@ -23,6 +23,9 @@ def one_line(error: BaseException) -> str:
             f"{_lines(error)[0]}: the launchers and sweepers are an optional extra; "
             "install them with: pip install 'experiments[sweeps]'"
         )
+    task = _missing_task(error)
+    if task is not None:
+        return task
     if isinstance(error, MissingConfigException) and error.options:
         lines = _lines(error)
         found = next((line for line in lines if "Could not find" in line), lines[0])
@@ -41,6 +44,27 @@ def one_line(error: BaseException) -> str:
         detail = _lines(cause)[0] if _lines(cause) else ""
         first = f"{first.rstrip('.')}: {detail}" if detail else first
     return first or type(error).__name__
+
+
+def _missing_task(error: BaseException) -> str | None:
+    """A task that Hydra could not find, in the registry's words: ``task=foo`` with no such
+    task, or a task's YAML (in a config directory of one's own) that extends the schema of a
+    task no package registers."""
+    if not isinstance(error, MissingConfigException):
+        return None
+    from experiments.tasks import registry
+
+    missing = (error.missing_cfg_file or "").strip("/")
+    if missing.startswith("task/"):
+        return str(registry.unknown(missing[len("task/") :]))
+    if missing.endswith("_schema") and "/" not in missing:
+        name = missing[: -len("_schema")]
+        if name not in registry.names():
+            return (
+                f"task={name}: its config extends {missing}, but no task {name!r} is "
+                f"registered; the tasks found: {', '.join(registry.names()) or 'none'}"
+            )
+    return None
 
 
 def _config_error_within(error: BaseException) -> ConfigError | None:

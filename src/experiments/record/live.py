@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import os
-import pickle
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any, Iterator, Mapping, Optional
 from experiments import process
 from experiments.errors import ConfigError, StoreUnreachable, TrackingError
 from experiments.names import JOURNAL_ID_TAG
-from experiments.record import client, journal, liveness, marks
+from experiments.record import client, journal, liveness, marks, pictures
 from experiments.record.journal import Header, Writer
 from experiments.record.recorder import JournalRecorder
 
@@ -164,14 +163,18 @@ class LiveRun:
         return self.writer.path
 
     def _send_figure(self, figure: Any, path: Path) -> bool:
-        """Hand a figure to the recording process to draw into ``path``; False if it is gone.
+        """Hand a figure to the recording process to draw into ``path``; False if it is gone,
+        or the figure is not matplotlib's alone (see ``record.pictures``): then the run's
+        process draws it.
 
         The figure travels pickled over this process's own pipe: the recording process reads
         no pickle from anywhere else.
         """
         if self.service is None or self.service.gone is not None:
             return False
-        data = pickle.dumps(figure, protocol=pickle.HIGHEST_PROTOCOL)
+        data = pictures.pickled(figure)
+        if data is None:
+            return False
         self.service.request(
             "figure", file=str(path.resolve()), pickle=base64.b64encode(data).decode("ascii")
         )

@@ -5,10 +5,12 @@ Three parts, each a few lines of a short table:
 - **settings**: the params, equal but for the overrides the rerun was given;
 - **environment**: each difference between the two ``environment.json`` (torch 2.13.0 ->
   2.14.0, blas mkl -> openblas, threads 2 -> 1, the code's diff changed);
-- **results**: where the task is deterministic (``derivative``; ``minimize`` on the CPU, with
-  its seed) every result and every per-step history bit for bit, else the first step that
-  differs; for ``matmul`` the two times against their measured spreads (IQR): *same within
-  noise*, or *slower by 23%* / *faster by 15%* beyond it.
+- **results**: as the task says a rerun is judged (its ``Task.verdict``, recorded with each
+  run as its ``verdict`` tag): ``exact``, every result and every per-step history bit for
+  bit (``derivative``; ``minimize`` on the CPU, with its seed), else the first step that
+  differs; ``tolerance``, the same within a relative and an absolute tolerance; ``timing``,
+  the objective is a time (``matmul``): the two against their measured spreads (IQR), *same
+  within noise*, or *slower by 23%* / *faster by 15%* beyond it.
 
 A run reproduced when its settings are equal (but for the overrides) and its results are
 equal, or within the noise. The environment's differences explain; they do not decide.
@@ -29,16 +31,25 @@ from typing import Any, Optional, Sequence
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from experiments.names import PARENT_TAG, SWEEP_TAG, bare_name, objective, recorded, result
+from experiments.api import Exact, Timing, Tolerance, verdict_from
+from experiments.api import Verdict as Policy
+from experiments.names import (
+    OBJECTIVE_TAG,
+    PARENT_TAG,
+    SWEEP_TAG,
+    VERDICT_TAG,
+    bare_name,
+    recorded,
+    result,
+)
 from experiments.reproduce.records import environment_of
 
-TIME_MS, TIME_IQR_MS = objective("time_ms"), result("time_iqr_ms")  # matmul's
 # Not results: how long things took (time/...), MLflow's system metrics, how a timing was
 # measured (repeats, timing_s).
 NOT_RESULTS = ("time/", "system/")
 MEASUREMENT = ("repeats", "timing_s")
 # Environment fields that differ between any two runs and decide nothing.
-INCIDENTAL = ("command", "cwd", "code.diff_bytes")
+INCIDENTAL = ("command", "cwd", "code.diff_bytes", "task.code.diff_bytes")
 # Tags that say where a run ran as the task itself saw it (a matmul sets its threads).
 ENVIRONMENT_TAGS = ("device.name", "threads", "blas", "cpu.isa", "torch.version", "code.dirty")
 
@@ -134,10 +145,10 @@ def compare_runs(first: Side, second: Side, overrides: Sequence[str] = ()) -> Ve
         error = second.run.data.tags.get("error")
         results = [f"not compared: the runs ended {statuses}" + (f" ({error})" if error else "")]
         equal = first.run.info.status == second.run.info.status
-    elif first.run.data.tags.get("task") == "matmul":
+    elif isinstance(policy_of(first.run), Timing):
         equal, results = timing_rows(first.run, second.run)
     else:
-        equal, results = history_rows(first, second)
+        equal, results = history_rows(first, second, policy_of(first.run))
     reproduced = equal and not unexpected
     if reproduced:
         summary = "reproduced"
@@ -161,7 +172,7 @@ def across(first: Side, reruns: Sequence[Side], verdicts: Sequence[Verdict]) -> 
         f"rerun {n} {s.run_id}: {v.summary}" for n, (s, v) in enumerate(zip(reruns, verdicts), 1)
     ]
     settings_equal = all(v.settings_equal for v in verdicts)
-    timed = first.run.data.tags.get("task") == "matmul" and not is_sweep(first.run)
+    timed = isinstance(policy_of(first.run), Timing) and not is_sweep(first.run)
     finished = all(s.run.info.status == "FINISHED" for s in (first, *reruns))
     if timed and finished:
         equal, row = spread_row(first.run, [s.run for s in reruns])
@@ -189,14 +200,44 @@ def across(first: Side, reruns: Sequence[Side], verdicts: Sequence[Verdict]) -> 
     )
 
 
+def policy_of(run: Run) -> Policy:
+    """How a rerun of ``run`` is judged: its ``verdict`` tag; for a run recorded before the
+    tag, its task's ``Task.verdict`` where the task is installed here; else exact."""
+    recorded_policy = verdict_from(run.data.tags.get(VERDICT_TAG))
+    if recorded_policy is not None:
+        return recorded_policy
+    from experiments.errors import ConfigError
+    from experiments.tasks import registry
+
+    try:
+        task = registry.find(run.data.tags.get("task", ""))
+    except ConfigError:
+        task = None
+    return task.verdict if task is not None else Exact()
+
+
+def timed_keys(run: Run) -> tuple[str, str]:
+    """A timed run's time (its objective) and its measured spread, as metric keys."""
+    policy = policy_of(run)
+    spread = result(policy.spread) if isinstance(policy, Timing) else result("time_iqr_ms")
+    objective = run.data.tags.get(OBJECTIVE_TAG)
+    if objective is None:  # recorded before the tag: its task's, where installed here
+        from experiments.tasks import registry
+
+        task = registry.find(run.data.tags.get("task", ""))
+        objective = task.objective_key if task is not None else "objective/time_ms"
+    return objective, spread
+
+
 def spread_row(first: Run, reruns: Sequence[Run]) -> tuple[bool, str]:
-    """A matmul's time against its reruns' range (between processes), widened by the widest
-    spread (IQR) of all: within it, or slower/faster than the reruns' median by how much."""
-    time_a = recorded(first.data.metrics, TIME_MS)
-    times = [recorded(run.data.metrics, TIME_MS) for run in reruns]
+    """A time against its reruns' range (between processes), widened by the widest spread
+    (IQR) of all: within it, or slower/faster than the reruns' median by how much."""
+    time_key, spread_key = timed_keys(first)
+    time_a = recorded(first.data.metrics, time_key)
+    times = [recorded(run.data.metrics, time_key) for run in reruns]
     if time_a is None or None in times:
-        return False, f"not compared: {TIME_MS} is missing"
-    spreads = [recorded(run.data.metrics, TIME_IQR_MS) for run in (first, *reruns)]
+        return False, f"not compared: {time_key} is missing"
+    spreads = [recorded(run.data.metrics, spread_key) for run in (first, *reruns)]
     widest = max((s for s in spreads if s is not None), default=0.0)
     low, high = min(times), max(times)
     measured = (
@@ -300,17 +341,23 @@ def environment_rows(
         if key == "code.diff_sha256":
             rows.append("code: the diff changed")
             continue
+        if key == "task.code.diff_sha256":
+            rows.append("task code: the diff changed")
+            continue
         rows.append(f"{key}: {_shown(a.get(key))} -> {_shown(b.get(key))}")
     return rows or ["equal"]
 
 
-def history_rows(first: Side, second: Side) -> tuple[bool, list[str]]:
-    """Every result and per-step history, bit for bit.
+def history_rows(
+    first: Side, second: Side, policy: Optional[Policy] = None
+) -> tuple[bool, list[str]]:
+    """Every result and per-step history, bit for bit (or within a :class:`Tolerance`).
 
     A result is matched by its bare name, so a run recorded before its result's name
     changed (``result/loss``, ``loss``) is compared with one recording ``objective/loss``;
     the rows name a metric as the second run has it.
     """
+    tolerance = policy if isinstance(policy, Tolerance) else None
     keys_a, keys_b = _result_keys(first.run), _result_keys(second.run)
     only = [(keys_a[name], "first") for name in keys_a.keys() - keys_b.keys()]
     only += [(keys_b[name], "second") for name in keys_b.keys() - keys_a.keys()]
@@ -321,7 +368,7 @@ def history_rows(first: Side, second: Side) -> tuple[bool, list[str]]:
         a = _history(first.client, first.run_id, keys_a[name])
         b = _history(second.client, second.run_id, key)
         points += min(len(a), len(b))
-        differs = _first_difference(a, b)
+        differs = _first_difference(a, b, tolerance)
         if differs is not None:  # a per-step history names the step better than a result
             firsts.append((min(len(a), len(b)) <= 1, differs[0], key, differs[1]))
     if firsts:
@@ -333,7 +380,12 @@ def history_rows(first: Side, second: Side) -> tuple[bool, list[str]]:
     equal = not rows
     if equal:
         keys = len(keys_a)
-        rows = [f"bit-for-bit equal: {keys} metric{'s' if keys != 1 else ''}, {points} points"]
+        how = (
+            f"equal within rel={tolerance.rel:g} abs={tolerance.abs:g}"
+            if tolerance is not None
+            else "bit-for-bit equal"
+        )
+        rows = [f"{how}: {keys} metric{'s' if keys != 1 else ''}, {points} points"]
     device = first.run.data.params.get("device", "")
     if (
         not equal
@@ -345,12 +397,13 @@ def history_rows(first: Side, second: Side) -> tuple[bool, list[str]]:
 
 
 def timing_rows(first: Run, second: Run) -> tuple[bool, list[str]]:
-    """Two matmul times against their spreads: within noise, or slower/faster by how much."""
+    """Two times against their spreads: within noise, or slower/faster by how much."""
+    time_key, spread_key = timed_keys(first)
     a, b = first.data.metrics, second.data.metrics  # either may hold a legacy name
-    time_a, time_b = recorded(a, TIME_MS), recorded(b, TIME_MS)
+    time_a, time_b = recorded(a, time_key), recorded(b, time_key)
     if time_a is None or time_b is None:
-        return False, [f"not compared: {TIME_MS} is missing"]
-    iqr_a, iqr_b = recorded(a, TIME_IQR_MS), recorded(b, TIME_IQR_MS)
+        return False, [f"not compared: {time_key} is missing"]
+    iqr_a, iqr_b = recorded(a, spread_key), recorded(b, spread_key)
     noise = max(iqr_a or 0.0, iqr_b or 0.0)
     change = (time_b - time_a) / time_a
     measured = (
@@ -381,13 +434,15 @@ def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, flo
 
 
 def _first_difference(
-    a: list[tuple[int, float]], b: list[tuple[int, float]]
+    a: list[tuple[int, float]],
+    b: list[tuple[int, float]],
+    tolerance: Optional[Tolerance] = None,
 ) -> Optional[tuple[int, str]]:
     """The first step where two histories differ, and how; None when equal."""
     for (step_a, value_a), (step_b, value_b) in zip(a, b):
         if step_a != step_b:
             return min(step_a, step_b), f"recorded at step {step_a} vs {step_b}"
-        if not _same(value_a, value_b):
+        if not _same(value_a, value_b, tolerance):
             return step_a, f"{value_a!r} -> {value_b!r}"
     if len(a) != len(b):
         longer, shorter = (a, b) if len(a) > len(b) else (b, a)
@@ -396,8 +451,12 @@ def _first_difference(
     return None
 
 
-def _same(a: float, b: float) -> bool:
-    return a == b or (math.isnan(a) and math.isnan(b))
+def _same(a: float, b: float, tolerance: Optional[Tolerance] = None) -> bool:
+    if a == b or (math.isnan(a) and math.isnan(b)):
+        return True
+    if tolerance is None or not (math.isfinite(a) and math.isfinite(b)):
+        return False
+    return abs(a - b) <= tolerance.abs + tolerance.rel * abs(a)
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -199,9 +199,10 @@ def _compose(arguments: Sequence[str]) -> Any:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from experiments import config, tasks
+    from experiments import config, registration, tasks
+    from experiments.tasks import registry
 
-    config.register(tasks.schemas())
+    registration.register()
     overrides = [item for item in arguments if item != "-m"]
     single = []
     for item, parsed in zip(overrides, OverridesParser.create().parse_overrides(overrides)):
@@ -214,7 +215,8 @@ def _compose(arguments: Sequence[str]) -> Any:
     try:
         with initialize_config_module("experiments.conf", version_base="1.3"):
             cfg = compose(config_name="config", overrides=single)
-        return config.validate(cfg)
+        task = tasks.load(config.task_name_of(cfg))
+        return config.validate(cfg, registry.settings_of(task))
     finally:
         GlobalHydra.instance().clear()
 

@@ -6,7 +6,10 @@ count, CUDA/cuDNN or HIP), the BLAS and OpenMP libraries loaded in the process (
 ``threadpoolctl``), the CPU (model, the cores this process may use, the instruction-set flags
 that decide a matmul's speed), the GPU where the run uses one, the settings that change
 results or speed (environment variables, float32 matmul precision, TF32, deterministic
-algorithms), and the code (commit, branch, a dirty tree's diff) with the command line.
+algorithms), and the code (commit, branch, a dirty tree's diff) with the command line; and
+the task: its name, the package that registers it and its version, and, where that package
+is an editable checkout (``pip install -e``) or a module of one's own in a git checkout, that
+checkout's commit, branch and diff beside this package's.
 
 :func:`tags` picks the few fields people filter on (``blas``, ``threads``, ``cpu.isa``,
 ``code.dirty``). Nothing here imports MLflow; what is slow to find (git) is found once per
@@ -24,12 +27,15 @@ import subprocess
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
 import experiments
 from experiments.record import uris
+
+if TYPE_CHECKING:
+    from experiments.api import Task
 
 PACKAGES = (
     "torch",
@@ -67,16 +73,19 @@ MAX_DIFF_BYTES = 1_000_000  # code.diff keeps at most this much of a dirty tree'
 GIT_TIMEOUT_S = 5.0
 
 
-def collect(device: Optional[torch.device], root: Optional[Path] = None) -> dict[str, Any]:
+def collect(
+    device: Optional[torch.device], task: Optional[Task] = None, root: Optional[Path] = None
+) -> dict[str, Any]:
     """Everything :mod:`this module <experiments.runner.environment>` records about a run.
 
     Args:
         device: the device the run uses (its GPU is described when it is one); None when
             it could not be had here.
+        task: the task the run executes (None: a sweep's parent, which runs none).
         root: the checkout whose code state is recorded; by default the one this package
             runs from (none when it is installed elsewhere).
     """
-    return {
+    found = {
         "python": {
             "version": platform.python_version(),
             "implementation": platform.python_implementation(),
@@ -93,10 +102,13 @@ def collect(device: Optional[torch.device], root: Optional[Path] = None) -> dict
         "cpu": cpu(),
         "gpu": gpu(device),
         "settings": settings(),
-        "code": code_state(root if root is not None else checkout()),
+        "code": dict(code_state(root if root is not None else checkout())),
         "command": [uris.scrub(item) for item in [sys.executable, *sys.argv]],
         "cwd": os.getcwd(),
     }
+    if task is not None:
+        found["task"] = task_origin(task)
+    return found
 
 
 def tags(environment: dict[str, Any]) -> dict[str, str]:
@@ -115,11 +127,65 @@ def tags(environment: dict[str, Any]) -> dict[str, str]:
     return found
 
 
-def prepare() -> None:
+def prepare(task: Optional[Task] = None) -> None:
     """Find now what is slow to find (git's answers, the packages' versions: some 50 ms),
     once a process: the runner calls this while the store opens, off the task's path."""
     code_state(checkout())
     package_versions()
+    if task is not None:
+        task_origin(task)
+
+
+def task_origin(task: Task) -> dict[str, Any]:
+    """The task and where its code comes from: the package that registers it, its version,
+    and the code state of its own checkout where it has one apart from this package's."""
+    from experiments.tasks import registry
+
+    package = registry.distribution_of(task.name)
+    found: dict[str, Any] = {"name": task.name, "package": package, "version": None}
+    if package is not None:
+        try:
+            found["version"] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    root = _task_checkout(task, package)
+    if root is not None:
+        found["checkout"] = str(root)
+        if root != checkout():  # this package's own is recorded as "code" already
+            found["code"] = dict(code_state(root))
+    return found
+
+
+@lru_cache(maxsize=8)
+def _checkout_of(directory: Path) -> Optional[Path]:
+    top = _git(directory, "rev-parse", "--show-toplevel")
+    return Path(top).resolve() if top else None
+
+
+def _task_checkout(task: Task, package: Optional[str]) -> Optional[Path]:
+    """The git checkout a task's code is edited in: its package's, where it is installed
+    editable (``pip install -e``, PEP 610's ``direct_url.json``), or, for a module of one's
+    own (``EXPERIMENTS_TASKS``), the one its file is in. None for an installed package."""
+    if package is not None:
+        try:
+            text = importlib.metadata.distribution(package).read_text("direct_url.json")
+        except importlib.metadata.PackageNotFoundError:
+            return None
+        import json
+
+        try:
+            record = json.loads(text or "{}")
+        except ValueError:
+            return None
+        if not record.get("dir_info", {}).get("editable"):
+            return None
+        url = str(record.get("url", ""))
+        if not url.startswith("file://"):
+            return None
+        return _checkout_of(Path(url[len("file://") :]))
+    module = sys.modules.get(task.settings.__module__)
+    where = getattr(module, "__file__", None)
+    return _checkout_of(Path(where).resolve().parent) if where else None
 
 
 @lru_cache(maxsize=1)

@@ -9,18 +9,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Callable, Iterator, Optional, Sequence
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import config, devices, optimizers, process, record, signals, tasks
+from experiments.api import Task
 from experiments.errors import ConfigError, Pruned, first_line
 from experiments.names import (
     CODE_DIFF_FILE,
@@ -28,6 +30,7 @@ from experiments.names import (
     ENVIRONMENT_FILE,
     OVERRIDES_FILE,
     PARENT_TAG,
+    TASK_CODE_DIFF_FILE,
 )
 from experiments.record import uris
 from experiments.record.journal import Header
@@ -46,6 +49,7 @@ from experiments.runner.store import (
     not_recorded_line,
     store_of,
 )
+from experiments.tasks import registry
 from experiments.tasks.context import Recorder, TaskContext
 
 log = logging.getLogger(__name__)
@@ -84,7 +88,7 @@ class Plan:
         settings: the validated config.
         cfg: the composed config it came from.
         overrides: the command-line overrides that produced it.
-        task: the task's module.
+        task: the task (:class:`experiments.api.Task`).
         directory: the run's own directory (its journal, its files).
         header: its journal's header (where it goes, who writes it).
         tags: its first tags.
@@ -95,7 +99,7 @@ class Plan:
     settings: config.Config
     cfg: DictConfig
     overrides: Sequence[str]
-    task: ModuleType
+    task: Task
     directory: Path
     header: Header
     tags: dict[str, str]
@@ -174,11 +178,11 @@ def execute(
         recording.recorder.judge = judge
         try:
             signals.raise_deferred()
-            prepare(planned.settings.task.name)  # the task's own start-up, while the store opens
+            prepare(planned.task)  # the task's own start-up, while the store opens
             skipped = _wait_for_the_run(recording, planned, defer_delivery)
             if skipped is not None:
                 return skipped
-            objective = _run_task(planned, recording.recorder, started)
+            objective = _run_task(planned, recording.recorder, started, _run_id(recording))
             signals.raise_swallowed()
             end.status = "FINISHED"
         except BaseException as failure:
@@ -217,16 +221,21 @@ def plan(
     Raises:
         ConfigError: a bad setting (nothing is recorded).
     """
-    settings = config.validate(cfg)
-    optimizers.build(cfg.optim)  # a bad optimizer setting is refused before any run starts
-    task_name = settings.task.name
-    task = tasks.load(task_name)
+    task = tasks.load(config.task_name_of(cfg))
+    settings = config.validate(cfg, registry.settings_of(task))
+    task_name = task.name
+    if task.uses_optimizer:  # a bad optimizer setting is refused before any run starts
+        optimizers.build(cfg.optim)
     tracking = settings.tracking
     identity = config_hash(cfg)
     name = tracking.run_name or run_name or run_name_for(task_name, overrides)
     out = Path(output_dir) if output_dir is not None else adhoc_directory()
     out.mkdir(parents=True, exist_ok=True)
-    tags = {**base_tags(task_name, overrides), CONFIG_HASH_TAG: identity, **extra_tags(tracking)}
+    tags = {
+        **base_tags(task, overrides),
+        CONFIG_HASH_TAG: identity,
+        **extra_tags(tracking),
+    }
     if parent_run_id is not None:
         tags[PARENT_TAG] = parent_run_id
     header = journal_header(tracking, tracking.experiment or task_name, name, out)
@@ -235,22 +244,22 @@ def plan(
     header.note = reproduce_note(header.tracking_uri)
     skip = None
     if settings.skip_existing:
-        skip = {"config_hash": identity, "key": getattr(task, "OBJECTIVE", None)}
+        skip = {"config_hash": identity, "key": task.objective_key}
     in_sweep = parent_run_id is not None or parent_journal is not None
     return Plan(settings, cfg, overrides, task, out, header, tags, skip, in_sweep)
 
 
-def prepare(task_name: Optional[str]) -> None:
+def prepare(task: Optional[Task]) -> None:
     """What a task's start-up imports anyway (its ``prepare``), and what is slow to find
     about where it runs (git, the packages' versions), done while a store opens.
 
-    ``task_name`` None: no task runs in this process (a sweep's parent whose launcher starts
+    ``task`` None: no task runs in this process (a sweep's parent whose launcher starts
     its jobs in other processes), only where it runs is found.
     """
-    prepare_task = None if task_name is None else getattr(tasks.find(task_name), "prepare", None)
+    prepare_task = task.function("prepare") if task is not None else None
     if prepare_task is not None:
         prepare_task()
-    environment.prepare()
+    environment.prepare(task)
     process.settle()  # the command's start-up ends here (see experiments.process)
 
 
@@ -274,7 +283,9 @@ def _wait_for_the_run(
     return None
 
 
-def _run_task(planned: Plan, rec: Recorder, started: float) -> float | None:
+def _run_task(
+    planned: Plan, rec: Recorder, started: float, run_of: Callable[[], Optional[str]]
+) -> float | None:
     settings, cfg = planned.settings, planned.cfg
     # A password typed into a tracking URI never reaches the store (see uris.scrub).
     rec.log_text(uris.scrub(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
@@ -287,13 +298,16 @@ def _run_task(planned: Plan, rec: Recorder, started: float) -> float | None:
         # that a filter on them in the UI finds it (the device as asked for), and says
         # where it was tried.
         rec.log_params(task_params(planned.task, settings, cfg, settings.device))
-        record_environment(rec, None)
+        record_environment(rec, None, task=planned.task)
         raise
-    params = task_params(planned.task, settings, cfg, device)
+    task = planned.task
+    params = task_params(task, settings, cfg, device)
     rec.log_params(params)
     rec.set_tags({"device": str(device), "device.name": devices.describe(device)})
-    record_environment(rec, device, params.get("task.threads"))
-    torch.manual_seed(settings.seed)
+    threads = params.get(f"task.{task.threads}") if task.threads else None
+    record_environment(rec, device, threads, task)
+    run = task.function()
+    seed_everything(settings.seed)
     ctx = TaskContext(
         device=device,
         recorder=rec,
@@ -301,14 +315,38 @@ def _run_task(planned: Plan, rec: Recorder, started: float) -> float | None:
         seed=settings.seed,
         output_dir=planned.directory,
         log_every=settings.tracking.log_every,
+        run_of=run_of,
     )
     setup_s = time.perf_counter() - started
-    objective = planned.task.run(settings.task, ctx)
+    with signals.task_checks():
+        objective = run(settings.task, ctx)
+        # A stop the task saw and did not act on (it returned all the same): the run ends
+        # as the signal asked, KILLED.
+        signals.raise_deferred()
     task_s = time.perf_counter() - started - setup_s
     # total: until the results are handed over; the run's end sends what is left
     total_s = time.perf_counter() - started
     rec.log_metrics({"time/setup_s": setup_s, "time/task_s": task_s, "time/total_s": total_s})
     return objective
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (every device), numpy's global generator and Python's ``random``."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _run_id(recording: record.LiveRun) -> Callable[[], Optional[str]]:
+    """How the task learns its run's id (``ctx.run_id``): known once the store has created
+    the run; a job whose creation was not waited for waits for it when the task asks."""
+
+    def run_id() -> Optional[str]:
+        if recording.run_id is None and recording.service is not None:
+            recording.started(fallback=True)
+        return recording.run_id
+
+    return run_id
 
 
 def apply_torch_settings(settings: config.Config) -> None:
@@ -356,7 +394,10 @@ def torch_settings_kept() -> Iterator[None]:
 
 
 def record_environment(
-    rec: Recorder, device: Optional[torch.device], threads: Optional[Any] = None
+    rec: Recorder,
+    device: Optional[torch.device],
+    threads: Optional[Any] = None,
+    task: Optional[Task] = None,
 ) -> None:
     """Where the run ran (``environment.json``, a dirty tree's ``code.diff``, a few tags).
 
@@ -364,15 +405,18 @@ def record_environment(
     sets its own: recorded as torch's threads. The process's default is always beside them
     (``default_threads``), so two runs' records differ there only where their machines do.
     """
-    found = environment.collect(device)
+    found = environment.collect(device, task)
     found["torch"]["default_threads"] = found["torch"]["threads"]
     if threads is not None:
         found["torch"]["threads"] = int(threads)
     code = found["code"]
     diff = code.pop("diff", "")
+    task_diff = found.get("task", {}).get("code", {}).pop("diff", "")
     rec.log_text(json.dumps(found, indent=2, default=str), ENVIRONMENT_FILE)
     if diff:
         rec.log_text(diff, CODE_DIFF_FILE)
+    if task_diff:  # the task's own checkout, where it is not this package's
+        rec.log_text(task_diff, TASK_CODE_DIFF_FILE)
     rec.set_tags(environment.tags(found))
 
 

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from types import ModuleType
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 import experiments
 from experiments import config
-from experiments.names import without_tags
+from experiments.names import DIRECTION_TAG, OBJECTIVE_TAG, VERDICT_TAG, without_tags
 from experiments.record import uris
+
+if TYPE_CHECKING:
+    from experiments.api import Task
 
 IDENTITY_EXCLUDED = ("tracking", "skip_existing")
 
@@ -36,7 +38,7 @@ def config_hash(cfg: DictConfig) -> str:
 
 
 def task_params(
-    task: ModuleType, settings: config.Config, cfg: DictConfig, device: torch.device | str
+    task: Task, settings: config.Config, cfg: DictConfig, device: torch.device | str
 ) -> dict[str, Any]:
     """The params of a run: the settings that affect its task, with the values it used.
 
@@ -46,7 +48,7 @@ def task_params(
     matmul's shape and thread count).
     """
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
-    uses_optimizer = getattr(task, "USES_OPTIMIZER", False)
+    uses_optimizer = task.uses_optimizer
     kept = {
         key: uris.scrub(value) if isinstance(value, str) else value
         for key, value in params.items()
@@ -54,7 +56,7 @@ def task_params(
         and (uses_optimizer or not key.startswith("optim."))
     }
     kept["device"] = str(device)
-    resolved = getattr(task, "resolved_params", None)
+    resolved = task.function("resolved_params")
     if resolved is not None:
         kept.update({f"task.{key}": value for key, value in resolved(settings.task).items()})
     return kept
@@ -83,11 +85,20 @@ def run_name_for(task_name: str, overrides: Sequence[str]) -> str:
     return " ".join([task_name, *shown])[:250]
 
 
-def base_tags(task_name: str, overrides: Sequence[str]) -> dict[str, str]:
+def base_tags(task: Task, overrides: Sequence[str]) -> dict[str, str]:
     """Tags every run carries, known before the task starts (where it runs, its code
-    included, is recorded once the device is resolved: ``runner.environment``)."""
+    included, is recorded once the device is resolved: ``runner.environment``).
+
+    What the task says of its results goes with them, so that a summary, a report or a
+    verdict on the run needs neither the task nor its package: the objective's metric
+    (``objective``), which way is better (``direction``), how a rerun is judged
+    (``verdict``).
+    """
     tags = {
-        "task": task_name,
+        "task": task.name,
+        OBJECTIVE_TAG: task.objective_key,
+        DIRECTION_TAG: task.direction,
+        VERDICT_TAG: task.verdict.describe(),
         "torch.version": torch.__version__,
         "experiments.version": experiments.__version__,
         "overrides": " ".join(overrides) or "(none)",

@@ -20,8 +20,15 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import process, record, signals, tasks
+from experiments.config import task_name_of
 from experiments.errors import ConfigError, RunFailure, first_line
-from experiments.names import LAUNCH_FILE, OVERRIDES_FILE, SWEEP_TAG
+from experiments.names import (
+    DIRECTION_TAG,
+    LAUNCH_FILE,
+    OBJECTIVE_TAG,
+    OVERRIDES_FILE,
+    SWEEP_TAG,
+)
 from experiments.record import uris
 from experiments.record.client import RecorderGone
 from experiments.record.recorder import MAX_TAG_LENGTH
@@ -79,7 +86,7 @@ class _Sweep:
     settings: record.Settings  # how its runs are recorded and waited for (tracking.*)
     directory: Path
     name: str
-    objective: Optional[str] = None  # the metric the jobs' objective is (the task's OBJECTIVE)
+    task: Any = None  # the jobs' task (experiments.api.Task): its objective and direction
     pending: list[tuple[Outcome, Path, Any]] = field(default_factory=list)
 
 
@@ -126,6 +133,7 @@ def start(config: DictConfig) -> str | None:
     hydra_cfg = config.hydra  # HydraConfig is not set yet when a multirun starts
     overrides = [uris.scrub(item) for item in hydra_cfg.overrides.task]  # no password
     name = sweep_name(hydra_cfg.runtime.choices.get("experiment"), overrides)
+    task = _task_of(config)
     experiment = tracking.experiment or config.task.name
     directory = Path(hydra_cfg.sweep.dir)
     try:
@@ -142,12 +150,13 @@ def start(config: DictConfig) -> str | None:
     }
     store = store_of(tracking)
     settings = live_settings(tracking)
-    objective = getattr(tasks.find(config.task.name), "OBJECTIVE", None)
+    if task is not None:  # what the jobs' objective is, as their runs say it
+        tags.update({OBJECTIVE_TAG: task.objective_key, DIRECTION_TAG: task.direction})
     # Active from its journal's first line: a signal from here on (while it opens, raised
     # just below) ends the parent KILLED (finish), never lost.
     with signals.deferred():
         recording = record.open_run(directory, header, tags, store, settings)
-        _active.append(_Sweep(recording, store, settings, directory, name, objective))
+        _active.append(_Sweep(recording, store, settings, directory, name, task))
     try:
         signals.raise_deferred()
         # What a rerun of the sweep starts from (python -m experiments.rerun PARENT).
@@ -156,7 +165,7 @@ def start(config: DictConfig) -> str | None:
         if how:
             recording.recorder.log_text(OmegaConf.to_yaml(how), LAUNCH_FILE)
         # The jobs' start-up, while the store opens, where they run in this process.
-        prepare(config.task.name if launching.runs_jobs_here(hydra_cfg.launcher) else None)
+        prepare(task if launching.runs_jobs_here(hydra_cfg.launcher) else None)
         # Where the sweep was launched, as each job records where it ran: the parent uses
         # no device (its jobs name theirs); git's answers were found just above.
         record_environment(recording.recorder, None)
@@ -172,6 +181,16 @@ def start(config: DictConfig) -> str | None:
     if recording.run_id is not None:
         Path(directory, PARENT_FILE).write_text(recording.run_id, encoding="utf-8")
     return recording.run_id
+
+
+def _task_of(config: DictConfig) -> Any:
+    """The task the sweep's config selects, or None where it cannot be had (each job then
+    says why, in one line, as its own error)."""
+    try:
+        return tasks.load(task_name_of(config))
+    except ConfigError as error:
+        log.debug("the sweep's task: %s", error)
+        return None
 
 
 def finish(interrupted: bool = False, error: str | None = None) -> list[Outcome]:
@@ -193,9 +212,11 @@ def finish(interrupted: bool = False, error: str | None = None) -> list[Outcome]
     _close_jobs(sweep, interrupted, error)
     outcomes = read_outcomes(sweep.directory)
     searched = search_note.read(sweep.directory)
-    best = best_outcome(outcomes) if sweep.objective is not None else None
+    task = sweep.task
+    objective = task.objective_key if task is not None else None
+    best = best_outcome(outcomes, task.direction) if task is not None else None
     searched_line = search_note.line(searched) if searched is not None else None
-    summary = sweep_summary(sweep.name, sweep.objective, outcomes, best, searched_line)
+    summary = sweep_summary(sweep.name, objective, outcomes, best, searched_line)
     if any(outcome.run_id is not None for outcome in outcomes) and not interrupted:
         _report(sweep)  # (no job recorded a run: nothing to compare)
     if outcomes or searched:
@@ -255,9 +276,9 @@ def _record_summary(
     reused = [o.run_id for o in outcomes if o.status == "SKIPPED" and o.run_id is not None]
     if reused:
         tags["sweep.reused_runs"] = ",".join(reused)[:MAX_TAG_LENGTH]
-    if best is not None and sweep.objective is not None:
+    if best is not None and sweep.task is not None:
         tags[BEST_RUN_TAG] = str(best.run_id)
-        recorder.log_metrics({best_metric(sweep.objective): best.objective})
+        recorder.log_metrics({best_metric(sweep.task.objective_key): best.objective})
     recorder.log_text(summary + "\n", "summary.txt")
     recorder.set_tags(tags)
 
@@ -274,6 +295,10 @@ def _report(sweep: _Sweep) -> None:
             sweep.settings,
             parent=run_id,
             out=str((sweep.directory / REPORT_DIR).resolve()),
+            # The jobs' task's own figures, by name: the report's process imports no task.
+            reports={sweep.task.name: sweep.task.report}
+            if sweep.task is not None and sweep.task.report
+            else {},
         )
     except (RecorderGone, RunFailure, ConfigError) as failure:
         log.warning(

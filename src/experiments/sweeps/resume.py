@@ -32,6 +32,7 @@ from experiments.runner import live_settings, store_of
 from experiments.runner.identity import config_hash
 from experiments.sweeps import callback
 from experiments.sweeps.outcomes import Outcome
+from experiments.tasks import registry
 
 log = logging.getLogger(__name__)
 
@@ -136,20 +137,20 @@ def _planned(loader: Any, master: DictConfig, index: int, overrides: list[str]) 
         task_config = copy.deepcopy(job_config)
         with read_write(task_config), open_dict(task_config):
             del task_config["hydra"]
-        settings = config.validate(task_config)
+        task = tasks.load(config.task_name_of(task_config))
+        settings = config.validate(task_config, registry.settings_of(task))
         if not settings.skip_existing:
             return None
         store = store_of(settings.tracking)
         if store is None:
             return None
-        task = tasks.find(settings.task.name)
         return _Job(
             index,
             overrides,
             output_dir,
             config_hash(task_config),
-            settings.tracking.experiment or settings.task.name,
-            getattr(task, "OBJECTIVE", None),
+            settings.tracking.experiment or task.name,
+            task.objective_key,
             store,
             live_settings(settings.tracking),
         )

@@ -18,8 +18,9 @@ def best_metric(objective: str) -> str:
     return "best/" + objective.rsplit("/", 1)[-1]
 
 
-def best_outcome(outcomes: list[Outcome]) -> Optional[Outcome]:
-    """The job with the lowest finite objective (sweepers minimise it), done or reused."""
+def best_outcome(outcomes: list[Outcome], direction: str = "minimize") -> Optional[Outcome]:
+    """The job with the best finite objective in the task's ``direction`` (the lowest, or
+    the highest where the task maximizes it), done or reused."""
     done = [
         outcome
         for outcome in outcomes
@@ -28,7 +29,10 @@ def best_outcome(outcomes: list[Outcome]) -> Optional[Outcome]:
         and outcome.objective is not None
         and math.isfinite(outcome.objective)
     ]
-    return min(done, key=lambda outcome: outcome.objective) if done else None
+    if not done:
+        return None
+    pick = max if direction == "maximize" else min
+    return pick(done, key=lambda outcome: outcome.objective)
 
 
 def review_line(

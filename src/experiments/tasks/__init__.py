@@ -1,25 +1,21 @@
 """The tasks a run can execute, by the name used on the command line (``task=minimize``).
 
-Each task is a package ``tasks/<name>/``: its ``task`` module is the task, and the other
-modules beside it serve that task only (``matmul/timing.py``, ``minimize/plots.py``).
-What two tasks share lives here (``expressions.py``, the safe expression language), and
-what every task is handed, in ``context.py``.
+A task is an :class:`experiments.api.Task` registered under its name (the contract and how
+to register are written there): the built-in three in this package's own entry points, a
+task of one's own in its package's, or in ``EXPERIMENTS_TASKS``. :mod:`.registry` finds
+them and loads the one a command selects; nothing else is imported.
 
-A task module provides:
+Each built-in task is a package ``tasks/<name>/``: its ``task`` module defines the task
+(``TASK``), its ``report`` module its figures in a sweep's report (drawn without torch), and
+the other modules beside it serve that task only (``matmul/timing.py``,
+``minimize/plots.py``). What two tasks share lives here (``expressions.py``, the safe
+expression language), and what every task is handed, in ``context.py``.
 
-- ``SCHEMA``, its settings' dataclass (registered as ``<name>_schema``; its YAML in
-  ``conf/task/<name>.yaml`` extends it);
-- ``run(cfg, ctx) -> float | None``, which does the work, records through ``ctx.recorder``
-  and returns the objective a sweeper would optimise;
-- ``OBJECTIVE``, the name of the metric holding that objective (``objective/<name>``);
-- optionally ``prepare()`` (imports the task needs, done while the tracking store opens),
-  ``USES_OPTIMIZER`` (its runs record the ``optim.*`` settings) and ``resolved_params(cfg)``
-  (settings the task resolves itself, recorded as params).
-
-Tasks import only :mod:`experiments.tasks.context`, the shared modules at the top of the
-package (config checks, devices, errors, names, optimizers) and their own folder: never
-MLflow, the runner, the record path or the sweeps. Importing this package loads no task
-(a bare machine with torch only can use ``tasks.matmul.timing``).
+Tasks import only :mod:`experiments.api` and :mod:`experiments.tasks.context`, the shared
+modules at the top of the package (config checks, devices, errors, names, optimizers,
+signals) and their own folder: never MLflow, the runner, the record path or the sweeps.
+Importing this package loads no task (a bare machine with torch only can use
+``tasks.matmul.timing``).
 
 Metric names say where a reviewer finds them. MLflow's UI makes one chart section per
 prefix before the last ``/`` and sorts the sections by name, putting metrics without a
@@ -31,28 +27,25 @@ timings, derivative's ``sympy/...`` errors against sympy and the ``var/...`` pat
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
+from typing import Any
 
-NAMES = ("derivative", "matmul", "minimize")
+from experiments.tasks import registry
 
 
-def load(name: str) -> ModuleType:
-    """The task module of ``task=<name>`` (imported on first use).
+def load(name: str) -> Any:
+    """The :class:`~experiments.api.Task` of ``task=<name>`` (imported on first use).
 
     Raises:
-        KeyError: no task has that name.
+        registry.TaskError: no task has that name, or it cannot be loaded (one line).
     """
-    if name not in NAMES:
-        raise KeyError(name)
-    return importlib.import_module(f"experiments.tasks.{name}.task")
+    return registry.load(name)
 
 
-def find(name: str) -> ModuleType | None:
-    """The task module of ``task=<name>``, or None when no task has that name."""
-    return load(name) if name in NAMES else None
+def find(name: str) -> Any:
+    """The task of ``task=<name>``, or None when no task has that name."""
+    return registry.find(name)
 
 
-def schemas() -> dict[str, type]:
-    """Each task's schema dataclass, by task name (imports every task)."""
-    return {name: load(name).SCHEMA for name in NAMES}
+def names() -> list[str]:
+    """Every registered task's name."""
+    return registry.names()

@@ -1,10 +1,15 @@
 """What a task is handed: its :class:`TaskContext`, and in it a :class:`Recorder`.
 
 Tasks never import MLflow, nor the runner or the record path: they receive a context
-(device, seed, output directory, the ``optim`` node) and record through its ``recorder``,
-whose methods are the whole interface. The runner hands them one that writes the run's
-journal (``experiments.record.recorder``); tests and scripts without MLflow may use
-:class:`MemoryRecorder`, which keeps everything in plain Python containers.
+(device, seed and generator, output directory, the ``optim`` node, the run's id, whether a
+stop was asked for) and record through its ``recorder``, whose methods are the whole
+interface. The runner hands them one that writes the run's journal
+(``experiments.record.recorder``); tests and scripts without MLflow may use
+:class:`MemoryRecorder`, which keeps everything in plain Python containers. The contract a
+task of one's own follows is written in :mod:`experiments.api`, which exports these.
+
+Importing this module does not import torch (a task's report figures, drawn where torch is
+not loaded, use :mod:`experiments.api` too).
 """
 
 from __future__ import annotations
@@ -12,9 +17,12 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NoReturn, Optional, Protocol
 
-import torch
+from experiments import signals
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Recorder(Protocol):
@@ -105,9 +113,12 @@ class TaskContext:
         recorder: where params, metrics, tags and figures go.
         optim: the composed ``optim`` config node; build it with
             ``experiments.optimizers.build(ctx.optim)``.
-        seed: the seed torch was seeded with.
+        seed: the seed torch, numpy and ``random`` were seeded with before the task.
         output_dir: the run's own directory (Hydra's output directory), for local files.
         log_every: record per-step metrics every this many steps (and the last step).
+        generator: a ``torch.Generator`` (CPU) seeded with ``seed``, for the task's own
+            random draws (a data split, shuffling) apart from torch's global stream.
+        run_of: how the run's id is learned (see :attr:`run_id`); the runner's.
     """
 
     device: torch.device
@@ -116,3 +127,37 @@ class TaskContext:
     seed: int
     output_dir: Path
     log_every: int = 1
+    generator: Optional[torch.Generator] = None
+    run_of: Callable[[], Optional[str]] = field(default=lambda: None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.generator is None:
+            import torch
+
+            self.generator = torch.Generator().manual_seed(self.seed)
+
+    @property
+    def run_id(self) -> Optional[str]:
+        """The MLflow run this run records into; None for a run kept offline
+        (``tracking.offline=true``: it gets one when ``python -m experiments.sync`` uploads
+        it) or outside the runner. Asked while the store still creates the run, it waits."""
+        return self.run_of()
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether a signal (Ctrl-C, SIGTERM, SIGHUP, a cluster's stop) asked the run to stop.
+
+        Check it at step boundaries: once a task has asked, the first signal waits for it
+        (a second one stops the task wherever it is). Save what must survive, then call
+        :meth:`stop`. A task that never asks is stopped where the signal finds it.
+        """
+        return signals.stop_requested()
+
+    def stop(self) -> NoReturn:
+        """End the run now, KILLED with the signal's reason (see :attr:`stop_requested`).
+
+        Raises:
+            signals.Interrupted: always (a ``KeyboardInterrupt``: let it through).
+        """
+        signals.stop_now()
+        raise RuntimeError("ctx.stop() called with no stop requested (see ctx.stop_requested)")

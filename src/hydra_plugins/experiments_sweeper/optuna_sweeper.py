@@ -30,7 +30,8 @@ class OptunaSweeperConf:
     """``hydra.sweeper.*`` of ``hydra/sweeper=optuna``."""
 
     _target_: str = "hydra_plugins.experiments_sweeper.optuna_sweeper.OptunaSweeper"
-    direction: str = "minimize"  # or maximize: what the jobs' objective should do
+    # null: the task's (Task.direction: minimize for the built-in tasks); or minimize, maximize
+    direction: Optional[str] = None
     n_trials: int = 20  # completed trials the study should hold: a rerun tops it up
     n_jobs: int = 1  # trials per batch, run together by the launcher
     max_failure_rate: float = 0.0  # above this share of failed trials in a batch, stop

@@ -4,8 +4,9 @@ A task's figure takes a tenth of a second or more to draw; the run's process pic
 few milliseconds) and sends it over its pipe to its recording process, which draws it into
 the run's directory, store or no store. Unpickling runs code, so a pickle is read from that
 pipe only: never from a file, a journal or a shared directory, so a journal adopted from
-another host or synced later cannot run anything here. A figure the recording process never
-got (it died first) is a missing artifact.
+another host or synced later cannot run anything here, and it names matplotlib's classes
+alone (``record.pictures``: a figure holding a task's own is drawn in the run's process). A
+figure the recording process never got (it died first) is a missing artifact.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from experiments.record import pictures
 from experiments.record.recorder import FIGURE_DPI
 
 log = logging.getLogger(__name__)
@@ -20,10 +22,9 @@ log = logging.getLogger(__name__)
 
 def draw(target: Path, pickled: bytes) -> None:
     """Draw a figure the run's process sent (pickled, over the pipe) into ``target``."""
-    import pickle
-
     try:
-        figure = pickle.loads(pickled)  # from the process this one serves, and only from it
+        # From the process this one serves, and only from it; matplotlib's globals alone.
+        figure = pictures.load(pickled)
         figure.savefig(target, dpi=FIGURE_DPI)
     except Exception as error:  # a broken figure is a missing picture, not a lost run
         log.warning("could not draw %s: %s", target, error)

@@ -10,6 +10,8 @@
 
 The Hydra plugin (``hydra_plugins.experiments_sweeper``) is its entry. Optuna is imported
 only when a search runs. It may import the record path's run side (``uris``, ``liveness``:
-which process holds a trial), ``sweeps.launching`` (whether the jobs run in this process)
-and the shared modules; never the runner or the tasks.
+which process holds a trial), ``sweeps.launching`` (whether the jobs run in this process),
+``sweeps.outcomes`` (a trial's job's outcome), the task registry (the selected task's
+direction: its declaration, not the task's code) and the shared modules; never the runner
+or a task's modules.
 """

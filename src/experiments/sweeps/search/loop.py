@@ -140,12 +140,28 @@ def _open_study(
     _warn_sqlite_on_a_cluster(config, url, plan.pruner_name)
     storage = studies.open_storage(url, studies.storage_key(settings.get("storage")))
     name = settings.get("study_name") or study_name(list(config.hydra.overrides.task))
-    study = studies.load(storage, name, str(settings["direction"]), plan.sampler, plan.pruner)
+    direction = _direction(config, settings.get("direction"))
+    study = studies.load(storage, name, direction, plan.sampler, plan.pruner)
     asked = len(study.get_trials(deepcopy=False))
     if asked and plan.seed is not None and plan.sampler_name in ("tpe", "random"):
         # Seeded afresh, the sampler would propose the study's first trials again.
         study.sampler = studies.make_sampler(plan.sampler_name, int(plan.seed) + asked, plan.grid)
     return study, name, url
+
+
+def _direction(config: DictConfig, setting: Any) -> str:
+    """Which way the search optimises: the task's (its ``Task.direction``); a setting of
+    ``hydra.sweeper.direction`` must agree with it."""
+    from experiments.config import task_name_of
+    from experiments.tasks import registry
+
+    task = registry.load(task_name_of(config))
+    if setting is not None and str(setting) != task.direction:
+        raise ConfigError(
+            f"hydra.sweeper.direction={setting}: task {task.name} {task.direction[:-1]}es "
+            f"its objective {task.objective_key}; leave hydra.sweeper.direction unset"
+        )
+    return task.direction
 
 
 def _say_where(plan: _Plan, name: str, shown: str, held: int, running: int) -> None:

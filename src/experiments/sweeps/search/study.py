@@ -145,8 +145,8 @@ def load(storage: Any, name: str, direction: str, sampler: Any, pruner: Any = No
     if found is not None and found.direction != stored:
         other = StudyDirection(found.direction).name.lower()
         raise ConfigError(
-            f"hydra.sweeper.direction={direction}: study {name!r} exists to {other}; name "
-            "another with hydra.sweeper.study_name"
+            f"hydra.sweeper.study_name={name}: the study exists to {other}, this search is "
+            f"to {direction}; name another with hydra.sweeper.study_name"
         )
     return optuna.create_study(
         storage=storage,

@@ -13,22 +13,16 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Dict, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 
-from experiments.config import (
-    check_choice,
-    check_number_mapping,
-    check_positive_int,
-    open_mapping,
-)
 from experiments.errors import ConfigError, RunFailure
 from experiments.names import SYMPY, objective, result
 from experiments.tasks.context import TaskContext
 from experiments.tasks.derivative.autograd import compute, held_point
 from experiments.tasks.derivative.plots import contour_with_gradient, curve_with_tangent
+from experiments.tasks.derivative.settings import DerivativeConfig
 from experiments.tasks.derivative.symbolic import (
     TOLERANCE,
     Row,
@@ -37,37 +31,11 @@ from experiments.tasks.derivative.symbolic import (
     short,
     where,
 )
-from experiments.tasks.expressions import Expression, check_expression, parse
+from experiments.tasks.expressions import Expression, parse
 
 log = logging.getLogger(__name__)
 
-DTYPES = ("float32", "float64")
-# Both autograd's graph and sympy's formulas swell with the order: each step up costs about
-# 4x; sigmoid(tanh(x)*y)/(1 + x**2) takes 8 s at order 8 and 50 s at order 10.
-MAX_ORDER = 8
-
-
-@dataclass
-class DerivativeConfig:
-    """Settings of ``task=derivative``; see ``conf/task/derivative.yaml``."""
-
-    name: str = "derivative"
-    expr: str = "x**2"
-    at: Dict[str, float] = field(default_factory=lambda: open_mapping({"x": 5.0}))
-    order: int = 2
-    dtype: str = "float64"
-
-    def __post_init__(self) -> None:
-        check_positive_int("task.order", self.order)
-        if self.order > MAX_ORDER:
-            raise ConfigError(f"task.order must be at most {MAX_ORDER}, got {self.order}")
-        check_choice("task.dtype", self.dtype, DTYPES)
-        self.at = check_number_mapping("task.at", dict(self.at))
-        check_expression(self.expr, self.at, "task.at")
-
-
-SCHEMA = DerivativeConfig
-OBJECTIVE = objective("f")  # the metric run() returns: f at the point
+F = objective("f")  # the objective run() returns: f at the point
 
 
 def run(cfg: DerivativeConfig, ctx: TaskContext) -> float:
@@ -112,7 +80,7 @@ def run(cfg: DerivativeConfig, ctx: TaskContext) -> float:
 
 def _named(values: Mapping[str, float]) -> dict[str, float]:
     """The metrics of f and its derivatives: f is the objective, the others results."""
-    return {(OBJECTIVE if name == "f" else result(name)): value for name, value in values.items()}
+    return {(F if name == "f" else result(name)): value for name, value in values.items()}
 
 
 def _variables(expression: Expression, at: Mapping[str, float]) -> dict[str, float]:

@@ -8,64 +8,20 @@ repeats, the cold first call and the host-to-device copy apart, and a float64 ch
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Optional
 
 from matplotlib.figure import Figure
 
 from experiments import devices
-from experiments.config import check_choice, check_positive, check_positive_int
-from experiments.errors import ConfigError
 from experiments.names import NOISY_TAG, objective, result
 from experiments.tasks.context import TaskContext
-from experiments.tasks.matmul.timing import DTYPES, MatmulTiming, default_threads, measure_matmul
+from experiments.tasks.matmul.settings import MatmulConfig
+from experiments.tasks.matmul.timing import MatmulTiming, measure_matmul
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class MatmulConfig:
-    """Settings of ``task=matmul``; see ``conf/task/matmul.yaml``."""
-
-    name: str = "matmul"
-    size: Optional[int] = None
-    m: int = 512
-    k: int = 1024
-    n: int = 512
-    dtype: str = "float32"
-    threads: Optional[int] = None
-    warmup: int = 3
-    min_run_time_s: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.size is not None:
-            check_positive_int("task.size", self.size)
-        for key in ("m", "k", "n"):
-            check_positive_int(f"task.{key}", getattr(self, key))
-        check_choice("task.dtype", self.dtype, DTYPES)
-        if self.threads is not None and (
-            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
-        ):
-            raise ConfigError(
-                f"task.threads must be a positive integer or null (all cores), got {self.threads!r}"
-            )
-        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ConfigError(f"task.warmup must be a non-negative integer, got {self.warmup!r}")
-        check_positive("task.min_run_time_s", self.min_run_time_s)
-
-    def shape(self) -> tuple[int, int, int]:
-        """``(m, k, n)`` of the product: ``size`` thrice when it is set."""
-        if self.size is not None:
-            return self.size, self.size, self.size
-        return self.m, self.k, self.n
-
-    def threads_used(self) -> int:
-        """``threads``, or every core when it is null."""
-        return default_threads() if self.threads is None else self.threads
-
-
-SCHEMA = MatmulConfig
-OBJECTIVE = objective("time_ms")  # the metric run() returns: what a sweeper minimises
+TIME_MS = objective("time_ms")  # the objective run() returns: the median time of a product
 NOISY_SPREAD = 0.10  # IQR / median above which a measurement is flagged; ~1 s of timing on
 # an idle machine stays under 5%
 
@@ -160,7 +116,7 @@ def noisy(timing: MatmulTiming) -> Optional[str]:
 def metrics(timing: MatmulTiming) -> dict[str, float]:
     """The run's metrics; ``h2d_ms`` and ``peak_mem_mb`` only where they were measured."""
     values = {
-        OBJECTIVE: timing.median_ms,
+        TIME_MS: timing.median_ms,
         result("time_iqr_ms"): timing.iqr_ms,
         result("gflops"): timing.gflops,
         result("cold_ms"): timing.cold_ms,

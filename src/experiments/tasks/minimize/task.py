@@ -10,63 +10,22 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Optional
 
 import numpy as np
 import torch
 
 from experiments import optimizers
-from experiments.config import (
-    check_choice,
-    check_number_mapping,
-    check_positive,
-    check_positive_int,
-    open_mapping,
-)
-from experiments.errors import ConfigError, RunFailure
+from experiments.errors import RunFailure
 from experiments.names import objective, result
 from experiments.tasks.context import TaskContext
-from experiments.tasks.expressions import Expression, check_expression, parse
+from experiments.tasks.expressions import Expression, parse
 from experiments.tasks.minimize import plots
 from experiments.tasks.minimize.progress import Progress
+from experiments.tasks.minimize.settings import MinimizeConfig
 
 log = logging.getLogger(__name__)
 
-DTYPES = ("float32", "float64")
-MAX_STEPS = 10_000_000
-
-
-@dataclass
-class MinimizeConfig:
-    """Settings of ``task=minimize``; see ``conf/task/minimize.yaml``."""
-
-    name: str = "minimize"
-    expr: str = "3*x**2 + 6*x - 9"
-    init: Dict[str, float] = field(default_factory=lambda: open_mapping({"x": 10.0}))
-    steps: int = 20
-    tol: Optional[float] = None
-    dtype: str = "float32"
-
-    def __post_init__(self) -> None:
-        check_positive_int("task.steps", self.steps)
-        if self.steps > MAX_STEPS:
-            raise ConfigError(f"task.steps must be at most {MAX_STEPS:,}, got {self.steps}")
-        if self.tol is not None:
-            check_positive("task.tol", self.tol)
-        check_choice("task.dtype", self.dtype, DTYPES)
-        self.init = check_number_mapping("task.init", dict(self.init))
-        check_expression(self.expr, self.init, "task.init")
-
-
-SCHEMA = MinimizeConfig
-OBJECTIVE = objective("loss")  # the metric run() returns: what a sweeper minimises
-LOSS, GRAD_NORM = OBJECTIVE, result("grad_norm")
-USES_OPTIMIZER = True  # the run records the optim.* settings as params
-
-
-def prepare() -> None:
-    """What this task's start-up imports, done while the run's store opens."""
-    optimizers.warm_up()
+LOSS, GRAD_NORM = objective("loss"), result("grad_norm")  # the objective run() returns
 
 
 @dataclass
