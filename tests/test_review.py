@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from experiments import names, runner
-from experiments.runner.identity import config_hash
+from experiments.config import config_hash
 from experiments.sweeps import parent as sweep
 from experiments.tasks.matmul import task as matmul
 from experiments.tasks.matmul.report import MatmulResult, matmul_figure

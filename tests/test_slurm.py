@@ -409,24 +409,31 @@ def accounted_state(cluster: Cluster, job_id: str, wait_s: float = 30.0) -> str:
         time.sleep(1)
 
 
-def test_a_job_past_its_time_limit_is_requeued_then_ends_killed_naming_it(sweeps) -> None:
+def test_a_job_past_its_time_limit_is_requeued_and_continues_its_run(sweeps) -> None:
     # max_num_timeout=1: submitit requeues the job once at its time limit, then gives up.
-    # Each attempt is a fresh run linked to the one before; the last names the time limit.
+    # At Slurm's warning the task saves a checkpoint at its step's end, submitit requeues
+    # the job, and the requeued job continues from that checkpoint, in the same MLflow run:
+    # no step twice, none run again from 0. The last attempt names the time limit.
     sweep = sweeps["requeue"]
     status, out, err = sweep.wait()
     assert status == 1, err + sweep.logs()
     assert "Traceback" not in err
-    parent, (first, second) = sweep.split()
-    assert first.info.status == second.info.status == "KILLED", sweep.logs()
-    assert first.data.tags["error"] == (
-        "Slurm time limit near (SIGUSR2); submitit requeued the job"
-    )
-    assert second.data.tags["error"].startswith(
+    parent, (run,) = sweep.split()  # one run, whatever its attempts
+    assert run.info.status == "KILLED", sweep.logs()
+    assert run.data.tags["error"].startswith(
         "Slurm time limit near (SIGUSR2); not requeued: Job not requeued because: "
         "timed-out too many times"
     )
-    assert second.data.tags["retry_of"] == first.info.run_id
-    assert {first.data.tags[PARENT_TAG], second.data.tags[PARENT_TAG]} == {parent.info.run_id}
+    assert run.data.tags["attempt"] == "2" and run.data.tags["resumed"] == "1"
+    resumed_from = int(run.data.tags["resumed_from"])
+    history = sweep.client.get_metric_history(run.info.run_id, "objective/loss")
+    steps = [point.step for point in history]
+    assert len(steps) == len(set(steps))  # each step once
+    # The second attempt went on past where the first stopped: 1 step in 100 recorded
+    # (log_every=100), so the steps it ran in all are those recorded, once, not twice.
+    assert resumed_from > 0 and max(steps) > resumed_from + 100, (resumed_from, max(steps))
+    assert sorted(steps) == list(range(0, max(steps) + 1, 100))
+    assert run.data.tags[PARENT_TAG] == parent.info.run_id
     assert parent.info.status == "FAILED"
     assert "1 job: 1 killed" in out  # one job, whatever its attempts
     assert len(sweep.job_dirs()) == 1  # one Slurm job, run twice

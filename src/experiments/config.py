@@ -11,6 +11,8 @@ composed config into these dataclasses, before any run starts.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
@@ -109,6 +111,42 @@ class TrackingConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """How often a task that checkpoints saves its state (``ctx.checkpoints``), and where."""
+
+    every_steps: Optional[int] = 1000  # a checkpoint every N steps (null: not by steps)
+    every_s: Optional[float] = 300.0  # and every T seconds (null: not by time)
+    keep: int = 2  # checkpoints kept: the latest and the one before
+    dir: Optional[str] = None  # null: checkpoints/ in the run's own directory
+
+    def __post_init__(self) -> None:
+        if self.every_steps is not None:
+            check_positive_int("checkpoint.every_steps", self.every_steps)
+        if self.every_s is not None:
+            check_positive("checkpoint.every_s", self.every_s)
+        check_positive_int("checkpoint.keep", self.keep)
+        if self.dir is not None and not str(self.dir).strip():
+            raise ConfigError("checkpoint.dir must not be empty, got ''")
+
+
+@dataclass
+class ResumeConfig:
+    """A run to continue from its checkpoint (``python -m experiments.resume`` sets these);
+    how, not what: left out of a run's identity, params and name."""
+
+    run: Optional[str] = None  # the run to continue, the same MLflow run
+    checkpoint: Optional[str] = None  # its checkpoint directory (null: the run's own)
+    new_run: bool = False  # start a new run from that checkpoint instead
+    # A checkpoint made with another config: start afresh instead of refusing (a search that
+    # retries a trial its predecessor abandoned, under a command that changed since).
+    else_fresh: bool = False
+
+    def __post_init__(self) -> None:
+        if self.new_run and self.checkpoint is None and self.run is None:
+            raise ConfigError("resume.new_run=true needs resume.run or resume.checkpoint")
+
+
+@dataclass
 class Config:
     """The root of every composed config."""
 
@@ -120,6 +158,8 @@ class Config:
     deterministic: bool = False  # torch.use_deterministic_algorithms
     skip_existing: bool = False
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resume: ResumeConfig = field(default_factory=ResumeConfig)
 
     def __post_init__(self) -> None:
         from experiments.devices import check_spec
@@ -133,6 +173,24 @@ class Config:
                 "skip_existing=true looks up finished runs in the tracking store, which "
                 "tracking.offline=true does not reach; use one or the other"
             )
+
+
+# Where results are recorded, whether to skip, how often to checkpoint and which run to
+# continue: none of them changes what is computed.
+IDENTITY_EXCLUDED = ("tracking", "skip_existing", "checkpoint", "resume")
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """A run's identity for ``skip_existing``: a hash of its resolved config.
+
+    Where results are recorded (``tracking``) and ``skip_existing`` itself are not part of
+    what was computed, so they are left out.
+    """
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    for key in IDENTITY_EXCLUDED:
+        tree.pop(key, None)
+    text = json.dumps(tree, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def task_name_of(cfg: DictConfig) -> str:

@@ -37,6 +37,11 @@ STUDY_TAG = "search.study"  # a search's parent run: its Optuna study (a rerun s
 OBJECTIVE_TAG = "objective"  # a run's objective metric (objective/loss), as its task said
 DIRECTION_TAG = "direction"  # minimize or maximize: which objective its task calls best
 VERDICT_TAG = "verdict"  # how a rerun of it is judged: exact, tolerance ..., timing ...
+CHECKPOINT_TAG = "checkpoint.dir"  # where a run's checkpoints are (a resume finds them there)
+ATTEMPT_TAG = "attempt"  # a run continued from its checkpoint: which attempt records it now
+RESUMED_TAG = "resumed"  # how many times it was continued
+RESUMED_FROM_TAG = "resumed_from"  # the step its latest attempt continued from
+RESUMED_FROM_RUN_TAG = "resumed_from_run"  # a new run started from another run's checkpoint
 # The files of a run's record that a rerun reads back (experiments.reproduce).
 OVERRIDES_FILE = "overrides.yaml"  # the command line's overrides that made the run
 LAUNCH_FILE = "hydra_overrides.yaml"  # a sweep's launcher and sweeper overrides

@@ -60,6 +60,7 @@ class _State:
     deferring = 0
     polling = False  # a task in this block may check for a stop (task_checks)
     polled = False  # and has: the first signal waits for its next step boundary
+    then: Optional[Callable[[], None]] = None  # what that signal does once the task stops
 
 
 def describe(signum: int) -> str:
@@ -126,11 +127,12 @@ def deferred() -> Iterator[None]:
 def task_checks() -> Iterator[None]:
     """While a task runs: it may ask :func:`stop_requested`, after which the first signal
     waits for it (see the module)."""
-    _State.polling, _State.polled = True, False
+    _State.polling, _State.polled, _State.then = True, False, None
     try:
         yield
     finally:
         _State.polling = _State.polled = False
+        _State.then = None
 
 
 def stop_requested() -> bool:
@@ -142,10 +144,16 @@ def stop_requested() -> bool:
 
 
 def stop_now() -> None:
-    """Raise :class:`Interrupted` for the signal that asked the run to stop (none: nothing)."""
-    if _State.received is not None:
-        _State.raised = True
-        raise Interrupted(*_State.received)
+    """Raise :class:`Interrupted` for the signal that asked the run to stop (none: nothing);
+    for Slurm's warning under submitit, let submitit requeue the job first (see the
+    module)."""
+    if _State.received is None:
+        return
+    then, _State.then = _State.then, None
+    _State.raised = True
+    if then is not None:
+        then()  # raises: SystemExit (requeued), or Interrupted (not)
+    raise Interrupted(*_State.received)
 
 
 def received() -> Optional[tuple[int, str]]:
@@ -154,10 +162,10 @@ def received() -> Optional[tuple[int, str]]:
 
 
 def raise_deferred() -> None:
-    """Raise :class:`Interrupted` for a signal that came while a run was opened or closed."""
+    """Raise :class:`Interrupted` for a signal that came while a run was opened or closed
+    (or that a task checking for a stop did not act on)."""
     if _State.received is not None and not _State.raised and _State.depth:
-        _State.raised = True
-        raise Interrupted(*_State.received)
+        stop_now()
 
 
 def raise_swallowed() -> None:
@@ -228,7 +236,16 @@ def _chained(previous: Callable[[int, Any], Any]) -> Callable[[int, Any], None]:
         cause = {True: "Slurm time limit near", False: "preempted by Slurm"}.get(
             timed_out, "Slurm time limit or preemption"
         )
+        first = _State.received is None
         _State.received = (signum, f"{cause} (SIGUSR2)")
+        if first and _State.polled and not (_State.raised or _State.deferring):
+            # The task checks for a stop: it saves at its step boundary, then submitit
+            # requeues the job (stop_now), so the requeued job continues from there.
+            _State.then = lambda: requeue(signum, frame, cause)
+            return
+        requeue(signum, frame, cause)
+
+    def requeue(signum: int, frame: Any, cause: str) -> None:
         try:
             # Requeueing, Slurm ends the job with SIGTERM while submitit's `scontrol requeue`
             # still runs: recorded, not raised, so the run says it was requeued.

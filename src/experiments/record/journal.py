@@ -13,7 +13,8 @@ Format, version 1 (documented in docs/faults.md; readable without this package):
 - The first line is the ``header``: ``format`` (``experiments-journal``), ``version`` (1),
   ``journal_id``, ``tracking_uri`` (without any password), ``experiment``, ``run_name``,
   ``parent_run_id``, ``parent_journal``, ``config_hash``, ``output_dir``, ``host``,
-  ``pid``, ``pid_started``, ``offline``.
+  ``pid``, ``pid_started``, ``offline``, and for an attempt that continues a run from its
+  checkpoint, ``resumes`` (the run's id, where known) and ``first`` (its first journal's id).
 - ``run``: ``run_id`` and ``experiment_id``, once the store has created the run.
 - ``params``: ``params``, a mapping of strings. ``tags``: ``tags``, a mapping of strings.
 - ``metrics``: ``step`` and ``values``, a mapping of metric name to number (or one of the
@@ -93,6 +94,8 @@ class Header:
     pid_started: Optional[float] = None
     offline: bool = False
     note: Optional[str] = None  # the run's description; "{run_id}" becomes its id
+    resumes: Optional[str] = None  # the run this journal continues (an attempt after the first)
+    first: Optional[str] = None  # that run's first journal (its checkpoints are named by it)
     journal_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     time: int = field(default_factory=now_ms)
 

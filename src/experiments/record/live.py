@@ -17,7 +17,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from experiments import process
 from experiments.errors import ConfigError, StoreUnreachable, TrackingError
@@ -148,6 +148,7 @@ class LiveRun:
         self.stop_wait_s = stop_wait_s  # the same after a signal (tracking.stop_wait_s)
         self.run_id: Optional[str] = None
         self.experiment_id: Optional[str] = None
+        self.resumed: Optional[dict[str, Any]] = None  # a run reopened: the store's answer
         self.unrecorded = unrecorded
         self.discarded = False  # refused or skipped before it began: nothing to close
         self._pending = pending
@@ -223,6 +224,7 @@ class LiveRun:
             self._discard()
             return reply["skipped"]
         self.run_id, self.experiment_id = reply["run_id"], reply["experiment_id"]
+        self.resumed = reply.get("resumed")
         self.writer.append(
             {"type": "run", "run_id": self.run_id, "experiment_id": self.experiment_id}
         )
@@ -301,8 +303,11 @@ def open_run(
     settings: Settings,
     skip: Optional[dict[str, Any]] = None,
     unrecorded: Optional[str] = None,
+    reopen: Optional[str] = None,
+    drain: Sequence[str] = (),
 ) -> LiveRun:
-    """Start the run's journal in ``directory`` and ask for the run to be created.
+    """Start the run's journal in ``directory`` and ask for the run to be created (or, for
+    an attempt that continues one, reopened).
 
     Returns at once: :meth:`LiveRun.started` collects the answer.
 
@@ -314,10 +319,12 @@ def open_run(
         settings: retry and heartbeat settings.
         skip: ``{"config_hash": ..., "key": objective metric}`` for ``skip_existing``.
         unrecorded: why a run meant for a store is kept in its journal only.
+        reopen: the run this attempt continues: reopened (RUNNING again), not created.
+        drain: the earlier attempts' journals, uploaded before it is reopened.
     """
     directory = Path(directory).resolve()  # the recording process has a directory of its own
     path = journal.new_path(directory)
-    earlier = _earlier_attempt(directory, header)
+    earlier = None if reopen is not None else _earlier_attempt(directory, header)
     first_tags = {
         **tags,
         **({RETRY_OF_TAG: earlier} if earlier is not None else {}),
@@ -348,6 +355,8 @@ def open_run(
             "retry_s": settings.retry_s,
             "heartbeat_s": settings.heartbeat_s,
             "pid": os.getpid(),
+            "reopen": reopen,
+            "drain": [str(Path(item).resolve()) for item in drain],
         },
     )
     return LiveRun(

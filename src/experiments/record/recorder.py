@@ -45,9 +45,13 @@ class JournalRecorder:
         judge: a search's judge of this trial (``sweeps.search.trial``), given each
             reported value and step; it returns why the trial stops there, or None. Unset,
             ``report`` does nothing.
+        recorded: a run continued from a checkpoint: by metric, the last step its earlier
+            attempts recorded. The steps the task runs again from its checkpoint up to
+            there are not recorded twice: each step of a metric's history is recorded once.
     """
 
     judge: Optional[Callable[[float, int], Optional[str]]] = None
+    recorded: Optional[dict[str, int]] = None
 
     def __init__(
         self,
@@ -68,6 +72,10 @@ class JournalRecorder:
         self._append({"type": "params", "params": values})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if self.recorded:
+            metrics = self._not_replayed(metrics, 0 if step is None else int(step))
+            if not metrics:
+                return
         names = self._names
         fields = []
         for key, value in metrics.items():
@@ -120,6 +128,22 @@ class JournalRecorder:
             file = str(path.resolve())
         folder = str(artifact_dir) if artifact_dir not in (None, "", Path(".")) else None
         self._append({"type": "artifact", "file": file, "dir": folder})
+
+    def _not_replayed(self, metrics: Mapping[str, float], step: int) -> Mapping[str, float]:
+        recorded = self.recorded or {}
+        return {key: value for key, value in metrics.items() if step > recorded.get(key, -1)}
+
+    def log_checkpoint(self, path: str | Path) -> None:
+        """Record a checkpoint's directory: the store keeps the latest one, as the artifact
+        ``checkpoint/`` (one superseded before it is uploaded is not)."""
+        self._append(
+            {
+                "type": "artifact",
+                "file": str(Path(path).resolve()),
+                "dir": "checkpoint",
+                "checkpoint": True,
+            }
+        )
 
     def report(self, value: float, step: int) -> None:
         if self.judge is None:

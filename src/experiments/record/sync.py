@@ -164,9 +164,16 @@ def collect(paths: Sequence[str], tracking_uri: str | None, totals: Totals) -> l
                 continue
             plans.append(Plan(file, header, tracking_uri or header.tracking_uri))
     unique = {plan.path.resolve(): plan for plan in plans}
-    # A sweep's parent first, so its jobs kept offline find the run to hang under.
+    # A sweep's parent first, so its jobs kept offline find the run to hang under; a run's
+    # attempts in the order they ran, so an attempt that continues a run finds it.
     return sorted(
-        unique.values(), key=lambda plan: (plan.header.parent_journal is not None, str(plan.path))
+        unique.values(),
+        key=lambda plan: (
+            plan.header.parent_journal is not None,
+            plan.header.first is not None or plan.header.resumes is not None,
+            plan.header.time,
+            str(plan.path),
+        ),
     )
 
 

@@ -152,7 +152,7 @@ def command_line(record: Record, overrides: Sequence[str]) -> list[str]:
 
 def _dropped(item: str) -> bool:
     key = item.split("=", 1)[0].lstrip("+~")
-    return key in DROPPED or key.startswith("tracking.tags.")
+    return key in DROPPED or key.startswith(("tracking.tags.", "resume."))
 
 
 def check_composes(record: Record, arguments: list[str], given: Sequence[str] = ()) -> None:
@@ -189,7 +189,12 @@ def check_composes(record: Record, arguments: list[str], given: Sequence[str] = 
 
 
 def _compose(arguments: Sequence[str]) -> Any:
-    """The validated config of ``python -m experiments ARGUMENTS`` (a sweep: its first job).
+    """The validated config of ``python -m experiments ARGUMENTS`` (a sweep: its first job)."""
+    return composed(arguments)[1]
+
+
+def composed(arguments: Sequence[str]) -> tuple[Any, Any]:
+    """The composed config of ``python -m experiments ARGUMENTS``, and it validated.
 
     The ``hydra`` node is composed too, with the ``hydra.*`` overrides, and then left out:
     a key its launcher or sweeper does not have, or a value of the wrong type, is refused
@@ -216,7 +221,7 @@ def _compose(arguments: Sequence[str]) -> Any:
         with initialize_config_module("experiments.conf", version_base="1.3"):
             cfg = compose(config_name="config", overrides=single)
         task = tasks.load(config.task_name_of(cfg))
-        return config.validate(cfg, registry.settings_of(task))
+        return cfg, config.validate(cfg, registry.settings_of(task))
     finally:
         GlobalHydra.instance().clear()
 

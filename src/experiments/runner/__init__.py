@@ -14,6 +14,7 @@ It imports the tasks, the record path and the shared modules; never the sweeps o
 command line.
 """
 
+from experiments.config import config_hash
 from experiments.runner.execution import (
     Result,
     execute,
@@ -23,7 +24,6 @@ from experiments.runner.execution import (
     run,
     torch_settings_kept,
 )
-from experiments.runner.identity import config_hash
 from experiments.runner.store import journal_header, live_settings, not_recorded_line, store_of
 
 __all__ = [

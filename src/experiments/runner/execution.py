@@ -21,10 +21,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from experiments import config, devices, optimizers, process, record, signals, tasks
+from experiments import checkpoints, config, devices, optimizers, process, record, signals, tasks
 from experiments.api import Task
+from experiments.config import config_hash
 from experiments.errors import ConfigError, Pruned, first_line
 from experiments.names import (
+    CHECKPOINT_TAG,
     CODE_DIFF_FILE,
     CONFIG_HASH_TAG,
     ENVIRONMENT_FILE,
@@ -34,10 +36,9 @@ from experiments.names import (
 )
 from experiments.record import uris
 from experiments.record.journal import Header
-from experiments.runner import environment
+from experiments.runner import environment, resumption
 from experiments.runner.identity import (
     base_tags,
-    config_hash,
     extra_tags,
     run_name_for,
     task_params,
@@ -94,6 +95,9 @@ class Plan:
         tags: its first tags.
         skip: what ``skip_existing`` looks for (None: run whatever the store holds).
         in_sweep: a job of a sweep (a store that does not answer keeps it offline).
+        resume: the run it continues, from which checkpoint (None: a fresh run, unless
+            ``skip_existing`` finds one to continue).
+        checkpoints: where its checkpoints go.
     """
 
     settings: config.Config
@@ -105,6 +109,8 @@ class Plan:
     tags: dict[str, str]
     skip: Optional[dict]
     in_sweep: bool
+    resume: Optional[resumption.Resumption] = None
+    checkpoints: Optional[Path] = None
 
 
 def run(
@@ -166,6 +172,7 @@ def execute(
         # Once its journal exists, the run is closed whatever comes: a signal while it opens
         # is raised inside the block below, which ends it KILLED.
         with signals.deferred():
+            resume = planned.resume
             recording = record.open_run(
                 planned.directory,
                 planned.header,
@@ -173,6 +180,8 @@ def execute(
                 store_of(tracking),
                 live_settings(tracking),
                 planned.skip,
+                reopen=resume.run_id if resume is not None and not resume.new_run else None,
+                drain=resume.drain if resume is not None else (),
             )
         end = _End()
         recording.recorder.judge = judge
@@ -182,7 +191,8 @@ def execute(
             skipped = _wait_for_the_run(recording, planned, defer_delivery)
             if skipped is not None:
                 return skipped
-            objective = _run_task(planned, recording.recorder, started, _run_id(recording))
+            resumed = _resumed(recording, planned)
+            objective = _run_task(planned, recording.recorder, started, _run_id(recording), resumed)
             signals.raise_swallowed()
             end.status = "FINISHED"
         except BaseException as failure:
@@ -246,7 +256,17 @@ def plan(
     if settings.skip_existing:
         skip = {"config_hash": identity, "key": task.objective_key}
     in_sweep = parent_run_id is not None or parent_journal is not None
-    return Plan(settings, cfg, overrides, task, out, header, tags, skip, in_sweep)
+    resume = resumption.plan(settings, identity, out, header)
+    if resume is not None and not resume.new_run:
+        # Kept offline, the attempt names the run it continues: sync reopens it there.
+        header.resumes, header.first = resume.run_id, resume.earlier
+    if resume is not None and resume.checkpoint is not None and not resume.new_run:
+        where = resume.checkpoint.parent  # the run's checkpoints go on where they were
+    else:
+        where = resumption.checkpoint_dir(settings, header.journal_id, out)
+        if settings.checkpoint.dir:
+            checkpoints.check_directory(where)
+    return Plan(settings, cfg, overrides, task, out, header, tags, skip, in_sweep, resume, where)
 
 
 def prepare(task: Optional[Task]) -> None:
@@ -271,7 +291,7 @@ def _wait_for_the_run(
     A job of a sweep whose parent this process created knows its store answers: it need
     not wait for its run's creation (collected when it ends) unless it may skip.
     """
-    if defer_delivery and planned.skip is None:
+    if defer_delivery and planned.skip is None and planned.resume is None:
         return None
     skipped = recording.started(fallback=planned.in_sweep)
     if skipped is not None:
@@ -284,7 +304,11 @@ def _wait_for_the_run(
 
 
 def _run_task(
-    planned: Plan, rec: Recorder, started: float, run_of: Callable[[], Optional[str]]
+    planned: Plan,
+    rec: Recorder,
+    started: float,
+    run_of: Callable[[], Optional[str]],
+    resumed: Optional[dict[str, Any]] = None,
 ) -> float | None:
     settings, cfg = planned.settings, planned.cfg
     # A password typed into a tracking URI never reaches the store (see uris.scrub).
@@ -317,9 +341,13 @@ def _run_task(
         log_every=settings.tracking.log_every,
         run_of=run_of,
     )
+    ctx.checkpoints = _checkpoints(planned, rec, ctx, resumed)
     setup_s = time.perf_counter() - started
     with signals.task_checks():
-        objective = run(settings.task, ctx)
+        try:
+            objective = run(settings.task, ctx)
+        finally:
+            ctx.checkpoints.wait()  # a checkpoint being written is written whole
         # A stop the task saw and did not act on (it returned all the same): the run ends
         # as the signal asked, KILLED.
         signals.raise_deferred()
@@ -328,6 +356,68 @@ def _run_task(
     total_s = time.perf_counter() - started
     rec.log_metrics({"time/setup_s": setup_s, "time/task_s": task_s, "time/total_s": total_s})
     return objective
+
+
+def _resumed(recording: record.LiveRun, planned: Plan) -> Optional[dict[str, Any]]:
+    """How this run continues an earlier one (None: it does not): the checkpoint to continue
+    from, and by metric the last step the earlier attempts recorded (the store's answer to
+    reopening it; a new run from a checkpoint has none)."""
+    resume, reopened = planned.resume, recording.resumed
+    if reopened is None and resume is None:
+        return None
+    checkpoint = resume.checkpoint if resume is not None else None
+    if checkpoint is None and reopened is not None and reopened.get("checkpoint"):
+        checkpoint = Path(reopened["checkpoint"])  # skip_existing found it, in another sweep
+    if checkpoint is None and planned.checkpoints is not None:
+        checkpoint = checkpoints.latest_path(planned.checkpoints)  # where this run keeps them
+    if reopened is not None:
+        recorded = dict(reopened.get("steps") or {})
+    elif resume is not None and not resume.new_run:  # kept offline: its journals say
+        recorded = resumption.recorded_in(resume.drain)
+    else:
+        recorded = {}
+    found = checkpoints.manifest_of(checkpoint) if checkpoint is not None else None
+    step = int(found["step"]) if found else None
+    why = resume.why if resume is not None else "skip_existing"
+    which = f"run {recording.run_id}" if recording.run_id else "its run (kept offline)"
+    where = f"its checkpoint at step {step}" if step is not None else "the start (no checkpoint)"
+    log.info("continues %s from %s (%s)", which, where, why)
+    return {"checkpoint": checkpoint, "step": step, "recorded": recorded}
+
+
+def _checkpoints(
+    planned: Plan, rec: Recorder, ctx: TaskContext, resumed: Optional[dict[str, Any]]
+) -> checkpoints.Checkpoints:
+    """The run's checkpoints (``ctx.checkpoints``), continuing from where ``resumed`` says."""
+    settings, header = planned.settings.checkpoint, planned.header
+    first = header.first or header.journal_id
+    told: list[bool] = []
+
+    def committed(path: Path) -> None:  # on the writing thread: journal writes are locked
+        if not told:
+            told.append(True)
+            rec.set_tags({CHECKPOINT_TAG: str(path.parent)})
+        if hasattr(rec, "log_checkpoint"):  # the store keeps the latest, for another machine
+            rec.log_checkpoint(path)
+
+    resume_from = (resumed or {}).get("checkpoint")
+    if resumed is not None:
+        if resumed.get("recorded") and hasattr(rec, "recorded"):
+            rec.recorded = resumed["recorded"]  # steps run again are not recorded twice
+        tags = resumption.describe(planned.resume or resumption.Resumption(None), resumed["step"])
+        if tags:
+            rec.set_tags(tags)
+    return checkpoints.Checkpoints(
+        planned.checkpoints or planned.directory / resumption.CHECKPOINTS_DIR,
+        every_steps=settings.every_steps,
+        every_s=settings.every_s,
+        keep=settings.keep,
+        # The run's id when a checkpoint is saved: a job of a sweep need not wait for it.
+        meta=lambda: {"config_hash": header.config_hash, "journal_id": first, "run_id": ctx.run_id},
+        resume_from=resume_from,
+        generator=ctx.generator,
+        committed=committed,
+    )
 
 
 def seed_everything(seed: int) -> None:

@@ -6,8 +6,6 @@ composed config and the overrides that produced it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
@@ -15,26 +13,14 @@ from omegaconf import DictConfig, OmegaConf
 
 import experiments
 from experiments import config
+from experiments.config import IDENTITY_EXCLUDED
 from experiments.names import DIRECTION_TAG, OBJECTIVE_TAG, VERDICT_TAG, without_tags
 from experiments.record import uris
 
 if TYPE_CHECKING:
     from experiments.api import Task
 
-IDENTITY_EXCLUDED = ("tracking", "skip_existing")
-
-
-def config_hash(cfg: DictConfig) -> str:
-    """A run's identity for ``skip_existing``: a hash of its resolved config.
-
-    Where results are recorded (``tracking``) and ``skip_existing`` itself are not part of
-    what was computed, so they are left out.
-    """
-    tree = OmegaConf.to_container(cfg, resolve=True)
-    for key in IDENTITY_EXCLUDED:
-        tree.pop(key, None)
-    text = json.dumps(tree, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+HOW = tuple(f"{key}." for key in IDENTITY_EXCLUDED) + ("skip_existing",)
 
 
 def task_params(
@@ -52,8 +38,7 @@ def task_params(
     kept = {
         key: uris.scrub(value) if isinstance(value, str) else value
         for key, value in params.items()
-        if not key.startswith(("tracking.", "skip_existing"))
-        and (uses_optimizer or not key.startswith("optim."))
+        if not key.startswith(HOW) and (uses_optimizer or not key.startswith("optim."))
     }
     kept["device"] = str(device)
     resolved = task.function("resolved_params")
@@ -81,7 +66,11 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def run_name_for(task_name: str, overrides: Sequence[str]) -> str:
     """A readable run name: the task, then the overrides that differ from the defaults."""
-    shown = [item for item in without_tags(overrides) if not item.startswith(("task=", "hydra."))]
+    shown = [
+        item
+        for item in without_tags(overrides)
+        if not item.lstrip("+~").startswith(("task=", "hydra.", "resume."))
+    ]
     return " ".join([task_name, *shown])[:250]
 
 

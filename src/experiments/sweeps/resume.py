@@ -26,10 +26,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict, read_write
 
 from experiments import config, record, tasks
+from experiments.config import config_hash
 from experiments.errors import ConfigError, RunFailure, first_line
 from experiments.record.client import RecorderGone
 from experiments.runner import live_settings, store_of
-from experiments.runner.identity import config_hash
 from experiments.sweeps import callback
 from experiments.sweeps.outcomes import Outcome
 from experiments.tasks import registry

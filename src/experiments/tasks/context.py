@@ -24,6 +24,8 @@ from experiments import signals
 if TYPE_CHECKING:
     import torch
 
+    from experiments.checkpoints import Checkpoints
+
 
 class Recorder(Protocol):
     """The recording interface every task receives."""
@@ -119,6 +121,9 @@ class TaskContext:
         generator: a ``torch.Generator`` (CPU) seeded with ``seed``, for the task's own
             random draws (a data split, shuffling) apart from torch's global stream.
         run_of: how the run's id is learned (see :attr:`run_id`); the runner's.
+        checkpoints: the run's checkpoints (``experiments.checkpoints.Checkpoints``):
+            ``latest()`` to continue from on start (None: a fresh run), ``due(step)`` and
+            ``save(step, state)``; None outside the runner (a task saves nothing then).
     """
 
     device: torch.device
@@ -129,6 +134,7 @@ class TaskContext:
     log_every: int = 1
     generator: Optional[torch.Generator] = None
     run_of: Callable[[], Optional[str]] = field(default=lambda: None, repr=False)
+    checkpoints: Optional[Checkpoints] = None
 
     def __post_init__(self) -> None:
         if self.generator is None:

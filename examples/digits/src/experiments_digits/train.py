@@ -4,7 +4,9 @@ The data are scikit-learn's 8x8 digits (1,797 images, 10 classes, inside the pac
 download), split into training and validation by the run's seed, standardised on the
 training part. Each epoch records its training and validation loss and accuracy (the
 validation accuracy is the objective: ``objective/val_accuracy``), reports it to a search's
-pruner, and stops cleanly at its end when a signal asked the run to stop. At the end: the
+pruner, checkpoints the model and the optimizer when ``checkpoint.*`` says (and at a stop),
+and stops cleanly at its end when a signal asked the run to stop. A run continued (a requeued
+job, ``python -m experiments.resume``) starts from its last checkpoint. At the end: the
 validation set's confusion matrix, as a figure.
 """
 
@@ -44,9 +46,14 @@ def run(cfg: DigitsSettings, ctx: TaskContext) -> float:
     x_train, y_train = (t.to(ctx.device) for t in train)
     x_val, y_val = (t.to(ctx.device) for t in val)
     ctx.recorder.log_params({"data.train": len(y_train), "data.val": len(y_val)})
-    best, best_epoch, accuracy = -1.0, 0, 0.0
+    best, best_epoch, accuracy, start = -1.0, 0, 0.0, 0
+    found = ctx.checkpoints.latest() if ctx.checkpoints is not None else None
+    if found is not None:  # a run continued (requeued, resumed): from its last epoch saved
+        model.load_state_dict(found.state["model"])
+        optimizer.load_state_dict(found.state["optimizer"])
+        best, best_epoch, start = found.state["best"], found.state["best_epoch"], found.step
     started = time.perf_counter()
-    for epoch in range(cfg.epochs):
+    for epoch in range(start, cfg.epochs):
         train_loss, train_accuracy = fit_epoch(
             model, optimizer, loss_fn, x_train, y_train, cfg, ctx
         )
@@ -63,9 +70,19 @@ def run(cfg: DigitsSettings, ctx: TaskContext) -> float:
             step=epoch,
         )
         ctx.recorder.report(accuracy, epoch)  # a search's pruner may stop the trial here
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "best": best,
+            "best_epoch": best_epoch,
+        }
         if ctx.stop_requested:  # a signal: stop at this epoch's end, its records complete
+            if ctx.checkpoints is not None:
+                ctx.checkpoints.save(epoch + 1, state, wait=True)  # continued from here
             log.info("digits: stopped after epoch %d of %d", epoch + 1, cfg.epochs)
             ctx.stop()
+        if ctx.checkpoints is not None and ctx.checkpoints.due(epoch + 1):
+            ctx.checkpoints.save(epoch + 1, state)
     epochs_s = time.perf_counter() - started  # every epoch, its records included
     _, accuracy, predicted = evaluate(model, loss_fn, x_val, y_val)
     ctx.recorder.log_metrics(

@@ -29,9 +29,10 @@ from experiments.record import journal, liveness
 from experiments.record.marks import State
 from experiments.record.service import figures
 from experiments.record.service.watch import Watch, fsync_if_grown
+from experiments.record.store import upload
 from experiments.record.store.failures import describe, is_transient
 from experiments.record.store.tracker import finished_run
-from experiments.record.store.upload import Uploader
+from experiments.record.store.upload import Uploader, journals_of
 
 log = logging.getLogger("experiments.recorder")
 
@@ -130,18 +131,32 @@ class Service:
     # --- requests ---
 
     def _op_start(self, message: dict[str, Any]) -> None:
-        """Open the store; skip a finished config, or create the run and watch its journal."""
+        """Open the store; skip a finished config, or create the run (or reopen the one it
+        continues) and watch its journal."""
         tracker = self._store(message)
         experiment_id = tracker.experiment_id(message["experiment"])
         skip = message.get("skip")
+        run = message["run"]
+        reopen, drain, checkpoint = run.get("reopen"), list(run.get("drain") or []), None
         if skip is not None:
             found = _finished_run(tracker, experiment_id, skip["config_hash"], skip.get("key"))
             if found is not None:
                 self._reply(message, ok=True, skipped=found, experiment_id=experiment_id)
                 return
-        run = message["run"]
-        run_id = tracker.create_run(experiment_id, run["name"], run["tags"])
-        self._reply(message, ok=True, run_id=run_id, experiment_id=experiment_id)
+            resumable = tracker.resumable_run(experiment_id, skip["config_hash"])
+            if resumable is not None and reopen is None:  # continue it, from its checkpoint
+                reopen, checkpoint = resumable["run_id"], resumable["checkpoint"]
+                drain += journals_of(resumable["output_dir"], reopen, tracker.key)
+        resumed = None
+        if reopen is not None:
+            for path in drain:  # what its earlier attempts recorded goes in first
+                upload.drain(tracker.client, Path(path), tracker.key, tracker.bulk)
+            resumed = tracker.reopen_run(reopen, run["tags"])
+            resumed["checkpoint"] = checkpoint
+            run_id = reopen
+        else:
+            run_id = tracker.create_run(experiment_id, run["name"], run["tags"])
+        self._reply(message, ok=True, run_id=run_id, experiment_id=experiment_id, resumed=resumed)
         path = Path(run["journal"])
         state = State(tracker.key, run_id, experiment_id, offset=int(run["offset"]))
         state.save(path)

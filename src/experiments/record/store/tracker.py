@@ -14,10 +14,11 @@ import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Optional
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from mlflow import MlflowClient
+from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 
 from experiments import locks, names
@@ -29,6 +30,11 @@ from experiments.record.uris import absolute, redact, sqlite_path
 from experiments.record.uris import resolve as resolve_uri
 
 log = logging.getLogger(__name__)
+
+ATTEMPT_TAG = names.ATTEMPT_TAG
+RESUMED_TAG = names.RESUMED_TAG
+CHECKPOINT_TAG = names.CHECKPOINT_TAG
+ERROR_TAG = names.ERROR_TAG
 
 
 STATEMENT_TIMEOUTS = 6  # a statement may take this many tracking.timeout_s (a minute by default)
@@ -162,6 +168,42 @@ class Tracker:
             raise TrackingError(f"{self.shown}: cannot create a run: {describe(error)}") from error
         return run.info.run_id
 
+    def reopen_run(self, run_id: str, tags: Mapping[str, Any]) -> dict[str, Any]:
+        """Make an interrupted run RUNNING again, for an attempt that continues it (see
+        :func:`reopen`).
+
+        Raises:
+            TrackingError: the run does not exist, or FINISHED already.
+        """
+        try:
+            return reopen(self.client, run_id, tags)
+        except MlflowException as error:
+            if is_transient(error):
+                raise self.unreachable(error) from error
+            raise TrackingError(f"{self.shown}: no run {run_id} to continue") from error
+
+    def resumable_run(self, experiment_id: str, identity: str) -> Optional[dict[str, Any]]:
+        """The newest run of this config hash that ended before its end (KILLED, FAILED)
+        and left a checkpoint this host can read (``skip_existing`` continues it), or None."""
+        from experiments.checkpoints import latest_path
+
+        found = self.client.search_runs(
+            [experiment_id],
+            filter_string=(
+                f"tags.`{names.CONFIG_HASH_TAG}` = '{identity}' and "
+                "attributes.status != 'FINISHED' and attributes.status != 'RUNNING'"
+            ),
+            order_by=["attributes.start_time DESC"],
+            max_results=5,
+        )
+        for run in found:
+            directory = run.data.tags.get(CHECKPOINT_TAG)
+            path = latest_path(Path(directory)) if directory else None
+            if path is not None:
+                output = run.data.tags.get(liveness.OUTPUT_DIR_TAG)
+                return {"run_id": run.info.run_id, "checkpoint": str(path), "output_dir": output}
+        return None
+
     def close_lost_runs(self, experiment_id: str, lost_after_s: float) -> None:
         """Close the lost runs of an experiment (see ``record.liveness``), once a process.
 
@@ -191,6 +233,33 @@ class Tracker:
             raise StoreUnreachable(
                 f"{self.shown}: cannot open the tracking store: {error}"
             ) from None
+
+
+def reopen(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> dict[str, Any]:
+    """Make an interrupted run RUNNING again, for an attempt that continues it.
+
+    Its ``error`` goes, ``attempt`` counts this one (2 for the first resume) and ``resumed``
+    how many times it was continued; ``tags`` are the new attempt's (where it runs, its
+    heartbeat: not its journal's id, which names the run's first). Returns the attempt's
+    number and, by metric, the last step the store holds (what the attempt must not record
+    again).
+
+    Raises:
+        TrackingError: the run FINISHED already.
+        MlflowException: the store failed, or has no such run.
+    """
+    run = client.get_run(run_id)
+    if run.info.status == "FINISHED":
+        raise TrackingError(f"run {run_id} FINISHED already: there is nothing to continue")
+    attempt = int(run.data.tags.get(ATTEMPT_TAG, "1") or 1) + 1
+    steps = {metric.key: int(metric.step) for metric in run.data._metric_objs}
+    if ERROR_TAG in run.data.tags:
+        client.delete_tag(run_id, ERROR_TAG)
+    kept = {k: str(v) for k, v in tags.items() if k != names.JOURNAL_ID_TAG}
+    kept.update({ATTEMPT_TAG: str(attempt), RESUMED_TAG: str(attempt - 1)})
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in kept.items()])
+    client.update_run(run_id, status="RUNNING")
+    return {"attempt": attempt, "steps": steps, "tags": dict(run.data.tags)}
 
 
 def finished_run(

@@ -33,6 +33,7 @@ from experiments.record.liveness import LOST_PREFIX
 from experiments.record.marks import State
 from experiments.record.store.bulk import SchemaMismatch
 from experiments.record.store.failures import again_on_conflict
+from experiments.record.store.tracker import reopen
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,9 @@ class Uploader:
         self.last_time: int = self.header.time
         self.note_due = bool(self.header.note)
         self.claimed_at: Optional[float] = None  # when the upload.* tags were last sent
+        # An attempt that continues a run, uploaded after the fact: by metric, the last step
+        # the store held when it reopened the run (the steps run again are not sent twice).
+        self.recorded: dict[str, int] = {}
 
     @property
     def run_id(self) -> Optional[str]:
@@ -149,17 +153,28 @@ class Uploader:
             self.state.experiment_id = known.get("experiment_id")
         else:
             self.state.experiment_id = self._experiment_id()
-            found = self.client.search_runs(
-                [self.state.experiment_id],
-                filter_string=f"tags.`{JOURNAL_ID_TAG}` = '{self.header.journal_id}'",
-                max_results=1,
-            )
-            if found:
-                self.state.run_id = found[0].info.run_id
+            found = self._by_journal(self.header.journal_id)
+            continued = self.header.resumes or self._by_journal(self.header.first)
+            if found is not None:
+                self.state.run_id = found
+            elif continued is not None:  # an attempt that continues a run: reopened
+                self.state.run_id = continued
+                self.recorded = reopen(self.client, continued, {})["steps"]
             else:
                 self.state.run_id = self._create_run()
         self.state.save(self.path)
         return self.state.run_id
+
+    def _by_journal(self, journal_id: Optional[str]) -> Optional[str]:
+        """The run that the journal ``journal_id`` created, if the store has it."""
+        if not journal_id:
+            return None
+        found = self.client.search_runs(
+            [self.state.experiment_id],
+            filter_string=f"tags.`{JOURNAL_ID_TAG}` = '{journal_id}'",
+            max_results=1,
+        )
+        return found[0].info.run_id if found else None
 
     def close(self, status: str, reason: str, end_ms: int) -> None:
         """End a run whose journal has no end line (its process is gone)."""
@@ -238,6 +253,7 @@ class Uploader:
                 metrics.extend(
                     (key, journal.metric_value(value), stamp, step)
                     for key, value in record["values"].items()
+                    if step > self.recorded.get(key, -1)
                 )
             elif kind == "params":
                 params.extend(record["params"].items())
@@ -248,8 +264,10 @@ class Uploader:
             elif kind == "end":
                 end = record
         self._log_batches(params, tags, metrics)
+        latest = [a for a in artifacts if a.get("checkpoint")][-1:]  # the others are superseded
         for artifact in artifacts:
-            self._log_artifact(artifact)
+            if not artifact.get("checkpoint") or artifact in latest:
+                self._log_artifact(artifact)
         if end is not None:
             self._end(end)
 
@@ -300,6 +318,13 @@ class Uploader:
     def _log_artifact(self, record: dict[str, Any]) -> None:
         path = Path(record["file"])
         path = path if path.is_absolute() else self.base / path
+        if record.get("checkpoint"):
+            # The latest checkpoint, as the store keeps it; one removed since (a newer one
+            # was committed, and is recorded after it) is not missing.
+            if path.is_dir():
+                self.client.log_artifacts(self.state.run_id, str(path), record.get("dir"))
+                self.counts.artifacts += 1
+            return
         if not path.is_file() and self.figures and record.get("figure") and not self.final:
             self.waiting.append(record)  # the recording process draws it in a moment
             return
@@ -391,3 +416,37 @@ def deliver(
         last = journal.last_record(path) or {}
         uploader.close(status, reason, int(last.get("time", uploader.last_time)))
     return uploader
+
+
+def journals_of(directory: Optional[str], run_id: str, tracking_uri: str) -> list[str]:
+    """The journals in ``directory`` that recorded run ``run_id`` in this store."""
+    if not directory or not Path(directory).is_dir():
+        return []
+    found = []
+    for path in journal.find([directory]):
+        state = State.load(path, tracking_uri)
+        known = next((r for r in journal.records(path) if r.get("type") == "run"), {})
+        if run_id in (state.run_id, known.get("run_id")):
+            found.append(str(path))
+    return found
+
+
+def drain(client: Any, path: Path, tracking_uri: str, bulk: Optional[Any] = None) -> None:
+    """Upload what an earlier attempt's journal holds and the store lacks, its end included
+    (closed as lost where it has none): before the run it recorded is continued.
+
+    Raises:
+        RuntimeError: a process still writes the journal (its run goes on).
+    """
+    if journal.held(path):
+        raise RuntimeError(f"{path} is still being written by a process: its run goes on")
+    state = State.load(path, tracking_uri)
+    if state.ended and state.offset >= path.stat().st_size:
+        return
+    header = journal.read_header(path)
+    last = (journal.last_record(path) or {}).get("time", header.time)
+    reason = (
+        f"{LOST_PREFIX} process {header.pid} on {header.host} ended without closing the run "
+        f"(last record {liveness.heartbeat(last)})"
+    )
+    deliver(client, path, tracking_uri, close=("FAILED", reason), bulk=bulk)

@@ -25,7 +25,8 @@ from experiments.reporting import as_number, label, median_line, ticks_at
 MAX_PANELS = 6  # settings shown; beyond, those with the most distinct values
 MAX_CURVES = 60  # histories drawn; a legend beyond 30 runs is left out
 OVERRIDE = re.compile(r"^[+~]*([A-Za-z_][\w./-]*)=(\S*)")
-NOT_SETTINGS = ("tracking.", "hydra.", "skip_existing")  # where and how, not what
+# Where and how, not what: records, launchers, skipping, checkpoints, a run to continue.
+NOT_SETTINGS = ("tracking.", "hydra.", "skip_existing", "checkpoint.", "resume.")
 
 
 def varying(runs: Sequence[Any]) -> list[str]:

@@ -217,7 +217,9 @@ def study_name(overrides: Sequence[str]) -> str:
     settings = sorted(
         item
         for item in without_tags(overrides)
-        if not item.lstrip("+~").startswith(("tracking.", "skip_existing"))
+        if not item.lstrip("+~").startswith(
+            ("tracking.", "skip_existing", "checkpoint.", "resume.")
+        )
     )
     return " ".join(settings) or "search"
 
@@ -260,7 +262,11 @@ def _run_batch(
     can settle it by the job's outcome should this one be killed before it tells it.
     """
     overrides = [
-        [*plan.space.overrides(trial.params), f"++tracking.tags.{TRIAL_TAG}={trial.number}"]
+        [
+            *plan.space.overrides(trial.params),
+            f"++tracking.tags.{TRIAL_TAG}={trial.number}",
+            *_continues(trial),
+        ]
         for trial in trials
     ]
     for number, trial in enumerate(trials, start=job):
@@ -289,6 +295,17 @@ def _run_batch(
                 result.return_value  # raises the job's own error  # noqa: B018
         raise ConfigError("the search stopped: a trial's job returned no objective")
     return len(returns)
+
+
+def _continues(trial: Any) -> list[str]:
+    """A trial that retries one its search abandoned mid-run, with a checkpoint saved:
+    the overrides that continue that trial's run (``resume.*``), from its checkpoint."""
+    found = trial.user_attrs.get(studies.RESUME)
+    if not (isinstance(found, list) and len(found) == 2):
+        return []
+    run_id, checkpoint = found
+    # Under a command that changed since (another task.steps), the trial starts afresh.
+    return [f"resume.run={run_id}", f"resume.checkpoint='{checkpoint}'", "resume.else_fresh=true"]
 
 
 def _tell_all(study: Any, trials: list, returns: Sequence[Any]) -> list:

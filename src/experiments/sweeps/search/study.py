@@ -48,6 +48,7 @@ BEAT = "experiments.heartbeat"  # when that search last said it is alive (second
 ABANDONED = "experiments.abandoned"
 SURPLUS = "experiments.surplus"
 RETRY_OF = "experiments.retry_of"  # a trial queued again: the number of the one it retries
+RESUME = "experiments.resume"  # and [its run, its checkpoint]: the retry continues that run
 JOB = "experiments.job"  # [sweep directory, job number]: where the trial's outcome is written
 BEAT_EVERY_S = 30.0
 SAMPLERS = ("tpe", "random", "grid", "qmc")
@@ -318,18 +319,41 @@ def settle(study: Any, trial: Any, outcome: Optional[Outcome], claim: bool = Fal
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=not claim)
     except Exception:  # another search took it first
         return False
-    queue_again(study, trial)
+    queue_again(study, trial, resumable(outcome))
     return True
+
+
+def resumable(outcome: Optional[Outcome]) -> Optional[list[str]]:
+    """``[run id, checkpoint]`` of a job that stopped before its end with a checkpoint saved
+    (a signal: its task saved one at its last step), to continue rather than start over."""
+    if outcome is None or outcome.directory is None:
+        return None
+    from experiments import checkpoints
+    from experiments.record import journal
+
+    directory = Path(outcome.directory)
+    found = checkpoints.latest_path(directory / "checkpoints")
+    if found is None:
+        return None
+    for path in sorted(journal.find([directory]), reverse=True):
+        run = next((r for r in journal.records(path) if r.get("type") == "run"), None)
+        if run is not None:
+            return [str(run["run_id"]), str(found)]
+    return None
 
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def queue_again(study: Any, trial: Any) -> None:
-    """Queue ``trial``'s parameters: the next trial asked for gets them."""
+def queue_again(study: Any, trial: Any, resume: Optional[list[str]] = None) -> None:
+    """Queue ``trial``'s parameters: the next trial asked for gets them (and, ``resume``,
+    continues the trial's run from its checkpoint)."""
+    attrs: dict[str, Any] = {RETRY_OF: trial.number}
+    if resume is not None:
+        attrs[RESUME] = resume
     try:
-        study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number})
+        study.enqueue_trial(trial.params, user_attrs=attrs)
     except Exception as error:  # the storage is gone: the trial stays failed, not retried
         log.warning("trial %d could not be queued again: %s", trial.number, error)
 

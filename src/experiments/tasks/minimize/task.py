@@ -63,9 +63,10 @@ def run(cfg: MinimizeConfig, ctx: TaskContext) -> float:
         for name in names
     }
     optimizer = optimizers.build(ctx.optim)(list(params.values()))
+    start, trajectory = _resume(ctx, params, optimizer, names)
 
     started = time.perf_counter()
-    trajectory, reason = _optimise(expression, params, optimizer, cfg, ctx)
+    trajectory, reason = _optimise(expression, params, optimizer, cfg, ctx, start, trajectory)
     ctx.recorder.log_metrics({"time/optimize_s": time.perf_counter() - started})
     ctx.recorder.log_metrics({result("steps_run"): trajectory.steps[-1]})
     ctx.recorder.set_tags({"stop_reason": reason})
@@ -80,15 +81,61 @@ def run(cfg: MinimizeConfig, ctx: TaskContext) -> float:
     return trajectory.loss[-1]
 
 
+def _resume(
+    ctx: TaskContext,
+    params: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    names: list[str],
+) -> tuple[int, Trajectory]:
+    """Where to start: step 0, or the run's latest checkpoint (its point, its optimizer's
+    state, the path so far; the random generators as they were)."""
+    found = ctx.checkpoints.latest() if ctx.checkpoints is not None else None
+    if found is None:
+        return 0, Trajectory(names)
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(found.state["params"][name])
+    optimizer.load_state_dict(found.state["optimizer"])
+    saved = found.state["trajectory"]
+    trajectory = Trajectory(
+        names,
+        steps=saved["steps"].tolist(),
+        loss=saved["loss"].tolist(),
+        grad_norm=saved["grad_norm"].tolist(),
+        values=saved["values"].tolist(),
+    )
+    log.info("minimize: continues from its checkpoint at step %d", found.step)
+    return found.step, trajectory
+
+
+def _state(
+    params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, trajectory: Trajectory
+) -> dict:
+    """What a checkpoint holds: the point, the optimizer's state, the path so far."""
+    width = len(trajectory.names)
+    return {
+        "params": {name: param.detach().clone() for name, param in params.items()},
+        "optimizer": optimizer.state_dict(),
+        "trajectory": {
+            "steps": torch.tensor(trajectory.steps, dtype=torch.int64),
+            "loss": torch.tensor(trajectory.loss, dtype=torch.float64),
+            "grad_norm": torch.tensor(trajectory.grad_norm, dtype=torch.float64),
+            "values": torch.tensor(trajectory.values, dtype=torch.float64).reshape(-1, width),
+        },
+    }
+
+
 def _optimise(
     expression: Expression,
     params: dict[str, torch.Tensor],
     optimizer: torch.optim.Optimizer,
     cfg: MinimizeConfig,
     ctx: TaskContext,
+    start: int,
+    trajectory: Trajectory,
 ) -> tuple[Trajectory, str]:
-    trajectory = Trajectory(list(params))
     first: dict[str, torch.Tensor] = {}
+    checkpoints = ctx.checkpoints
 
     def closure() -> torch.Tensor:
         # Some optimizers (L-BFGS) evaluate several times per step; the first evaluation
@@ -103,7 +150,7 @@ def _optimise(
 
     progress = Progress(cfg.steps, "minimize")
     try:
-        for step in range(cfg.steps):
+        for step in range(start, cfg.steps):
             first.clear()
             snapshot = [float(p.detach()) for p in params.values()]
             optimizer.step(closure)
@@ -118,6 +165,12 @@ def _optimise(
                 # converged at the point this step started from; the step has moved on from
                 # it already, so the final point recorded is the one after this update
                 return _finish(trajectory, params, expression, step + 1, ctx), "tol"
+            if ctx.stop_requested:  # a signal: this step is whole; save it, then stop
+                if checkpoints is not None:
+                    checkpoints.save(step + 1, _state(params, optimizer, trajectory), wait=True)
+                ctx.stop()
+            if checkpoints is not None and checkpoints.due(step + 1):
+                checkpoints.save(step + 1, _state(params, optimizer, trajectory))
     finally:
         progress.close()
     return _finish(trajectory, params, expression, cfg.steps, ctx), "steps"
