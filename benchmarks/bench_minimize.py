@@ -5,8 +5,9 @@ per-step metrics, loss, gradient norm and x, logged by hand) and the same script
 ``--only-loss`` in turn, each in its own directory with its own ``mlflow.db`` (created by a
 warm-up run first, so none pays for creating the store), and prints the median wall times
 and the ratios. ``--against SRC`` adds the pipeline of another checkout (its ``src``
-directory, e.g. a worktree of an earlier commit) to the same alternation, which measures
-what a change costs. Then measures logging throughput into the embedded SQLite store, end
+directory, e.g. a worktree of an earlier commit; or that checkout's venv's ``python``, where
+its plugins differ from this one's) to the same alternation, which measures what a change
+costs. Then measures logging throughput into the embedded SQLite store, end
 to end: through the run's journal and its uploader, as a run records.
 
 Then the cost of recording inside the loop: ``time/optimize_s`` of a ``--loop-steps``
@@ -45,7 +46,10 @@ def compare(steps: int, repeats: int, root: Path, against: Path | None = None) -
         "loss-only": [sys.executable, str(BASELINE), str(steps), "--only-loss"],
     }
     envs: dict[str, dict[str, str] | None] = dict.fromkeys(commands)
-    if against is not None:
+    if against is not None and against.is_file():  # another checkout's venv's python
+        commands["against"] = [str(against), *commands["pipeline"][1:]]
+        envs["against"] = None
+    elif against is not None:
         commands["against"] = commands["pipeline"]
         envs["against"] = {**os.environ, "PYTHONPATH": str(against.resolve())}
     times: dict[str, list[float]] = {name: [] for name in commands}
@@ -139,7 +143,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, nargs="+", default=[20, 1000])
     parser.add_argument("--points", type=int, default=20_000)
-    parser.add_argument("--against", type=Path, help="another checkout's src/ to compare with")
+    parser.add_argument(
+        "--against",
+        type=Path,
+        help="another checkout's src/ (or its venv's python) to compare with",
+    )
     parser.add_argument("--loop-steps", type=int, default=20_000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-minimize-") as tmp:

@@ -383,3 +383,26 @@ def test_a_search_killed_mid_trial_continues_that_trial_in_its_run(
     assert continued.data.metrics["objective/loss"] == retry.value
     assert_each_step_once(client, continued, 20000)
     assert all(run.info.status == "FINISHED" for run in runs.values())
+
+
+def test_a_run_is_continued_elsewhere_from_the_checkpoint_its_store_keeps(
+    stopped, monkeypatch, capfd, store_uri, client, workdir
+) -> None:
+    # Another machine: neither the run's directory nor its checkpoints are here; the store
+    # has the latest checkpoint (the artifact checkpoint/), downloaded and continued from.
+    import shutil
+
+    shutil.rmtree(workdir / "outputs" / "run")
+    capfd.readouterr()
+    elsewhere = workdir / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert resume.main([stopped, "--from", store_uri, "--workdir", str(elsewhere)]) == 0
+    out = capfd.readouterr().out
+    assert "from its checkpoint at step" in out
+    (run,) = runs_of(client, "minimize")
+    assert run.info.run_id == stopped and run.info.status == "FINISHED"
+    downloaded = elsewhere / "outputs" / "resumed" / stopped / "checkpoints"
+    (step,) = downloaded.iterdir()  # the store's copy, from which it went on
+    assert f"resume.checkpoint={step}" in out
+    assert_each_step_once(client, run, STEPS)

@@ -276,6 +276,8 @@ def prepare(task: Optional[Task]) -> None:
     ``task`` None: no task runs in this process (a sweep's parent whose launcher starts
     its jobs in other processes), only where it runs is found.
     """
+    if task is not None:
+        task.function()  # its module (named by "module:function"): imported while waiting
     prepare_task = task.function("prepare") if task is not None else None
     if prepare_task is not None:
         prepare_task()

@@ -37,6 +37,7 @@ from experiments.record.store.tracker import reopen
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT_EVERY_S = 30.0  # the store's copy of a run's latest checkpoint: at most this often
 MAX_ENTRIES = 1000  # MLflow's log_batch limits
 MAX_PARAMS_OR_TAGS = 100
 
@@ -91,6 +92,10 @@ class Uploader:
         self.last_time: int = self.header.time
         self.note_due = bool(self.header.note)
         self.claimed_at: Optional[float] = None  # when the upload.* tags were last sent
+        # The latest checkpoint recorded and not sent yet, and when one was last sent: the
+        # store gets one every CHECKPOINT_EVERY_S at most while the run goes on, and the last.
+        self.checkpoint: Optional[dict[str, Any]] = None
+        self.checkpoint_sent: Optional[float] = None
         # An attempt that continues a run, uploaded after the fact: by metric, the last step
         # the store held when it reopened the run (the steps run again are not sent twice).
         self.recorded: dict[str, int] = {}
@@ -264,10 +269,12 @@ class Uploader:
             elif kind == "end":
                 end = record
         self._log_batches(params, tags, metrics)
-        latest = [a for a in artifacts if a.get("checkpoint")][-1:]  # the others are superseded
         for artifact in artifacts:
-            if not artifact.get("checkpoint") or artifact in latest:
+            if artifact.get("checkpoint"):
+                self.checkpoint = artifact  # the latest; those before are superseded
+            else:
                 self._log_artifact(artifact)
+        self._send_checkpoint()
         if end is not None:
             self._end(end)
 
@@ -310,6 +317,18 @@ class Uploader:
             self.counts.params += len(some_params)
             self.counts.tags += len(some_tags)
             self.counts.points += len(some_metrics)
+
+    def _send_checkpoint(self) -> None:
+        """Send the latest checkpoint recorded, if one is due (see ``checkpoint_sent``)."""
+        if self.checkpoint is None:
+            return
+        now = time.monotonic()
+        due = self.checkpoint_sent is None or now - self.checkpoint_sent >= CHECKPOINT_EVERY_S
+        if not (due or self.final):
+            return
+        record, self.checkpoint = self.checkpoint, None
+        self._log_artifact(record)
+        self.checkpoint_sent = now
 
     def _drawn(self, record: dict[str, Any]) -> bool:
         path = Path(record["file"])

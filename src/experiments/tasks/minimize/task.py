@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from array import array
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,24 +31,52 @@ LOSS, GRAD_NORM = objective("loss"), result("grad_norm")  # the objective run() 
 
 @dataclass
 class Trajectory:
-    """The recorded state of each step: loss, gradient norm and every variable."""
+    """The recorded state of each step: loss, gradient norm and every variable.
+
+    Kept in flat arrays of machine numbers, which a checkpoint copies in microseconds
+    (Python lists of 20,000 floats take milliseconds to turn into tensors).
+    """
 
     names: list[str]
-    steps: list[int] = field(default_factory=list)
-    loss: list[float] = field(default_factory=list)
-    grad_norm: list[float] = field(default_factory=list)
-    values: list[list[float]] = field(default_factory=list)
+    steps: array = field(default_factory=lambda: array("q"))
+    loss: array = field(default_factory=lambda: array("d"))
+    grad_norm: array = field(default_factory=lambda: array("d"))
+    flat: array = field(default_factory=lambda: array("d"))  # every variable, step by step
 
     def add(self, step: int, loss: float, grad_norm: float, values: list[float]) -> dict:
         self.steps.append(step)
         self.loss.append(loss)
         self.grad_norm.append(grad_norm)
-        self.values.append(values)
+        self.flat.extend(values)
         return {
             LOSS: loss,
             GRAD_NORM: grad_norm,
             **{f"var/{name}": value for name, value in zip(self.names, values)},
         }
+
+    @property
+    def values(self) -> np.ndarray:
+        """Every variable at each step: one row per step, one column per variable."""
+        return np.array(self.flat, dtype=np.float64).reshape(-1, len(self.names))
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The path so far, as a checkpoint holds it (copies)."""
+        return {
+            "steps": torch.from_numpy(np.array(self.steps, dtype=np.int64)),
+            "loss": torch.from_numpy(np.array(self.loss, dtype=np.float64)),
+            "grad_norm": torch.from_numpy(np.array(self.grad_norm, dtype=np.float64)),
+            "values": torch.from_numpy(np.array(self.flat, dtype=np.float64)),
+        }
+
+    @classmethod
+    def from_state(cls, names: list[str], state: dict[str, torch.Tensor]) -> Trajectory:
+        """The path a checkpoint holds (:meth:`state`)."""
+        found = cls(names)
+        found.steps.frombytes(state["steps"].numpy().astype(np.int64).tobytes())
+        for key, target in (("loss", found.loss), ("grad_norm", found.grad_norm)):
+            target.frombytes(state[key].numpy().astype(np.float64).tobytes())
+        found.flat.frombytes(state["values"].numpy().astype(np.float64).ravel().tobytes())
+        return found
 
 
 def run(cfg: MinimizeConfig, ctx: TaskContext) -> float:
@@ -74,7 +103,7 @@ def run(cfg: MinimizeConfig, ctx: TaskContext) -> float:
     started = time.perf_counter()
     _plot(expression, trajectory, ctx)
     ctx.recorder.log_metrics({"time/plot_s": time.perf_counter() - started})
-    final = ", ".join(f"{n}={v:.4f}" for n, v in zip(names, trajectory.values[-1]))
+    final = ", ".join(f"{n}={v:.4f}" for n, v in zip(names, trajectory.flat[-len(names) :]))
     log.info(
         "minimize: %s after %d steps, loss %.6g", final, trajectory.steps[-1], trajectory.loss[-1]
     )
@@ -96,14 +125,7 @@ def _resume(
         for name, param in params.items():
             param.copy_(found.state["params"][name])
     optimizer.load_state_dict(found.state["optimizer"])
-    saved = found.state["trajectory"]
-    trajectory = Trajectory(
-        names,
-        steps=saved["steps"].tolist(),
-        loss=saved["loss"].tolist(),
-        grad_norm=saved["grad_norm"].tolist(),
-        values=saved["values"].tolist(),
-    )
+    trajectory = Trajectory.from_state(names, found.state["trajectory"])
     log.info("minimize: continues from its checkpoint at step %d", found.step)
     return found.step, trajectory
 
@@ -112,16 +134,10 @@ def _state(
     params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, trajectory: Trajectory
 ) -> dict:
     """What a checkpoint holds: the point, the optimizer's state, the path so far."""
-    width = len(trajectory.names)
     return {
         "params": {name: param.detach().clone() for name, param in params.items()},
         "optimizer": optimizer.state_dict(),
-        "trajectory": {
-            "steps": torch.tensor(trajectory.steps, dtype=torch.int64),
-            "loss": torch.tensor(trajectory.loss, dtype=torch.float64),
-            "grad_norm": torch.tensor(trajectory.grad_norm, dtype=torch.float64),
-            "values": torch.tensor(trajectory.values, dtype=torch.float64).reshape(-1, width),
-        },
+        "trajectory": trajectory.state(),
     }
 
 
