@@ -65,6 +65,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--storage", choices=["sqlite", "journal"], default="sqlite")
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--delays", default="8:24:1", help="FROM:TO:STEP seconds (stop)")
+    parser.add_argument("--keep", type=Path, help="copy a round that went wrong here")
     return parser.parse_args()
 
 
@@ -274,6 +275,8 @@ def stop_rounds(args: argparse.Namespace, scratch: Path) -> int:
         line = "; ".join(problems) or "ok"
         print(f"delay {delay:5.2f} s: first exit {first.returncode}; {line}", flush=True)
         bad += bool(problems)
+        if problems and args.keep is not None:
+            shutil.copytree(root, args.keep / root.name)
     print(f"stop: {len(delays) - bad} of {len(delays)} delays ok")
     return 1 if bad else 0
 

@@ -556,3 +556,53 @@ def test_a_search_stopped_at_a_trials_end_and_run_again_agrees_with_mlflow(
     assert sorted(runs) == [0, 1] and {r.info.status for r in runs.values()} == {"FINISHED"}
     for trial in trials:
         assert runs[trial.number].data.metrics["objective/loss"] == trial.value
+
+
+ASK_THEN_SIGNAL = """
+import os, signal, sys, time
+import optuna
+from experiments.command import app, exits
+
+ask = optuna.Study.ask
+asked = []
+
+def ask_then_signal(self, *args, **kwargs):
+    trial = ask(self, *args, **kwargs)
+    asked.append(trial.number)
+    if len(asked) == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler runs here
+    return trial
+
+optuna.Study.ask = ask_then_signal
+sys.argv = ["experiments", "-m", *sys.argv[1:]]
+sys.exit(exits.invoke(app.hydra_main))
+"""
+
+
+@pytest.mark.slow
+def test_a_trial_asked_as_a_signal_comes_is_owned_and_run_again_by_the_next_search(
+    monkeypatch, capfd, store_uri, client, workdir
+) -> None:
+    # A real SIGTERM the moment Optuna has made the second trial, before the search says it
+    # owns it: left without an owner it would look like one still running elsewhere, and the
+    # next search would stop short of n_trials, waiting on it.
+    args = [*SEARCH, "hydra.sweeper.study_name=asked", "hydra.sweeper.n_trials=3"]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    first = subprocess.run(
+        [sys.executable, "-c", ASK_THEN_SIGNAL, *args],
+        cwd=workdir,
+        env={**env, "MLFLOW_TRACKING_URI": store_uri},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert first.returncode == 143, first.stderr
+    study = the_study(f"sqlite:///{workdir / 'optuna.db'}", "asked")
+    second = study.get_trials()[1]
+    assert second.state == TrialState.RUNNING and second.user_attrs.get(studies.OWNER)
+    assert sweep(monkeypatch, store_uri, args) == 0
+    trials = the_study(f"sqlite:///{workdir / 'optuna.db'}", "asked").get_trials()
+    complete = [t.number for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 3
+    assert sorted(trial_runs(client)) == complete

@@ -135,9 +135,13 @@ def compare_runs(first: Side, second: Side, overrides: Sequence[str] = ()) -> Ve
     """Settings, environment and results of two runs."""
     overridden = {_key(item) for item in overrides}
     settings, unexpected = settings_rows(first.run, second.run, overridden)
-    environment = tag_rows(first.run, second.run) + environment_rows(
-        first.environment, second.environment
-    )
+    tagged = tag_rows(first.run, second.run)
+    shown = {row.split(":", 1)[0] for row in tagged}  # said once, as the tag says it
+    environment = tagged + [
+        row
+        for row in environment_rows(first.environment, second.environment)
+        if row.split(":", 1)[0] not in shown
+    ]
     if len(environment) > 1 and "equal" in environment:
         environment.remove("equal")
     if second.run.info.status != "FINISHED" or first.run.info.status != "FINISHED":

@@ -21,6 +21,7 @@ Exit status: the command's (0 when the run ended FINISHED), 1 when refused.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -95,14 +96,20 @@ def _resume(args: argparse.Namespace) -> int:
             asked.append(f"resume.checkpoint={_quoted(str(found))}")
         if directory is not None:
             asked.append(f"hydra.run.dir={_quoted(str(directory))}")
-    arguments = [*arguments, f"tracking.uri={_quoted(store.uri)}", *asked]
+    arguments = [*arguments, *asked]
     step = (checkpoints.manifest_of(found) or {}).get("step") if found is not None else None
     where = f"its checkpoint at step {step}" if step is not None else "its start (no checkpoint)"
     what = "a new run from" if args.new_run else "run"
     print(f"resume of {what} {args.run_id} ({run.info.run_name}) from {where}, in {store.shown}")
-    print(f"  python -m experiments {uris.scrub(' '.join(arguments))}", flush=True)
+    shown = uris.scrub(" ".join(arguments))
+    print(
+        f"  MLFLOW_TRACKING_URI={uris.redact(store.uri)} python -m experiments {shown}", flush=True
+    )
     del cfg
-    return subprocess.run([sys.executable, "-m", "experiments", *arguments]).returncode
+    # The store the run is in, as the environment names it: not a setting of the run.
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": store.uri}
+    command = [sys.executable, "-m", "experiments", *arguments]
+    return subprocess.run(command, env=environment).returncode
 
 
 def _drained(store: Tracker, run_id: str) -> None:

@@ -230,11 +230,15 @@ def _ask(study: Any, space: spaces.Space, count: int, n_trials: int, grace_s: fl
         return []
     me = studies.owner()
     trials = []
-    for _ in range(count):
-        trial = study.ask(space.distributions)
-        trial.set_user_attr(studies.OWNER, me)
-        trial.set_user_attr(studies.BEAT, time.time())
-        trials.append(trial)
+    # A trial asked is owned at once: a signal in between would leave it RUNNING with no
+    # owner, which the next search could not tell from one still running elsewhere.
+    with signals.deferred():
+        for _ in range(count):
+            trial = study.ask(space.distributions)
+            trial.set_user_attr(studies.OWNER, me)
+            trial.set_user_attr(studies.BEAT, time.time())
+            trials.append(trial)
+    signals.raise_deferred()
     # A search beside this one may have asked at the same moment: the first n_trials that
     # count, by number, are the study's; a trial of this one beyond them is not run.
     now, mine = time.time(), {trial.number for trial in trials}
@@ -421,6 +425,9 @@ def _draw(study: Any, sweep_dir: Path) -> list[str]:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if len(complete) < 2:
         return []
+    # A choice of numbers (choice(16, 32)) is plotted as categories: matplotlib says so at
+    # INFO, which Hydra's logging would print as a line of the sweep's.
+    logging.getLogger("matplotlib.category").setLevel(logging.WARNING)
     charts = [
         ("optimization_history", plots.plot_optimization_history),
         ("slice", plots.plot_slice),
