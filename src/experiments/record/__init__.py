@@ -15,6 +15,7 @@ The run's side (imports no MLflow):
 - ``journal``: the journal's format (JSON Lines, documented there), its writer and reader.
 - ``marks``: how far a journal has reached its store (``journal.uploaded.json``).
 - ``client``: the run's side of the pipe to the recording process.
+- ``pictures``: which pickled figures the recording process may draw (matplotlib's alone).
 - ``liveness``: which process on which host writes a run, its heartbeat, lost runs.
 - ``uris``: which store (``tracking.uri``, ``MLFLOW_TRACKING_URI``, MLflow's default), made
   absolute, passwords removed from everything written or logged.

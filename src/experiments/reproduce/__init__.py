@@ -8,9 +8,14 @@
 - ``command``: ``python -m experiments.rerun RUN_ID [OVERRIDES ...]``: the rerun itself, as
   the command line (``python -m experiments``) in a process of its own, then the verdict,
   printed and logged into the new run (``rerun.txt``, tag ``reproduced``).
+- ``resume``: ``python -m experiments.resume RUN_ID``: a run stopped, killed or preempted,
+  continued from its checkpoint as the same run (the command line again, asked to).
 
-It reads stores with MLflow's client, and starts the command as a process: it imports
-neither the command line nor the runner, so a rerun runs exactly what a user would type.
-It may import the shared modules (``errors``, ``names``, ``process``) and the record path's
-``uris`` and store access.
+The verdict's policy is the task's (``Task.verdict``), read from the run's ``verdict`` tag,
+or the task registry for a run recorded before it. It reads stores with MLflow's client, and
+starts the command as a process: it imports neither the command line nor the runner, so a
+rerun runs exactly what a user would type.
+It may import the shared modules (``errors``, ``names``, ``process``, ``config``,
+``checkpoints``, the task API and registry) and the record path's ``uris``, liveness and
+store access.
 """

@@ -5,8 +5,9 @@ Only the recording process and the commands that read or write a store themselve
 never does, so it never imports MLflow.
 
 - ``tracker``: opening a store (a server's health, SQLite's first migration under a lock),
-  its experiments, creating runs, closing lost ones.
-- ``upload``: a journal into a run, resumably and idempotently (``Uploader``, ``deliver``).
+  its experiments, creating runs, reopening one to continue it, closing lost ones.
+- ``upload``: a journal into a run, resumably and idempotently (``Uploader``, ``deliver``),
+  and an earlier attempt's journals in first when a run is continued (``drain``).
 - ``bulk``: metric points into a SQLite or PostgreSQL store, one statement per table.
 - ``failures``: whether a failed store call is worth retrying, and how it reads.
 
