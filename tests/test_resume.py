@@ -7,6 +7,7 @@ checkpoint files, real stores read back with a plain MlflowClient.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import random
@@ -405,4 +406,37 @@ def test_a_run_is_continued_elsewhere_from_the_checkpoint_its_store_keeps(
     downloaded = elsewhere / "outputs" / "resumed" / stopped / "checkpoints"
     (step,) = downloaded.iterdir()  # the store's copy, from which it went on
     assert f"resume.checkpoint={step}" in out
+    assert_each_step_once(client, run, STEPS)
+
+
+def test_an_earlier_attempt_synced_after_the_run_went_on_elsewhere_changes_nothing(
+    stopped, monkeypatch, capfd, store_uri, client, workdir
+) -> None:
+    # The machine the run stopped on keeps its journal; what it had not uploaded when the run
+    # was continued elsewhere (its end line here, and its mark) is synced from there later.
+    import shutil
+
+    from experiments.record import journal, marks
+
+    kept = workdir / "machine1"
+    shutil.copytree(workdir / "outputs" / "run", kept)
+    (path,) = journal.find([kept])
+    lines = path.read_text().splitlines(keepends=True)
+    assert json.loads(lines[-1])["type"] == "end"
+    path.write_text("".join(lines[:-1]))
+    marks.state_path(path).unlink()
+    shutil.rmtree(workdir / "outputs" / "run")
+    elsewhere = workdir / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert resume.main([stopped, "--from", store_uri, "--workdir", str(elsewhere)]) == 0
+    (run,) = runs_of(client, "minimize")
+    assert run.data.tags["attempt.journal"] != journal.read_header(path).journal_id
+    capfd.readouterr()
+    assert sync.main([str(kept), "--tracking-uri", store_uri]) == 0
+    out = capfd.readouterr().out
+    assert "superseded" in out and "was continued by a later attempt" in out, out
+    (run,) = runs_of(client, "minimize")
+    assert run.info.run_id == stopped and run.info.status == "FINISHED"
+    assert "error" not in run.data.tags
     assert_each_step_once(client, run, STEPS)

@@ -40,6 +40,7 @@ VERDICT_TAG = "verdict"  # how a rerun of it is judged: exact, tolerance ..., ti
 CHECKPOINT_TAG = "checkpoint.dir"  # where a run's checkpoints are (a resume finds them there)
 ATTEMPT_TAG = "attempt"  # a run continued from its checkpoint: which attempt records it now
 RESUMED_TAG = "resumed"  # how many times it was continued
+ATTEMPT_JOURNAL_TAG = "attempt.journal"  # the journal of the attempt that records it now
 RESUMED_FROM_TAG = "resumed_from"  # the step its latest attempt continued from
 RESUMED_FROM_RUN_TAG = "resumed_from_run"  # a new run started from another run's checkpoint
 # The files of a run's record that a rerun reads back (experiments.reproduce).

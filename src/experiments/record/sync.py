@@ -44,7 +44,7 @@ class Plan:
     path: Path
     header: Header
     uri: str  # the store, as named in marks and messages: no password
-    outcome: str = ""  # uploaded, closed as lost, already synced, still running, failed
+    outcome: str = ""  # uploaded, closed as lost, already synced, superseded, still running, failed
     detail: str = ""
 
 
@@ -56,7 +56,14 @@ class Totals:
     errors: int = 0
 
     def line(self) -> str:
-        order = ("uploaded", "closed as lost", "already synced", "still running", "failed")
+        order = (
+            "uploaded",
+            "closed as lost",
+            "already synced",
+            "superseded",
+            "still running",
+            "failed",
+        )
         counts = [f"{self.outcomes.count(name)} {name}" for name in order if name in self.outcomes]
         total = len(self.outcomes)
         return f"{total} journal{'' if total == 1 else 's'}: " + (", ".join(counts) or "none")
@@ -202,6 +209,13 @@ def sync_one(plan: Plan, tracker: Any, dry_run: bool, lost_after_s: float) -> No
         plan.outcome = "failed"
         again = " (run sync again to resume)" if failures.is_transient(error) else ""
         plan.detail = f"{plan.uri}: {failures.describe(error)}{again}"
+        return
+    if uploader.superseded is not None:
+        plan.outcome = "superseded"
+        plan.detail = (
+            f"{_run(uploader.run_id, header)} was continued by a later attempt (journal "
+            f"{uploader.superseded}): this earlier attempt's records are left out"
+        )
         return
     counts = uploader.counts
     plan.outcome = "closed as lost" if close else "uploaded"

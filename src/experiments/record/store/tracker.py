@@ -240,7 +240,9 @@ def reopen(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> dict[s
 
     Its ``error`` goes, ``attempt`` counts this one (2 for the first resume) and ``resumed``
     how many times it was continued; ``tags`` are the new attempt's (where it runs, its
-    heartbeat: not its journal's id, which names the run's first). Returns the attempt's
+    heartbeat: not its journal's id, which names the run's first; that id goes to
+    ``attempt.journal``, so that an earlier attempt's journal uploaded late, from another
+    machine, knows it no longer speaks for the run). Returns the attempt's
     number and, by metric, the last step the store holds (what the attempt must not record
     again).
 
@@ -257,6 +259,8 @@ def reopen(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> dict[s
         client.delete_tag(run_id, ERROR_TAG)
     kept = {k: str(v) for k, v in tags.items() if k != names.JOURNAL_ID_TAG}
     kept.update({ATTEMPT_TAG: str(attempt), RESUMED_TAG: str(attempt - 1)})
+    if tags.get(names.JOURNAL_ID_TAG):
+        kept[names.ATTEMPT_JOURNAL_TAG] = str(tags[names.JOURNAL_ID_TAG])
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in kept.items()])
     client.update_run(run_id, status="RUNNING")
     return {"attempt": attempt, "steps": steps, "tags": dict(run.data.tags)}

@@ -17,6 +17,12 @@ While it sends, the uploader says so on the run (``upload.*`` tags, refreshed ev
 whose own process has ended, but whose journal is still on its way, for lost. It ends the
 run as its journal says, then reads the end back: a run that another process closed as lost
 at that moment (it looked before the end was written) gets the journal's end again.
+
+A run continued by a later attempt names that attempt's journal (``attempt.journal``). An
+upload after the fact of an earlier attempt's journal (a ``sync`` on the machine the run was
+killed on, after it was continued on another from the store's copy of its checkpoint) then
+sends nothing and ends nothing: the later attempt recorded again every step past its
+checkpoint, and the run's end is its own.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from experiments.names import ERROR_TAG, JOURNAL_ID_TAG, NOTE_TAG, PARENT_TAG
+from experiments.names import ATTEMPT_JOURNAL_TAG, ERROR_TAG, JOURNAL_ID_TAG, NOTE_TAG, PARENT_TAG
 from experiments.record import journal, liveness
 from experiments.record.liveness import LOST_PREFIX
 from experiments.record.marks import State
@@ -99,6 +105,10 @@ class Uploader:
         # An attempt that continues a run, uploaded after the fact: by metric, the last step
         # the store held when it reopened the run (the steps run again are not sent twice).
         self.recorded: dict[str, int] = {}
+        # Uploaded after the fact: the journal of a later attempt that continues the run now,
+        # where there is one (this journal's records and end are then no longer the run's).
+        self.superseded: Optional[str] = None
+        self.checked_attempt = not repair
 
     @property
     def run_id(self) -> Optional[str]:
@@ -131,6 +141,11 @@ class Uploader:
                 self.counts.skipped.append(warning)
         if self.state.run_id is None:
             self.ensure_run(chunk.records)
+        if not self.checked_attempt:
+            self.checked_attempt = True
+            self.superseded = self._later_attempt()
+        if self.superseded is not None:
+            return self._leave(chunk)
         self._send(chunk.records)
         self.state.offset = chunk.end
         self.state.save(self.path)
@@ -164,11 +179,35 @@ class Uploader:
                 self.state.run_id = found
             elif continued is not None:  # an attempt that continues a run: reopened
                 self.state.run_id = continued
-                self.recorded = reopen(self.client, continued, {})["steps"]
+                tags = {JOURNAL_ID_TAG: self.header.journal_id}
+                self.recorded = reopen(self.client, continued, tags)["steps"]
             else:
                 self.state.run_id = self._create_run()
         self.state.save(self.path)
         return self.state.run_id
+
+    def _later_attempt(self) -> Optional[str]:
+        """The journal of a later attempt recording this run, if the store names another."""
+        current = self.client.get_run(self.state.run_id).data.tags.get(ATTEMPT_JOURNAL_TAG)
+        return None if current in (None, self.header.journal_id) else current
+
+    def _leave(self, chunk: Any) -> bool:
+        """An earlier attempt's journal, uploaded after a later attempt continued its run
+        (from the store's copy of its checkpoint, on another machine): what it holds past
+        that checkpoint the later attempt recorded again, and its end is not the run's. It is
+        marked done, and nothing of it is sent."""
+        log.info(
+            "%s: run %s was continued by a later attempt (journal %s): this earlier attempt's "
+            "records and end are left out",
+            self.path,
+            self.state.run_id,
+            self.superseded,
+        )
+        self.state.offset = max(chunk.end, self.path.stat().st_size)
+        self.state.ended = True
+        self.state.save(self.path)
+        self.waiting.clear()
+        return True
 
     def _by_journal(self, journal_id: Optional[str]) -> Optional[str]:
         """The run that the journal ``journal_id`` created, if the store has it."""
