@@ -61,10 +61,21 @@ class SigtermAt(threading.Thread):
         self.done.set()
 
 
-def sigterm_after(directory: Path, points: int = 3000) -> SigtermAt:
-    timer = SigtermAt(directory, points)
+def stopped_midway(
+    monkeypatch: pytest.MonkeyPatch,
+    store_uri: str,
+    workdir: Path,
+    args: list[str],
+    points: int = 3000,
+) -> None:
+    """The command, sent SIGTERM once its journals under ``workdir`` hold ``points`` loss
+    points (mid-run, whatever the machine's speed); it exits 143."""
+    timer = SigtermAt(workdir, points)
     timer.start()
-    return timer
+    try:
+        assert invoke(monkeypatch, store_uri, args) == 143
+    finally:
+        timer.cancel()
 
 
 def steps_of(client: MlflowClient, run_id: str, key: str = "objective/loss") -> list[int]:
@@ -145,11 +156,7 @@ def test_a_stop_saves_a_checkpoint_and_the_same_run_goes_on_from_it(
     monkeypatch, capfd, store_uri, client, workdir
 ) -> None:
     args = [*LONG, "checkpoint.every_steps=1000000", "hydra.run.dir=outputs/run"]
-    timer = sigterm_after(workdir)
-    try:
-        assert invoke(monkeypatch, store_uri, args) == 143
-    finally:
-        timer.cancel()
+    stopped_midway(monkeypatch, store_uri, workdir, args)
     (run,) = runs_of(client, "minimize")
     assert run.info.status == "KILLED" and run.data.tags["error"] == "terminated (SIGTERM)"
     # The stop saved a checkpoint at the step it stopped after (no periodic one was due).
@@ -172,11 +179,7 @@ def test_a_run_kept_offline_is_continued_there_and_synced_as_one_run(
     monkeypatch, capfd, new_store_uri, workdir
 ) -> None:
     args = [*LONG, "tracking.offline=true", "hydra.run.dir=outputs/run"]
-    timer = sigterm_after(workdir)
-    try:
-        assert invoke(monkeypatch, new_store_uri, args) == 143
-    finally:
-        timer.cancel()
+    stopped_midway(monkeypatch, new_store_uri, workdir, args)
     # The same command in the same directory (a requeued job): it continues, offline too.
     assert invoke(monkeypatch, new_store_uri, args) == 0
     assert "continues its run (kept offline) from its checkpoint at step" in capfd.readouterr().out
@@ -261,11 +264,7 @@ def test_a_checkpoint_crafted_to_run_code_is_refused_and_the_code_never_runs(
 def stopped(monkeypatch, store_uri, client, workdir):
     """A minimize run stopped by SIGTERM with its checkpoint saved: its id."""
     args = [*LONG, "checkpoint.every_steps=1000000", "hydra.run.dir=outputs/run"]
-    timer = sigterm_after(workdir)
-    try:
-        assert invoke(monkeypatch, store_uri, args) == 143
-    finally:
-        timer.cancel()
+    stopped_midway(monkeypatch, store_uri, workdir, args)
     (run,) = runs_of(client, "minimize")
     return run.info.run_id
 
@@ -326,11 +325,7 @@ def test_a_killed_sweep_run_again_with_skip_existing_continues_its_unfinished_jo
     monkeypatch, capfd, store_uri, client, workdir
 ) -> None:
     args = ["-m", "task.steps=3,20000", "checkpoint.every_steps=1000000", "skip_existing=true"]
-    timer = sigterm_after(workdir, 4000)  # while the second job runs
-    try:
-        assert invoke(monkeypatch, store_uri, args) == 143
-    finally:
-        timer.cancel()
+    stopped_midway(monkeypatch, store_uri, workdir, args, 4000)  # while the second job runs
     jobs = {
         r.data.params["task.steps"]: r
         for r in runs_of(client, "minimize")
@@ -362,11 +357,7 @@ def test_a_search_killed_mid_trial_continues_that_trial_in_its_run(
         "task.tol=null",
         "checkpoint.every_steps=1000000",
     ]
-    timer = sigterm_after(workdir)  # during the first trial
-    try:
-        assert invoke(monkeypatch, store_uri, args) == 143
-    finally:
-        timer.cancel()
+    stopped_midway(monkeypatch, store_uri, workdir, args)  # during the first trial
     (killed,) = trial_runs(client).values()
     assert killed.info.status == "KILLED"
     capfd.readouterr()

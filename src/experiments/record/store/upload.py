@@ -265,14 +265,7 @@ class Uploader:
 
     def _parent_from_journal(self) -> Optional[str]:
         """The run of the parent journal (a sweep kept offline), once that was uploaded."""
-        if self.header.parent_journal is None:
-            return None
-        found = self.client.search_runs(
-            [self.state.experiment_id],
-            filter_string=f"tags.`{JOURNAL_ID_TAG}` = '{self.header.parent_journal}'",
-            max_results=1,
-        )
-        return found[0].info.run_id if found else None
+        return self._by_journal(self.header.parent_journal)
 
     def _send(self, records: list[dict[str, Any]]) -> None:
         params: list[tuple[str, str]] = []  # a param set twice to two values is refused
