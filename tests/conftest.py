@@ -20,6 +20,11 @@ from omegaconf import DictConfig
 import experiments
 from experiments import registration
 
+# pytest imports this file as ``conftest``; the tests import ``tests.conftest``. One module
+# under both names, so that what they share is one thing: STARTED, which the autouse
+# fixture below empties, is the list the tests fill.
+sys.modules.setdefault("tests.conftest", sys.modules[__name__])
+
 CONF_DIR = str(Path(experiments.__file__).parent / "conf")
 registration.register()
 

@@ -32,12 +32,17 @@ def start_cli(
     full_env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI",)}
     full_env.pop("HYDRA_FULL_ERROR", None)
     full_env.update(env or {})
-    # As from a terminal: Ctrl-C reaches it. A suite started in the background of a script
-    # (`make test &`) ignores SIGINT and SIGQUIT, and a command inherits that and keeps it,
-    # as a background job should; so the child gets Python's handler, reset by its exec.
-    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
-    if ignored:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    # As from a terminal: Ctrl-C and a hang-up reach it. A suite started in the background
+    # of a script (`make test &`) ignores SIGINT and SIGQUIT, one started with `nohup`
+    # SIGHUP, and a command inherits that and keeps it, as it should; so here the child gets
+    # the default, which its exec gives a signal handled in this process.
+    ignored = [
+        signum
+        for signum in (signal.SIGINT, signal.SIGHUP)
+        if signal.getsignal(signum) == signal.SIG_IGN
+    ]
+    for signum in ignored:
+        signal.signal(signum, signal.default_int_handler)
     try:
         process = subprocess.Popen(
             [sys.executable, "-m", "experiments", *args],
@@ -49,8 +54,8 @@ def start_cli(
             start_new_session=new_session,  # its own process group, to kill all of it at once
         )
     finally:
-        if ignored:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for signum in ignored:
+            signal.signal(signum, signal.SIG_IGN)
     STARTED.append(process)
     return process
 

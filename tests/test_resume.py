@@ -93,11 +93,16 @@ def wait_for_loss_points(directory: Path, count: int, timeout: float = 120) -> N
     """Until the journals under ``directory`` hold ``count`` loss points (all attempts)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = sum(loss_points(path) for path in directory.glob("outputs/**/journal*.jsonl"))
-        if found >= count:
+        if loss_points_under(directory) >= count:
             return
         time.sleep(0.1)
     raise AssertionError(f"no {count} loss points under {directory}")
+
+
+def loss_points_under(directory: Path) -> int:
+    """The loss points the journals under ``directory`` hold, all attempts together (an
+    attempt records no step an earlier one recorded: the count is the steps recorded)."""
+    return sum(loss_points(path) for path in directory.glob("outputs/**/journal*.jsonl"))
 
 
 @pytest.mark.slow
@@ -109,10 +114,13 @@ def test_a_run_killed_three_times_and_resumed_is_one_run_equal_to_one_never_kill
     shuffled = random.Random(os.getpid())
     first = start_cli([*LONG], workdir, new_session=True)
     process, run_id = first, None
-    for kill in range(3):
-        # A random moment: somewhere in the next quarter of the steps, then SIGKILL to the
-        # run's process and its recording process at once (a node lost, the OOM killer).
-        reached = 2500 + kill * 5000 + shuffled.randrange(0, 4000)
+    for _ in range(3):
+        # A random moment: 1,000 to 4,000 steps past what the earlier attempts recorded (so
+        # this attempt has reopened the run and is at work; counted from what they did
+        # record, not planned ahead: a kill lands some steps after its moment, more on a
+        # busy machine), then SIGKILL to the run's process and its recording process at
+        # once (a node lost, the OOM killer).
+        reached = max(2500, loss_points_under(workdir) + 1000) + shuffled.randrange(0, 3000)
         wait_for_loss_points(workdir, reached)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
