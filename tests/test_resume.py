@@ -422,7 +422,9 @@ def test_an_earlier_attempt_synced_after_the_run_went_on_elsewhere_changes_nothi
     (path,) = journal.find([kept])
     lines = path.read_text().splitlines(keepends=True)
     assert json.loads(lines[-1])["type"] == "end"
-    path.write_text("".join(lines[:-1]))
+    # And a point no attempt sent (as where a sync was cut short before a later attempt's).
+    unsent = {"type": "metrics", "step": 7, "values": {"probe/unsent": 1.5}, "time": 1}
+    path.write_text("".join(lines[:-1]) + json.dumps(unsent) + "\n")
     marks.state_path(path).unlink()
     shutil.rmtree(workdir / "outputs" / "run")
     elsewhere = workdir / "elsewhere"
@@ -434,8 +436,11 @@ def test_an_earlier_attempt_synced_after_the_run_went_on_elsewhere_changes_nothi
     capfd.readouterr()
     assert sync.main([str(kept), "--tracking-uri", store_uri]) == 0
     out = capfd.readouterr().out
-    assert "superseded" in out and "was continued by a later attempt" in out, out
+    assert "superseded" in out and "1 points it lacked, nothing else" in out, out
     (run,) = runs_of(client, "minimize")
     assert run.info.run_id == stopped and run.info.status == "FINISHED"
     assert "error" not in run.data.tags
     assert_each_step_once(client, run, STEPS)
+    assert [(p.step, p.value) for p in client.get_metric_history(stopped, "probe/unsent")] == [
+        (7, 1.5)
+    ]

@@ -214,7 +214,7 @@ def sync_one(plan: Plan, tracker: Any, dry_run: bool, lost_after_s: float) -> No
         plan.outcome = "superseded"
         plan.detail = (
             f"{_run(uploader.run_id, header)} was continued by a later attempt (journal "
-            f"{uploader.superseded}): this earlier attempt's records are left out"
+            f"{uploader.superseded}): {uploader.counts.points:,} points it lacked, nothing else"
         )
         return
     counts = uploader.counts

@@ -21,8 +21,8 @@ at that moment (it looked before the end was written) gets the journal's end aga
 A run continued by a later attempt names that attempt's journal (``attempt.journal``). An
 upload after the fact of an earlier attempt's journal (a ``sync`` on the machine the run was
 killed on, after it was continued on another from the store's copy of its checkpoint) then
-sends nothing and ends nothing: the later attempt recorded again every step past its
-checkpoint, and the run's end is its own.
+sends only the metric points at steps the store lacks, and ends nothing: the later attempt
+recorded again every step past its checkpoint, and the run's end is its own.
 """
 
 from __future__ import annotations
@@ -109,6 +109,7 @@ class Uploader:
         # where there is one (this journal's records and end are then no longer the run's).
         self.superseded: Optional[str] = None
         self.checked_attempt = not repair
+        self.held: dict[str, set[int]] = {}  # then, by metric, the steps the store holds
 
     @property
     def run_id(self) -> Optional[str]:
@@ -145,7 +146,10 @@ class Uploader:
             self.checked_attempt = True
             self.superseded = self._later_attempt()
         if self.superseded is not None:
-            return self._leave(chunk)
+            self._fill(chunk.records)
+            self.state.offset, self.state.ended = chunk.end, True  # its end is not the run's
+            self.state.save(self.path)
+            return chunk.at_end
         self._send(chunk.records)
         self.state.offset = chunk.end
         self.state.save(self.path)
@@ -189,25 +193,43 @@ class Uploader:
     def _later_attempt(self) -> Optional[str]:
         """The journal of a later attempt recording this run, if the store names another."""
         current = self.client.get_run(self.state.run_id).data.tags.get(ATTEMPT_JOURNAL_TAG)
-        return None if current in (None, self.header.journal_id) else current
-
-    def _leave(self, chunk: Any) -> bool:
-        """An earlier attempt's journal, uploaded after a later attempt continued its run
-        (from the store's copy of its checkpoint, on another machine): what it holds past
-        that checkpoint the later attempt recorded again, and its end is not the run's. It is
-        marked done, and nothing of it is sent."""
+        if current in (None, self.header.journal_id):
+            return None
         log.info(
-            "%s: run %s was continued by a later attempt (journal %s): this earlier attempt's "
-            "records and end are left out",
+            "%s: run %s was continued by a later attempt (journal %s): of this earlier "
+            "attempt, only the metric points the store lacks are sent",
             self.path,
             self.state.run_id,
-            self.superseded,
+            current,
         )
-        self.state.offset = max(chunk.end, self.path.stat().st_size)
-        self.state.ended = True
-        self.state.save(self.path)
-        self.waiting.clear()
-        return True
+        self.note_due = False
+        return current
+
+    def _fill(self, records: list[dict[str, Any]]) -> None:
+        """An earlier attempt's journal, uploaded after a later attempt continued its run
+        (on another machine, from the store's copy of its checkpoint; or a sync cut short):
+        the metric points the store lacks, at steps no attempt recorded, and nothing else.
+        The later attempt recorded again the steps past its checkpoint; its params, tags,
+        checkpoints and end are the run's."""
+        points: list[tuple[str, float, int, int]] = []
+        for record in records:
+            if record["type"] != "metrics":
+                continue
+            stamp, step = record["time"], record.get("step", 0)
+            for key, value in record["values"].items():
+                held = self._held(key)
+                if step not in held:
+                    held.add(step)
+                    points.append((key, journal.metric_value(value), stamp, step))
+        if points:
+            self._log_batches([], {}, points)
+
+    def _held(self, key: str) -> set[int]:
+        """The steps of metric ``key`` the store holds for this run (read once)."""
+        if key not in self.held:
+            history = self.client.get_metric_history(self.state.run_id, key)
+            self.held[key] = {point.step for point in history}
+        return self.held[key]
 
     def _by_journal(self, journal_id: Optional[str]) -> Optional[str]:
         """The run that the journal ``journal_id`` created, if the store has it."""
