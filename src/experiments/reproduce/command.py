@@ -27,7 +27,7 @@ import argparse
 import subprocess
 import sys
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 from mlflow.exceptions import MlflowException
 
@@ -44,11 +44,17 @@ VERDICT_FILE = "rerun.txt"
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    args = parse_args(argv)
+    return guarded(_rerun, parse_args(argv))
+
+
+def guarded(body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """A command of this package that reads a store (rerun, resume): ``body(args)`` with
+    MLflow's HTTP calls bounded and passwords kept out of its output; a refusal or a store's
+    failure is one ``error:`` line and exit status 1."""
     process.set_env("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         with process.mlflow_http_bounds(OPEN_TIMEOUT_S), process.scrubbed_output():
-            return _rerun(args)
+            return body(args)
     except (ConfigError, MlflowException, OSError) as error:
         print(f"error: {first_line(error)}", file=sys.stderr)
         return 1

@@ -32,13 +32,14 @@ from typing import Optional, Sequence
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from experiments import checkpoints, config, process
+from experiments import checkpoints, config
 from experiments.errors import ConfigError, first_line
 from experiments.names import CHECKPOINT_TAG, CONFIG_HASH_TAG
 from experiments.record import liveness, uris
 from experiments.record.store import upload
 from experiments.record.store.tracker import Tracker, open_existing
 from experiments.reproduce import records
+from experiments.reproduce.command import guarded
 
 OPEN_TIMEOUT_S = 10.0
 ARTIFACT = "checkpoint"  # the latest checkpoint, as the store keeps it
@@ -46,16 +47,7 @@ ARTIFACT = "checkpoint"  # the latest checkpoint, as the store keeps it
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    args = parse_args(argv)
-    process.set_env("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    try:
-        with process.mlflow_http_bounds(OPEN_TIMEOUT_S), process.scrubbed_output():
-            return _resume(args)
-    except (ConfigError, MlflowException, OSError) as error:
-        print(f"error: {first_line(error)}", file=sys.stderr)
-        return 1
-    finally:
-        process.restore_env()
+    return guarded(_resume, parse_args(argv))
 
 
 def _resume(args: argparse.Namespace) -> int:
